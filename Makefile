@@ -1,0 +1,23 @@
+# Quickstart targets: `make demo` (meta-train + eval on the embedded default) and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+.PHONY: install demo test bench
+install: $(BIN)/.installed
+
+demo: $(BIN)/.installed
+	$(BIN)/python -m meta_train --preset quick --out runs/quick
+	$(BIN)/python -m eval --suite quick --lo runs/quick --out runs/quick-eval
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest
+
+bench: $(BIN)/.installed
+	$(BIN)/python -m eval.bench

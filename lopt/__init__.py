@@ -1,0 +1,22 @@
+"""μLO optimizers: the learned optimizer (μLO / SP LO), μP roles, and baselines.
+
+Every optimizer here is an ``optax.GradientTransformation``. A learned optimizer is
+``theta = init_theta(key, config)`` plus ``make(theta, ...)``; a trained one is
+``load(path)``.
+"""
+
+from lopt.checkpoint import CheckpointError, load, load_theta, save
+from lopt.features import NUM_INPUTS, time_features
+from lopt.interop import from_learned_optimization, to_learned_optimization
+from lopt.learned import (LOConfig, LOState, MULO, SP_LO, check_theta, decays, init_theta,
+                          make, make_from_config)
+from lopt.mup import forward_multiplier, init_leaf, kernel_init, mup_init_params
+from lopt.roles import ROLES, describe_roles, fan_in, infer_roles, lr_multipliers
+
+__all__ = [
+    "CheckpointError", "load", "load_theta", "save",
+    "NUM_INPUTS", "time_features", "from_learned_optimization", "to_learned_optimization",
+    "LOConfig", "LOState", "MULO", "SP_LO", "check_theta", "decays", "init_theta", "make",
+    "make_from_config", "forward_multiplier", "init_leaf", "kernel_init", "mup_init_params",
+    "ROLES", "describe_roles", "fan_in", "infer_roles", "lr_multipliers",
+]

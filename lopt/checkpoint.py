@@ -1,0 +1,153 @@
+"""Saving and loading trained learned optimizers.
+
+A learned optimizer on disk is one small JSON document (theta is ~2.4k numbers)::
+
+    {"format": "mulo-lopt-v1", "config": {LOConfig fields}, "theta": {...}, "meta": {...}}
+
+It lives as ``lopt.json`` in a shipped checkpoint directory, and as the ``lopt`` item
+(``<step>/lopt/metadata``) of every orbax checkpoint that meta-training writes, so
+:func:`load` accepts any of:
+
+* a shipped checkpoint name (``"mulo-fmnist"``, see ``checkpoints/``) or its directory;
+* a meta-training run directory (takes the newest complete checkpoint, falling back to
+  older ones with a warning if the newest is unreadable);
+* one orbax step directory, or a ``lopt.json`` file.
+
+float32 values are written as the shortest decimal that round-trips, so save/load is exact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from lopt.learned import LOConfig, check_theta, make_from_config
+
+FORMAT = "mulo-lopt-v1"
+LOPT_FILE = "lopt.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint path that cannot be used; the message says why and what to do."""
+
+
+def shipped_dir() -> Path:
+    """Directory of the checkpoints that ship with the project."""
+    return Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+def to_json(theta: Any, config: LOConfig, meta: Mapping[str, Any] | None = None) -> dict:
+    """The JSON document for (theta, config)."""
+    def enc(x):
+        a = np.asarray(x, np.float32)
+        return {"shape": list(a.shape), "values": [float(v) for v in a.ravel()]}
+    return {"format": FORMAT, "config": config.to_dict(),
+            "theta": jax.tree.map(enc, jax.device_get(theta)), "meta": dict(meta or {})}
+
+
+def from_json(doc: Mapping[str, Any], source: str = "checkpoint"):
+    """Parses the JSON document; returns (theta, config, meta)."""
+    if not isinstance(doc, Mapping) or doc.get("format") != FORMAT:
+        raise CheckpointError(f"{source}: not a μLO learned-optimizer checkpoint "
+                              f"(expected format {FORMAT!r})")
+    try:
+        config = LOConfig.from_dict(doc["config"])
+        is_arr = lambda x: isinstance(x, Mapping) and set(x) == {"shape", "values"}
+        theta = jax.tree.map(
+            lambda x: np.asarray(x["values"], np.float32).reshape(x["shape"]),
+            doc["theta"], is_leaf=is_arr)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: corrupt learned-optimizer checkpoint ({e})") from None
+    try:
+        check_theta(theta, config)
+    except ValueError as e:
+        raise CheckpointError(f"{source}: {e}") from None
+    if not all(np.all(np.isfinite(x)) for x in jax.tree.leaves(theta)):
+        raise CheckpointError(f"{source}: theta contains NaN/inf")
+    return theta, config, dict(doc.get("meta", {}))
+
+
+def save(path: str | os.PathLike, theta: Any, config: LOConfig,
+         meta: Mapping[str, Any] | None = None) -> Path:
+    """Writes ``<path>/lopt.json`` atomically (a crash never leaves a half-written file)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path, prefix=".lopt-", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(to_json(theta, config, meta), f)
+    os.replace(tmp, path / LOPT_FILE)
+    return path / LOPT_FILE
+
+
+def _read(file: Path):
+    try:
+        doc = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{file}: unreadable checkpoint ({type(e).__name__})") from None
+    return from_json(doc, str(file))
+
+
+def _step_dirs(d: Path) -> list[Path]:
+    # Orbax writes to "<step>.orbax-checkpoint-tmp-*" and renames on commit: only
+    # all-digit names are finished checkpoints.
+    return sorted((p for p in d.iterdir() if p.is_dir() and p.name.isdigit()),
+                  key=lambda p: int(p.name))
+
+
+def _resolve(path: Path):
+    if path.is_file():
+        return _read(path)
+    if (path / LOPT_FILE).is_file():
+        return _read(path / LOPT_FILE)
+    if (path / "lopt" / "metadata").is_file():
+        return _read(path / "lopt" / "metadata")
+    for sub in (path, path / "checkpoints"):
+        if sub.is_dir() and (steps := _step_dirs(sub)):
+            errors = []
+            for step in reversed(steps):
+                try:
+                    out = _read(step / "lopt" / "metadata")
+                except CheckpointError as e:
+                    errors.append(str(e))
+                    continue
+                if errors:
+                    warnings.warn(f"skipped unusable newer checkpoint(s): {'; '.join(errors)}; "
+                                  f"using step {step.name}")
+                return out
+            raise CheckpointError(f"{path}: no usable checkpoint ({'; '.join(errors)})")
+    raise CheckpointError(f"{path}: no learned-optimizer checkpoint here (expected "
+                          f"{LOPT_FILE}, an orbax step directory, or a meta-training run)")
+
+
+def load_theta(path: str | os.PathLike):
+    """Loads (theta, LOConfig, meta) from a path or shipped checkpoint name."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        shipped = shipped_dir() / str(path)
+        if shipped.exists():
+            p = shipped
+        else:
+            names = sorted(x.name for x in shipped_dir().glob("*") if (x / LOPT_FILE).is_file())
+            raise CheckpointError(f"checkpoint {str(path)!r} not found: give a path or one of "
+                                  f"the shipped names {names}")
+    return _resolve(p)
+
+
+def load(path: str | os.PathLike, *, roles: Any = None,
+         role_overrides: Mapping[str, str] | None = None):
+    """Loads a trained learned optimizer as an ``optax.GradientTransformationExtraArgs``.
+
+    Args:
+      path: shipped checkpoint name, run directory, step directory or ``lopt.json``.
+      roles: optional μP role tree of the optimizee (inferred if None).
+      role_overrides: ``{regex: role}`` overrides for the inference.
+    """
+    theta, config, _ = load_theta(path)
+    return make_from_config(theta, config, roles=roles, role_overrides=role_overrides)

@@ -1,0 +1,150 @@
+"""μP parameter roles for arbitrary parameter pytrees.
+
+Every leaf of an optimizee's parameter tree gets one of four roles (Tensor Programs V,
+arXiv 2203.03466, Table 3):
+
+* ``input``  -- maps the fixed-size input to the width (first Dense kernel, embeddings);
+* ``hidden`` -- both dimensions scale with the width;
+* ``output`` -- readout to a fixed-size output (last Dense kernel, LM head);
+* ``vector`` -- biases, norm scales/gains, scalars (one dimension or none).
+
+Roles are inferred from leaf paths and shapes, so ordinary Flax linen / nnx models work
+without annotation: names first (``embed`` -> input, ``head``/``readout``/``logits`` ->
+output), then position in natural path order (first matrix input, last output, the rest
+hidden). Users override any of it with ``{regex: role}`` patterns matched against the
+``/``-joined path, and can check the result with :func:`describe_roles`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+ROLES = ("input", "hidden", "output", "vector")
+
+_INPUT_NAMES = re.compile(r"(^|/)(embed|embedding|wte|wpe|tok_emb|pos_emb)[^/]*", re.I)
+_OUTPUT_NAMES = re.compile(r"(^|/)(head|lm_head|readout|logits|unembed|classifier)[^/]*",
+                           re.I)
+
+
+def path_str(path) -> str:
+    """Joins a jax key path into ``a/b/0/c``."""
+    parts = []
+    for k in path:
+        if isinstance(k, jax.tree_util.DictKey):
+            parts.append(str(k.key))
+        elif isinstance(k, jax.tree_util.SequenceKey):
+            parts.append(str(k.idx))
+        elif isinstance(k, jax.tree_util.GetAttrKey):
+            parts.append(str(k.name))
+        elif isinstance(k, jax.tree_util.FlattenedIndexKey):
+            parts.append(str(k.key))
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
+
+
+def _natural_key(s: str):
+    # "Dense_10" sorts after "Dense_2": jax flattens dicts in lexicographic key order.
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def fan_in(shape) -> int:
+    """Fan-in of a kernel in Flax layout (last axis is the output axis)."""
+    if len(shape) < 2:
+        return 1
+    return max(1, int(math.prod(shape[:-1])))
+
+
+def infer_roles(params: Any, overrides: Mapping[str, str] | None = None) -> Any:
+    """Infers the μP role of every leaf.
+
+    Args:
+      params: any parameter pytree (dicts, Flax ``FrozenDict``, nnx ``State``, lists).
+      overrides: optional ``{regex: role}``; the first pattern that ``re.search``-es a
+        leaf's ``/``-joined path decides its role, before any inference.
+
+    Returns:
+      A pytree with the structure of ``params`` whose leaves are role strings.
+    """
+    overrides = dict(overrides or {})
+    for pat, role in overrides.items():
+        if role not in ROLES:
+            raise ValueError(f"role override {pat!r} -> {role!r}: role must be one of {ROLES}")
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    paths = [path_str(p) for p, _ in leaves]
+    roles: list[str | None] = [None] * len(leaves)
+    for i, (path, (_, leaf)) in enumerate(zip(paths, leaves)):
+        for pat, role in overrides.items():
+            if re.search(pat, path):
+                roles[i] = role
+                break
+    matrices = []
+    for i, (path, (_, leaf)) in enumerate(zip(paths, leaves)):
+        if roles[i] is not None:
+            continue
+        if np.ndim(leaf) < 2:
+            roles[i] = "vector"
+        elif _INPUT_NAMES.search(path):
+            roles[i] = "input"
+        elif _OUTPUT_NAMES.search(path):
+            roles[i] = "output"
+        else:
+            matrices.append(i)
+    named = set(roles)
+    order = sorted(matrices, key=lambda i: _natural_key(paths[i]))
+    for i in order:
+        roles[i] = "hidden"
+    if order and "input" not in named:
+        roles[order[0]] = "input"
+    if len(order) > 1 and "output" not in named:
+        roles[order[-1]] = "output"
+    return jax.tree_util.tree_unflatten(treedef, roles)
+
+
+def resolve_roles(params: Any, roles: Any = None, overrides: Mapping[str, str] | None = None):
+    """Returns a role tree for ``params``: ``roles`` if given (validated), else inferred."""
+    if roles is None:
+        return infer_roles(params, overrides)
+    want = jax.tree_util.tree_structure(params)
+    got_leaves = jax.tree_util.tree_leaves(roles)
+    if len(got_leaves) != want.num_leaves:
+        raise ValueError(
+            f"roles tree has {len(got_leaves)} leaves but params has {want.num_leaves}; "
+            "pass roles=None to infer them or build them with lopt.infer_roles(params)")
+    bad = [r for r in got_leaves if r not in ROLES]
+    if bad:
+        raise ValueError(f"unknown role {bad[0]!r}; roles must be one of {ROLES}")
+    return jax.tree_util.tree_unflatten(want, got_leaves)
+
+
+def lr_multipliers(params: Any, roles: Any, mup: bool = True) -> Any:
+    """Static per-leaf LR multipliers: 1/fan_in for hidden leaves under μP, else 1.
+
+    Returns a pytree of Python floats (static constants, never traced).
+    """
+    def one(p, role):
+        if mup and role == "hidden":
+            return 1.0 / fan_in(np.shape(p))
+        return 1.0
+    return jax.tree.map(one, params, roles)
+
+
+def describe_roles(params: Any, roles: Any = None,
+                   overrides: Mapping[str, str] | None = None, mup: bool = True) -> str:
+    """A human-readable table: path, shape, role and μLO LR multiplier of every leaf."""
+    roles = resolve_roles(params, roles, overrides)
+    mults = lr_multipliers(params, roles, mup)
+    rows = []
+    for (path, p), r, m in zip(jax.tree_util.tree_flatten_with_path(params)[0],
+                               jax.tree_util.tree_leaves(roles),
+                               jax.tree_util.tree_leaves(mults)):
+        rows.append((path_str(path), str(tuple(np.shape(p))), r, f"{m:.3g}"))
+    w = [max(len(x[j]) for x in rows + [("path", "shape", "role", "lr_mult")]) for j in range(4)]
+    lines = ["  ".join(h.ljust(w[j]) for j, h in enumerate(("path", "shape", "role", "lr_mult")))]
+    lines += ["  ".join(c.ljust(w[j]) for j, c in enumerate(row)) for row in rows]
+    return "\n".join(lines)
