@@ -1,0 +1,90 @@
+"""Inner training shared by meta-training and eval: N steps of any optax optimizer on a task.
+
+The whole run is one ``lax.scan``; a non-finite loss freezes the parameters from that step
+on and is reported as divergence (``diverged`` flag and ``diverged_at`` step), never raised.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from meta_train.tasks import Task
+
+
+class TrainResult(NamedTuple):
+    losses: jax.Array       # [T] training loss at each step (before its update); inf after divergence
+    eval_steps: jax.Array   # [E] steps at which test metrics were taken
+    test_loss: jax.Array    # [E]
+    test_accuracy: jax.Array  # [E]
+    diverged: jax.Array     # [] bool
+    diverged_at: jax.Array  # [] int32, -1 if never
+    params: Any             # final parameters
+
+
+def train(task: Task, opt: optax.GradientTransformation, *, key: jax.Array, num_steps: int,
+          eval_every: int = 0, eval_batches: int = 4, params: Any = None) -> TrainResult:
+    """Trains ``task`` for ``num_steps`` with ``opt``; jittable end to end.
+
+    Args:
+      task: the inner problem.
+      opt: any optax transformation (learned or hand-designed); receives params.
+      key: PRNG key; determines the init and every batch.
+      num_steps: number of updates.
+      eval_every: test metrics every this many steps (and at the end); 0 = only at the end.
+      eval_batches: test batches averaged per evaluation.
+      params: optional initial parameters (default ``task.init``).
+    """
+    k_init, k_data, k_test = jax.random.split(key, 3)
+    p0 = task.init(k_init) if params is None else params
+    every = eval_every if eval_every else num_steps
+    n_eval = num_steps // every
+    return _train(task, opt, p0, k_data, k_test, num_steps, every, n_eval, eval_batches)
+
+
+def _evaluate(task, params, key, batches):
+    ms = [task.metrics(params, task.sample(task.data, k, "test"))
+          for k in jax.random.split(key, batches)]
+    return (jnp.mean(jnp.stack([m["loss"] for m in ms])),
+            jnp.mean(jnp.stack([m["accuracy"] for m in ms])))
+
+
+def _train(task, opt, p0, k_data, k_test, num_steps, every, n_eval, eval_batches):
+    def step(carry, i):
+        params, state, dead, dead_at = carry
+        batch = task.sample(task.data, jax.random.fold_in(k_data, i), "train")
+        loss, grads = jax.value_and_grad(task.loss)(params, batch)
+        bad = ~jnp.isfinite(loss) | dead
+        upd, new_state = opt.update(grads, state, params)
+        new_params = optax.apply_updates(params, upd)
+        ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(new_params)]))
+        bad_after = bad | ~ok
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(bad_after, b, a), new, old)
+        carry = (keep(new_params, params), keep(new_state, state), bad_after,
+                 jnp.where(bad_after & ~dead, i, dead_at))
+        return carry, jnp.where(bad, jnp.inf, loss)
+
+    def chunk(carry, e):
+        carry, losses = jax.lax.scan(step, carry, e * every + jnp.arange(every))
+        tl, ta = _evaluate(task, carry[0], jax.random.fold_in(k_test, e), eval_batches)
+        return carry, (losses, tl, ta)
+
+    carry = (p0, opt.init(p0), jnp.array(False), jnp.array(-1, jnp.int32))
+    carry, (losses, tl, ta) = jax.lax.scan(chunk, carry, jnp.arange(n_eval))
+    losses = losses.reshape(-1)
+    rest = num_steps - n_eval * every
+    if rest:
+        carry, extra = jax.lax.scan(step, carry, n_eval * every + jnp.arange(rest))
+        losses = jnp.concatenate([losses, extra])
+    params, _, dead, dead_at = carry
+    return TrainResult(losses, (jnp.arange(n_eval) + 1) * every, tl, ta, dead, dead_at, params)
+
+
+def train_jit(task: Task, opt: optax.GradientTransformation, *, num_steps: int,
+              eval_every: int = 0, eval_batches: int = 4):
+    """A jitted ``key -> TrainResult`` for one (task, optimizer, length)."""
+    return jax.jit(lambda key: train(task, opt, key=key, num_steps=num_steps,
+                                     eval_every=eval_every, eval_batches=eval_batches))

@@ -1,0 +1,186 @@
+"""Task models as pure functions of (params, inputs), in μP and SP forms.
+
+Width scaling lives in :mod:`lopt.mup` (init per role, forward multipliers); each model
+here only states the role of each of its parameters.
+
+* MLP classifier: ``depth`` hidden layers of ``width`` units, then a readout.
+* Pre-LayerNorm transformer LM: μP attention ``q.k / d_head`` (SP: ``/ sqrt(d_head)``),
+  zero-init query and readout in μP; optional rank-factored attention ``W = A B^T``.
+* Random-feature regression: fixed random ReLU features of a latent Gaussian input.
+
+Reference: Yang et al., Tensor Programs V, arXiv 2203.03466.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from lopt.mup import forward_multiplier, init_leaf
+
+ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "tanh": jnp.tanh,
+               "silu": jax.nn.silu}
+
+
+@dataclasses.dataclass(frozen=True)
+class MLPSpec:
+    """MLP classifier. ``depth`` counts hidden layers (so depth+1 weight matrices)."""
+    in_dim: int
+    width: int
+    depth: int
+    num_classes: int = 10
+    activation: str = "relu"
+    mup: bool = True
+    output_mult: float = 1.0
+
+    def roles(self) -> dict:
+        out = {}
+        for i in range(self.depth + 1):
+            role = "input" if i == 0 else ("output" if i == self.depth else "hidden")
+            out[f"layer_{i}"] = {"w": role, "b": "vector"}
+        return out
+
+    def init(self, key: jax.Array) -> dict:
+        dims = [self.in_dim] + [self.width] * self.depth + [self.num_classes]
+        roles = self.roles()
+        keys = jax.random.split(key, self.depth + 1)
+        return {f"layer_{i}": {
+            "w": init_leaf(keys[i], (dims[i], dims[i + 1]), roles[f"layer_{i}"]["w"],
+                           mup=self.mup),
+            "b": jnp.zeros((dims[i + 1],), jnp.float32)} for i in range(self.depth + 1)}
+
+    def apply(self, params: dict, x: jax.Array, return_preacts: bool = False):
+        act = ACTIVATIONS[self.activation]
+        pre = []
+        h = x
+        for i in range(self.depth + 1):
+            layer = params[f"layer_{i}"]
+            role = self.roles()[f"layer_{i}"]["w"]
+            mult = forward_multiplier(role, layer["w"].shape[0], mup=self.mup,
+                                      output_mult=self.output_mult)
+            z = mult * (h @ layer["w"]) + layer["b"]
+            if i < self.depth:
+                pre.append(z)
+                h = act(z)
+            else:
+                h = z
+        return (h, pre) if return_preacts else h
+
+
+def _layer_norm(x, scale, bias, eps=1e-5):
+    mu = jnp.mean(x, -1, keepdims=True)
+    var = jnp.var(x, -1, keepdims=True)
+    return (x - mu) * jax.lax.rsqrt(var + eps) * scale + bias
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerSpec:
+    """Pre-LayerNorm decoder-only transformer language model."""
+    vocab: int
+    d_model: int
+    heads: int
+    depth: int
+    context: int
+    mup: bool = True
+    attn_rank: int = 0          # > 0: q, k, v, o weights are A @ B.T with this rank
+    output_mult: float = 1.0
+
+    def _attn_names(self):
+        return ("wq", "wk", "wv", "wo")
+
+    def roles(self) -> dict:
+        d = {"embed": "input", "pos": "input", "ln_f": {"scale": "vector", "bias": "vector"},
+             "readout": "output"}
+        for i in range(self.depth):
+            blk = {"ln1": {"scale": "vector", "bias": "vector"},
+                   "ln2": {"scale": "vector", "bias": "vector"},
+                   "mlp_in": "hidden", "mlp_out": "hidden"}
+            for n in self._attn_names():
+                blk[n] = {"a": "hidden", "b": "hidden"} if self.attn_rank else "hidden"
+            d[f"block_{i}"] = blk
+        return d
+
+    def init(self, key: jax.Array) -> dict:
+        dm, k = self.d_model, iter(jax.random.split(key, 8 * self.depth + 4))
+        # Embeddings are inputs with fan-in "1" (one-hot): unit-variance entries.
+        params = {"embed": jax.random.normal(next(k), (self.vocab, dm)),
+                  "pos": jax.random.normal(next(k), (self.context, dm)),
+                  "ln_f": {"scale": jnp.ones(dm), "bias": jnp.zeros(dm)},
+                  "readout": init_leaf(next(k), (dm, self.vocab), "output", mup=self.mup)}
+        for i in range(self.depth):
+            blk = {"ln1": {"scale": jnp.ones(dm), "bias": jnp.zeros(dm)},
+                   "ln2": {"scale": jnp.ones(dm), "bias": jnp.zeros(dm)},
+                   "mlp_in": init_leaf(next(k), (dm, 4 * dm), "hidden", mup=self.mup),
+                   "mlp_out": init_leaf(next(k), (4 * dm, dm), "hidden", mup=self.mup)}
+            for n in self._attn_names():
+                kk = next(k)
+                if self.attn_rank:
+                    r = self.attn_rank
+                    ka, kb = jax.random.split(kk)
+                    # W = A B^T with entries of W at variance 1/dm: A, B ~ N(0, 1/sqrt(dm r)).
+                    s = (dm * r) ** -0.25
+                    blk[n] = {"a": s * jax.random.normal(ka, (dm, r)),
+                              "b": s * jax.random.normal(kb, (dm, r))}
+                    if n == "wq" and self.mup:
+                        blk[n]["a"] = jnp.zeros((dm, r))
+                else:
+                    blk[n] = init_leaf(kk, (dm, dm), "hidden", mup=self.mup)
+                    if n == "wq" and self.mup:       # μP: zero-init query
+                        blk[n] = jnp.zeros((dm, dm))
+            params[f"block_{i}"] = blk
+        return params
+
+    def _w(self, p):
+        return p["a"] @ p["b"].T if isinstance(p, dict) else p
+
+    def apply(self, params: dict, tokens: jax.Array) -> jax.Array:
+        b, t = tokens.shape
+        dm, nh = self.d_model, self.heads
+        dh = dm // nh
+        h = params["embed"][tokens] + params["pos"][:t]
+        mask = jnp.tril(jnp.ones((t, t), bool))
+        # μP: 1/d_head attention logits (Tensor Programs V, sec. 4); SP: 1/sqrt(d_head).
+        att_scale = 1.0 / dh if self.mup else 1.0 / math.sqrt(dh)
+        for i in range(self.depth):
+            blk = params[f"block_{i}"]
+            x = _layer_norm(h, blk["ln1"]["scale"], blk["ln1"]["bias"])
+            q, kk, v = (x @ self._w(blk[n]) for n in ("wq", "wk", "wv"))
+            q, kk, v = (z.reshape(b, t, nh, dh) for z in (q, kk, v))
+            logits = jnp.einsum("bqhd,bkhd->bhqk", q, kk) * att_scale
+            logits = jnp.where(mask, logits, -1e30)
+            a = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, -1), v)
+            h = h + a.reshape(b, t, dm) @ self._w(blk["wo"])
+            x = _layer_norm(h, blk["ln2"]["scale"], blk["ln2"]["bias"])
+            h = h + jax.nn.gelu(x @ blk["mlp_in"]) @ blk["mlp_out"]
+        h = _layer_norm(h, params["ln_f"]["scale"], params["ln_f"]["bias"])
+        mult = forward_multiplier("output", dm, mup=self.mup, output_mult=self.output_mult)
+        return mult * (h @ params["readout"])
+
+
+@dataclasses.dataclass(frozen=True)
+class RFRegressionSpec:
+    """Random-feature linear regression with a power-law latent spectrum.
+
+    Latent ``x ~ N(0, diag(k^-(1+s)))`` in R^M; teacher ``y = x . beta + noise`` with
+    ``beta_k^2 lambda_k ~ k^-(1+s)`` (power-law coefficients); model ``f(x) = phi(x) . w``
+    with ``phi(x) = F x / sqrt(M)``, ``F`` a fixed N x M Gaussian matrix; only ``w`` trains.
+    """
+    latent_dim: int = 4096
+    num_features: int = 256
+    s: float = 1.0
+    noise: float = 0.0
+
+    def spectrum(self):
+        k = jnp.arange(1, self.latent_dim + 1, dtype=jnp.float32)
+        return k ** -(1.0 + self.s)
+
+    def roles(self) -> dict:
+        return {"w": "vector"}
+
+    def init(self, key: jax.Array) -> dict:
+        del key
+        return {"w": jnp.zeros((self.num_features,), jnp.float32)}

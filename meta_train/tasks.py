@@ -1,0 +1,220 @@
+"""Tasks: a model, its data and its loss, under a readable name; and the task registry.
+
+A :class:`Task` gives ``init(key) -> params``, ``loss(params, batch)``, ``sample(data, key,
+split)`` (jittable; ``data`` is passed explicitly so large arrays are never baked into
+compiled code), the μP ``roles``, and ``normalizer`` (``log(num_classes)``) for the meta-loss.
+
+Names describe the thing: ``mlp-fmnist8-w128-d3`` (MLP on 8x8 Fashion-MNIST, width 128,
+3 hidden layers), ``mlp-fmnist28-w2048-d3``, ``mlp-digits8-w64-d2``, add ``-sp`` for the
+standard parametrization, ``-b256`` for another batch size, ``-tanh`` for another
+activation; ``lm-fortunes-d128-l2`` (char transformer, d_model 128, 2 layers;
+``-h4`` heads, ``-c64`` context, ``-r8`` rank-factored attention);
+``rf-s1.0-n256`` (random-feature regression). Any name of these families works with
+:func:`get_task`; :data:`TASKS` lists the registered ones.
+
+Run ``python -m meta_train.tasks --list`` to see them with parameter counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import re
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from meta_train import data as D
+from meta_train.models import MLPSpec, RFRegressionSpec, TransformerSpec
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Task:
+    """One inner problem. ``data`` is a pytree passed to ``sample`` inside jit."""
+    name: str
+    init: Callable[[jax.Array], Any]
+    loss: Callable[[Any, Any], jax.Array]
+    metrics: Callable[[Any, Any], dict]           # {"loss", "accuracy"} on a batch
+    sample: Callable[[Any, jax.Array, str], Any]  # (data, key, split) -> batch
+    data: Any
+    roles: Any
+    normalizer: float
+    batch_size: int
+    spec: Any
+    source: str = ""
+
+    def num_params(self) -> int:
+        shapes = jax.eval_shape(self.init, jax.random.key(0))
+        return int(sum(np.prod(x.shape) for x in jax.tree.leaves(shapes)))
+
+
+def _xent(logits, labels):
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+    return -jnp.mean(jnp.take_along_axis(logp, labels[..., None], -1))
+
+
+def _accuracy(logits, labels):
+    return jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
+
+
+def mlp_task(data: str = "fmnist", resolution: int = 8, width: int = 128, depth: int = 3,
+             batch_size: int = 128, activation: str = "relu", mup: bool = True,
+             name: str | None = None) -> Task:
+    ds = D.image_dataset(data, resolution)
+    spec = MLPSpec(in_dim=resolution * resolution, width=width, depth=depth,
+                   num_classes=ds.num_classes, activation=activation, mup=mup)
+
+    def loss(params, batch):
+        x, y = batch
+        return _xent(spec.apply(params, x), y)
+
+    def metrics(params, batch):
+        x, y = batch
+        logits = spec.apply(params, x)
+        return {"loss": _xent(logits, y), "accuracy": _accuracy(logits, y)}
+
+    def sample(d, key, split="train"):
+        return D.sample_images(d.train if split == "train" else d.test, key, batch_size)
+
+    return Task(name or f"mlp-{data}{resolution}-w{width}-d{depth}", spec.init, loss, metrics,
+                sample, ds, spec.roles(), math.log(ds.num_classes), batch_size, spec,
+                ds.source)
+
+
+def lm_task(corpus: str = "fortunes", d_model: int = 128, depth: int = 2, heads: int = 4,
+            context: int = 64, batch_size: int = 32, attn_rank: int = 0, mup: bool = True,
+            name: str | None = None) -> Task:
+    ds = D.text_dataset(corpus, context)
+    spec = TransformerSpec(vocab=ds.num_classes, d_model=d_model, heads=heads, depth=depth,
+                           context=context, mup=mup, attn_rank=attn_rank)
+
+    def loss(params, batch):
+        x, y = batch
+        return _xent(spec.apply(params, x), y)
+
+    def metrics(params, batch):
+        x, y = batch
+        logits = spec.apply(params, x)
+        return {"loss": _xent(logits, y), "accuracy": _accuracy(logits, y)}
+
+    def sample(d, key, split="train"):
+        return D.sample_text(d.train if split == "train" else d.test, key, batch_size, context)
+
+    return Task(name or f"lm-{corpus}-d{d_model}-l{depth}", spec.init, loss, metrics, sample,
+                ds, spec.roles(), math.log(ds.num_classes), batch_size, spec, ds.source)
+
+
+def rf_task(s: float = 1.0, num_features: int = 256, latent_dim: int = 4096,
+            batch_size: int = 256, noise: float = 0.0, seed: int = 0,
+            name: str | None = None) -> Task:
+    spec = RFRegressionSpec(latent_dim=latent_dim, num_features=num_features, s=s, noise=noise)
+    kf, kb = jax.random.split(jax.random.key(seed))
+    lam = spec.spectrum()
+    feat = jax.random.normal(kf, (num_features, latent_dim)) / math.sqrt(latent_dim)
+    # Teacher coefficients beta_k ~ N(0, 1): the target carries power lam_k in direction k.
+    beta = jax.random.normal(kb, (latent_dim,))
+    d = {"feat": feat, "beta": beta, "sqrt_lam": jnp.sqrt(lam)}
+
+    def draw(dd, key):
+        kx, kn = jax.random.split(key)
+        x = jax.random.normal(kx, (batch_size, latent_dim)) * dd["sqrt_lam"]
+        y = x @ dd["beta"] + noise * jax.random.normal(kn, (batch_size,))
+        return x @ dd["feat"].T, y
+
+    def loss(params, batch):
+        phi, y = batch
+        return 0.5 * jnp.mean((phi @ params["w"] - y) ** 2)
+
+    def metrics(params, batch):
+        return {"loss": loss(params, batch), "accuracy": jnp.float32(0.0)}
+
+    def sample(dd, key, split="train"):
+        # Online data: every batch is fresh; the test split is another stream.
+        return draw(dd, jax.random.fold_in(key, 0 if split == "train" else 1))
+
+    # Normalizer: loss at w = 0 is E[y^2]/2 = (sum lam + noise^2) / 2.
+    norm = float(0.5 * (jnp.sum(lam) + noise ** 2))
+    return Task(name or f"rf-s{s}-n{num_features}", spec.init, loss, metrics, sample, d,
+                spec.roles(), norm, batch_size, spec, "synthetic")
+
+
+_MLP_RE = re.compile(r"^mlp-(fmnist|digits)(\d+)-w(\d+)-d(\d+)((?:-(?:sp|b\d+|relu|gelu|tanh|silu))*)$")
+_LM_RE = re.compile(r"^lm-(fortunes|stdlib)-d(\d+)-l(\d+)((?:-(?:sp|h\d+|c\d+|r\d+|b\d+))*)$")
+_RF_RE = re.compile(r"^rf-s([0-9.]+)-n(\d+)((?:-(?:m\d+|b\d+|noise[0-9.]+|seed\d+))*)$")
+
+
+def _opts(suffix: str) -> list[str]:
+    return [o for o in suffix.split("-") if o]
+
+
+def parse_task(name: str) -> Task:
+    """Builds a task from its name (see the module docstring for the grammar)."""
+    if m := _MLP_RE.match(name):
+        kw = dict(data=m[1], resolution=int(m[2]), width=int(m[3]), depth=int(m[4]))
+        for o in _opts(m[5]):
+            if o == "sp":
+                kw["mup"] = False
+            elif o[0] == "b":
+                kw["batch_size"] = int(o[1:])
+            else:
+                kw["activation"] = o
+        return mlp_task(**kw, name=name)
+    if m := _LM_RE.match(name):
+        kw = dict(corpus=m[1], d_model=int(m[2]), depth=int(m[3]))
+        keys = {"h": "heads", "c": "context", "r": "attn_rank", "b": "batch_size"}
+        for o in _opts(m[4]):
+            if o == "sp":
+                kw["mup"] = False
+            else:
+                kw[keys[o[0]]] = int(o[1:])
+        return lm_task(**kw, name=name)
+    if m := _RF_RE.match(name):
+        kw = dict(s=float(m[1]), num_features=int(m[2]))
+        for o in _opts(m[3]):
+            if o.startswith("noise"):
+                kw["noise"] = float(o[5:])
+            elif o.startswith("seed"):
+                kw["seed"] = int(o[4:])
+            elif o[0] == "m":
+                kw["latent_dim"] = int(o[1:])
+            else:
+                kw["batch_size"] = int(o[1:])
+        return rf_task(**kw, name=name)
+    raise ValueError(f"unknown task {name!r}; see `python -m meta_train.tasks --list` "
+                     "for names (e.g. mlp-fmnist8-w128-d3, lm-fortunes-d128-l2, rf-s1.0-n256)")
+
+
+# The registered tasks: plain dict of name -> factory.
+TASKS: dict[str, Callable[[], Task]] = {}
+for _n in ([f"mlp-fmnist{r}-w{w}-d3" for r in (8, 14) for w in (32, 64, 128)]
+           + ["mlp-fmnist8-w128-d16", "mlp-fmnist28-w1024-d3", "mlp-fmnist28-w2048-d3",
+              "mlp-fmnist8-w128-d3-sp", "mlp-digits8-w64-d2",
+              "lm-fortunes-d64-l2", "lm-fortunes-d128-l2", "lm-fortunes-d128-l2-r16",
+              "rf-s1.0-n256"]):
+    TASKS[_n] = (lambda n=_n: parse_task(n))
+
+
+def get_task(name: str) -> Task:
+    """A registered task, or any name of a known family."""
+    return TASKS[name]() if name in TASKS else parse_task(name)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m meta_train.tasks",
+                                 description="List the registered tasks.")
+    ap.add_argument("--list", action="store_true", help="print every task with its size")
+    args = ap.parse_args(argv)
+    if not args.list:
+        ap.print_help()
+        return
+    print(f"{'task':28s} {'params':>10s}  {'batch':>5s}  data")
+    for n in TASKS:
+        t = get_task(n)
+        print(f"{n:28s} {t.num_params():>10,d}  {t.batch_size:>5d}  {t.source}")
+
+
+if __name__ == "__main__":
+    main()

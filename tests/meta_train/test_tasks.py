@@ -1,0 +1,118 @@
+"""Data, task models and the inner-training helper."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from meta_train import data as D
+from meta_train import tasks as T
+from meta_train.inner import train
+from meta_train.models import MLPSpec
+
+
+@pytest.mark.skipif(D.fashion_mnist_dir() is None, reason="dataset-fashion-mnist not installed")
+def test_idx_reader_on_real_fashion_mnist():
+    d = D.fashion_mnist_dir()
+    xtr = D.read_idx(d / "train-images-idx3-ubyte.gz")
+    ytr = D.read_idx(d / "train-labels-idx1-ubyte.gz")
+    xte = D.read_idx(d / "t10k-images-idx3-ubyte.gz")
+    assert xtr.shape == (60000, 28, 28) and xte.shape == (10000, 28, 28)
+    assert xtr.dtype == np.uint8 and xtr.max() == 255
+    np.testing.assert_array_equal(np.bincount(ytr), np.full(10, 6000))
+
+
+def test_idx_reader_rejects_truncated_file(tmp_path):
+    f = tmp_path / "bad-idx"
+    f.write_bytes(b"\x00\x00\x08\x02" + (3).to_bytes(4, "big") + (3).to_bytes(4, "big") + b"ab")
+    with pytest.raises(ValueError, match="truncated"):
+        D.read_idx(f)
+
+
+def test_digits_fallback_when_fashion_mnist_absent(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(D, "FMNIST_SYSTEM_DIR", str(tmp_path))
+    monkeypatch.setenv(D.FMNIST_ENV, str(tmp_path))
+    monkeypatch.setattr(D, "_notice_shown", False)
+    D.image_dataset.cache_clear()
+    try:
+        ds = D.image_dataset("fmnist", 8)
+    finally:
+        D.image_dataset.cache_clear()
+    assert ds.source == "sklearn-digits"
+    assert ds.train.x.shape == (1500, 64) and ds.test.x.shape == (297, 64)
+    np.testing.assert_allclose(float(ds.train.x.mean()), 0.0, atol=1e-4)
+    assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
+
+
+def test_batches_are_deterministic_given_key():
+    t = T.get_task("mlp-digits8-w64-d2")
+    a = t.sample(t.data, jax.random.key(7), "train")
+    b = t.sample(t.data, jax.random.key(7), "train")
+    c = t.sample(t.data, jax.random.key(8), "train")
+    np.testing.assert_array_equal(a[0], b[0])
+    assert not np.array_equal(a[0], c[0])
+    lm = T.get_task("lm-stdlib-d32-l1-c16")
+    x, y = lm.sample(lm.data, jax.random.key(0), "train")
+    assert x.shape == (32, 16)
+    np.testing.assert_array_equal(x[:, 1:], y[:, :-1])   # next-token targets
+
+
+CHEAP = ["mlp-digits8-w64-d2", "mlp-digits8-w32-d2-sp", "lm-stdlib-d32-l1-c16-h2",
+         "lm-stdlib-d32-l1-c16-h2-r4", "rf-s1.0-n64-m512"]
+
+
+@pytest.mark.parametrize("name", CHEAP)
+def test_loss_at_init_and_adamw_descends(name):
+    t = T.get_task(name)
+    params = t.init(jax.random.key(0))
+    batch = t.sample(t.data, jax.random.key(1), "train")
+    l0 = float(t.loss(params, batch))
+    if name.startswith("rf"):
+        assert 0.2 < l0 / t.normalizer < 5.0         # E[y^2]/2 up to batch noise
+    elif name.endswith("-sp"):
+        assert 0.5 * math.log(10) < l0 < 3 * math.log(10)
+    else:                                            # zero-init μP readout: exactly uniform
+        np.testing.assert_allclose(l0, t.normalizer, rtol=1e-5)
+    lr = {"rf": 0.05, "lm": 1e-2}.get(name[:2], 3e-3)
+    res = jax.jit(lambda k: train(t, optax.adamw(lr), key=k, num_steps=60))(jax.random.key(2))
+    assert not bool(res.diverged)
+    assert float(jnp.mean(res.losses[-10:])) < 0.85 * float(jnp.mean(res.losses[:3]))
+
+
+def test_registry_lists_required_tasks():
+    names = list(T.TASKS)
+    assert len([n for n in names if n.startswith("mlp-fmnist8-w") and n.endswith("-d3")]) >= 3
+    assert len([n for n in names if n.startswith("mlp-fmnist14-w")]) >= 3
+    assert any(n.endswith("-d16") for n in names)
+    assert any(n.startswith("mlp-fmnist28-w2048") for n in names)
+    assert len([n for n in names if n.startswith("lm-")]) >= 2
+    assert any(n.startswith("rf-") for n in names)
+    with pytest.raises(ValueError, match="unknown task"):
+        T.get_task("mlp-cifar-w1")
+
+
+def test_mup_mlp_activation_scale_constant_across_width():
+    x = jax.random.normal(jax.random.key(0), (256, 64))
+    rms = {}
+    for w in (64, 256, 1024):
+        spec = MLPSpec(in_dim=64, width=w, depth=3)
+        params = spec.init(jax.random.key(1))
+        # give the readout a nonzero μP-sized value to check the logits scale too
+        params["layer_3"]["w"] = jax.random.normal(jax.random.key(2), (w, 10))
+        logits, pre = spec.apply(params, x, return_preacts=True)
+        rms[w] = [float(jnp.sqrt(jnp.mean(p ** 2))) for p in pre]
+        assert float(jnp.sqrt(jnp.mean(logits ** 2))) < 1.0
+    for layer in range(3):
+        vals = [rms[w][layer] for w in rms]
+        assert max(vals) / min(vals) < 1.3, vals
+
+
+def test_divergence_is_reported_not_raised():
+    t = T.get_task("mlp-digits8-w64-d2-sp")
+    res = jax.jit(lambda k: train(t, optax.sgd(1e6), key=k, num_steps=20))(jax.random.key(0))
+    assert bool(res.diverged) and 0 <= int(res.diverged_at) < 20
+    assert bool(jnp.isinf(res.losses[-1]))
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(res.params))
