@@ -39,7 +39,7 @@ class Task:
     loss: Callable[[Any, Any], jax.Array]
     metrics: Callable[[Any, Any], dict]           # {"loss", "accuracy"} on a batch
     sample: Callable[[Any, jax.Array, str], Any]  # (data, key, split) -> batch
-    data: Any
+    data: Any                                     # pytree of arrays only
     roles: Any
     normalizer: float
     batch_size: int
@@ -77,11 +77,11 @@ def mlp_task(data: str = "fmnist", resolution: int = 8, width: int = 128, depth:
         return {"loss": _xent(logits, y), "accuracy": _accuracy(logits, y)}
 
     def sample(d, key, split="train"):
-        return D.sample_images(d.train if split == "train" else d.test, key, batch_size)
+        return D.sample_images(d[split], key, batch_size)
 
     return Task(name or f"mlp-{data}{resolution}-w{width}-d{depth}", spec.init, loss, metrics,
-                sample, ds, spec.roles(), math.log(ds.num_classes), batch_size, spec,
-                ds.source)
+                sample, {"train": ds.train, "test": ds.test}, spec.roles(),
+                math.log(ds.num_classes), batch_size, spec, ds.source)
 
 
 def lm_task(corpus: str = "fortunes", d_model: int = 128, depth: int = 2, heads: int = 4,
@@ -101,10 +101,11 @@ def lm_task(corpus: str = "fortunes", d_model: int = 128, depth: int = 2, heads:
         return {"loss": _xent(logits, y), "accuracy": _accuracy(logits, y)}
 
     def sample(d, key, split="train"):
-        return D.sample_text(d.train if split == "train" else d.test, key, batch_size, context)
+        return D.sample_text(d[split], key, batch_size, context)
 
     return Task(name or f"lm-{corpus}-d{d_model}-l{depth}", spec.init, loss, metrics, sample,
-                ds, spec.roles(), math.log(ds.num_classes), batch_size, spec, ds.source)
+                {"train": ds.train, "test": ds.test}, spec.roles(), math.log(ds.num_classes),
+                batch_size, spec, ds.source)
 
 
 def rf_task(s: float = 1.0, num_features: int = 256, latent_dim: int = 4096,

@@ -1,0 +1,5 @@
+import sys
+
+from meta_train.cli import main
+
+sys.exit(main())

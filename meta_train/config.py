@@ -1,0 +1,155 @@
+"""Meta-training configuration: one frozen dataclass and named presets.
+
+Presets (``PRESETS``):
+
+* ``smoke``: seconds; the tests run the real entry point with it.
+* ``quick``: a few minutes on 2 CPU cores; the README's main job. μLO on 8x8
+  Fashion-MNIST MLPs of width 32 and 64.
+* ``cpu``: a real run on a 2-core machine (~1-2 h): μLO_M over widths 32/64/128.
+* ``paper``: the published GPU-scale μLO recipe (Thérien et al., arXiv 2406.00153): PES,
+  K=50, sigma=0.01, 8 pairs per task, widths 128/512/1024 (depth 3), AdamW
+  warmup-cosine 3e-10 -> 3e-3 -> 1e-3, global-norm clip 1, 5000 outer steps.
+
+Every field can be overridden from the command line (``--es.num_pairs 16``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from lopt.learned import LOConfig
+from meta_train.es import ESConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaTrainConfig:
+    """A whole meta-training run.
+
+    Attributes:
+      tasks: task names; one estimator per task, gradients averaged.
+      lo: learned-optimizer architecture and variant (μLO or SP).
+      es: gradient estimator settings.
+      outer_steps: number of meta-updates.
+      meta_lr: peak meta learning rate (AdamW).
+      final_lr: meta learning rate at the end of the cosine decay.
+      warmup_steps: linear warmup from ~0 (3e-10) to meta_lr; load-bearing for stability.
+      weight_decay: AdamW weight decay on theta.
+      clip_norm: global-norm clip of the ES gradient.
+      seed: one key determines the whole run.
+      checkpoint_every: save every this many outer steps (and at exit).
+      keep_checkpoints: how many recent checkpoints to keep.
+      validate_every: quick validation every this many outer steps (0: never).
+      validate_task: held-out task for validation ("" = the first training task).
+      validate_steps: inner steps of each validation run.
+      validate_seeds: validation runs (fixed held-out seeds) averaged.
+    """
+    tasks: tuple[str, ...] = ("mlp-fmnist8-w32-d3", "mlp-fmnist8-w64-d3")
+    lo: LOConfig = LOConfig()
+    es: ESConfig = ESConfig()
+    outer_steps: int = 300
+    meta_lr: float = 3e-3
+    final_lr: float = 1e-3
+    warmup_steps: int = 30
+    weight_decay: float = 0.0
+    clip_norm: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 3
+    validate_every: int = 100
+    validate_task: str = ""
+    validate_steps: int = 200
+    validate_seeds: int = 2
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["tasks"] = list(self.tasks)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MetaTrainConfig":
+        d = dict(d)
+        d["tasks"] = tuple(d["tasks"])
+        d["lo"] = LOConfig(**d["lo"])
+        d["es"] = ESConfig(**d["es"])
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+PRESETS: dict[str, MetaTrainConfig] = {
+    "smoke": MetaTrainConfig(
+        tasks=("mlp-digits8-w16-d2",),
+        es=ESConfig(method="pes", num_pairs=2, sigma=0.01, unroll_length=5, min_horizon=10,
+                    max_horizon=30),
+        outer_steps=6, warmup_steps=2, checkpoint_every=2, validate_every=3,
+        validate_steps=20, validate_seeds=1),
+    "quick": MetaTrainConfig(
+        tasks=("mlp-fmnist8-w32-d3", "mlp-fmnist8-w64-d3"),
+        es=ESConfig(method="pes", num_pairs=8, sigma=0.01, unroll_length=20, min_horizon=50,
+                    max_horizon=200),
+        outer_steps=300, warmup_steps=30, meta_lr=3e-3, final_lr=1e-3, checkpoint_every=50,
+        validate_every=100, validate_task="mlp-fmnist8-w128-d3", validate_steps=200),
+    "cpu": MetaTrainConfig(
+        tasks=("mlp-fmnist8-w32-d3", "mlp-fmnist8-w64-d3", "mlp-fmnist8-w128-d3"),
+        es=ESConfig(method="pes", num_pairs=8, sigma=0.01, unroll_length=50, min_horizon=100,
+                    max_horizon=1000),
+        outer_steps=1500, warmup_steps=100, meta_lr=3e-3, final_lr=1e-3,
+        checkpoint_every=100, validate_every=250, validate_task="mlp-fmnist8-w256-d3",
+        validate_steps=1000),
+    "paper": MetaTrainConfig(
+        tasks=("mlp-fmnist28-w128-d3", "mlp-fmnist28-w512-d3", "mlp-fmnist28-w1024-d3"),
+        es=ESConfig(method="pes", num_pairs=8, sigma=0.01, unroll_length=50, min_horizon=100,
+                    max_horizon=1000),
+        outer_steps=5000, warmup_steps=100, meta_lr=3e-3, final_lr=1e-3,
+        checkpoint_every=250, validate_every=500, validate_task="mlp-fmnist28-w2048-d3",
+        validate_steps=1000),
+}
+
+
+def _convert(value: str, current: Any):
+    if isinstance(current, bool):
+        if value.lower() in ("1", "true", "yes"):
+            return True
+        if value.lower() in ("0", "false", "no"):
+            return False
+        raise ValueError(f"expected true/false, got {value!r}")
+    if isinstance(current, tuple):
+        return tuple(v for v in value.split(",") if v)
+    if current is None:
+        return None if value.lower() == "none" else float(value)
+    return type(current)(value)
+
+
+def override(config: MetaTrainConfig, key: str, value: str) -> MetaTrainConfig:
+    """Returns config with dotted field ``key`` (e.g. ``es.sigma``) set from a string."""
+    head, _, rest = key.partition(".")
+    fields = {f.name for f in dataclasses.fields(config)}
+    if head not in fields:
+        raise ValueError(f"unknown option {key!r}; valid: {sorted(fields)}")
+    cur = getattr(config, head)
+    if rest:
+        if not dataclasses.is_dataclass(cur):
+            raise ValueError(f"option {head!r} has no field {rest!r}")
+        return dataclasses.replace(config, **{head: override(cur, rest, value)})
+    try:
+        return dataclasses.replace(config, **{head: _convert(value, cur)})
+    except ValueError as e:
+        raise ValueError(f"bad value for {key}: {e}") from None
+
+
+def field_help() -> list[tuple[str, str, Any]]:
+    """(dotted name, type name, default) for every overridable field."""
+    out = []
+
+    def walk(obj, prefix):
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            if dataclasses.is_dataclass(v):
+                walk(v, prefix + f.name + ".")
+            else:
+                out.append((prefix + f.name, type(v).__name__, v))
+    walk(MetaTrainConfig(), "")
+    return out

@@ -1,0 +1,209 @@
+"""The meta-training outer loop: estimators per task, AdamW on theta, checkpoints, logs.
+
+Plain Python around the jitted ES core (:mod:`meta_train.es`). Everything random comes from
+one seed: step ``s`` uses ``fold_in(run_key, s)``, so a resumed run continues the exact
+trajectory of an uninterrupted one.
+
+Run directory layout::
+
+    <out>/config.json        resolved config
+    <out>/checkpoints/<step>/ orbax: state (theta, meta-opt state, estimator states, key),
+                              lopt (theta + LOConfig, readable by ``lopt.load``), config
+    <out>/tb/                 TensorBoard event files
+    <out>/metrics.jsonl       one JSON line per outer step
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import lopt
+from lopt.checkpoint import to_json as lopt_to_json
+from meta_train import es as ES
+from meta_train.config import MetaTrainConfig
+from meta_train.inner import train as inner_train
+from meta_train.tasks import get_task
+from meta_train.tblog import TBWriter
+
+
+def meta_optimizer(cfg: MetaTrainConfig) -> optax.GradientTransformation:
+    """AdamW with linear warmup from ~0 and cosine decay, after global-norm clipping."""
+    sched = optax.warmup_cosine_decay_schedule(
+        init_value=3e-10, peak_value=cfg.meta_lr, warmup_steps=max(1, cfg.warmup_steps),
+        decay_steps=max(cfg.outer_steps, cfg.warmup_steps + 1), end_value=cfg.final_lr)
+    return optax.chain(optax.clip_by_global_norm(cfg.clip_norm),
+                       optax.adamw(sched, weight_decay=cfg.weight_decay))
+
+
+class MetaTrainer:
+    """Holds the jitted pieces for one config. ``run`` drives the loop."""
+
+    def __init__(self, cfg: MetaTrainConfig):
+        self.cfg = cfg
+        self.tasks = [get_task(n) for n in cfg.tasks]
+        lo_cfg = cfg.lo
+        self.make_opt = lambda th: lopt.make(th, mup=lo_cfg.mup,
+                                             step_mult=lo_cfg.resolved_step_mult,
+                                             exp_mult=lo_cfg.exp_mult)
+        self.problems = [ES.lo_problem(t, self.make_opt) for t in self.tasks]
+        self.meta_opt = meta_optimizer(cfg)
+        self._apply = jax.jit(lambda th, st, g: _apply(self.meta_opt, th, st, g))
+        self._val = None
+
+    def init_state(self) -> dict:
+        key = jax.random.PRNGKey(self.cfg.seed)
+        k_theta, k_es, k_run = jax.random.split(key, 3)
+        theta = lopt.init_theta(k_theta, self.cfg.lo)
+        es_states = [ES.init_es_state(p, theta, jax.random.fold_in(k_es, i), self.cfg.es)
+                     for i, p in enumerate(self.problems)]
+        return {"step": jnp.int32(0), "theta": theta, "opt_state": self.meta_opt.init(theta),
+                "es": es_states, "key": k_run}
+
+    def outer_step(self, state: dict) -> tuple[dict, dict]:
+        """One meta-update: average the per-task estimates, apply AdamW. Never raises on
+        inner NaN/inf; a non-finite estimate is dropped (theta stays finite)."""
+        step = int(state["step"])
+        k = jax.random.fold_in(state["key"], step)
+        grads, new_es, mets = [], [], {}
+        for i, (task, prob) in enumerate(zip(self.tasks, self.problems)):
+            g, s, m = ES.es_gradient(state["theta"], state["es"][i], jax.random.fold_in(k, i),
+                                     task.data, problem=prob, cfg=self.cfg.es)
+            grads.append(g)
+            new_es.append(s)
+            for name, v in m.items():
+                mets[f"{task.name}/{name}"] = float(v)
+        grad = jax.tree.map(lambda *g: sum(g) / len(g), *grads)
+        theta, opt_state, ok = self._apply(state["theta"], state["opt_state"], grad)
+        mets["meta_loss"] = float(np.mean([mets[f"{t.name}/meta_loss"] for t in self.tasks]))
+        mets["grad_norm"] = float(optax.tree.norm(grad))
+        mets["theta_norm"] = float(optax.tree.norm(theta))
+        mets["skipped_nonfinite"] = float(not bool(ok))
+        for name, d in lopt.decays(theta).items():
+            for j, v in enumerate(np.asarray(d)):
+                mets[f"decay/{name}_{j}"] = float(v)
+        return {"step": jnp.int32(step + 1), "theta": theta, "opt_state": opt_state,
+                "es": new_es, "key": state["key"]}, mets
+
+    def validate(self, theta) -> dict:
+        """Mean normalized train loss and final test loss of the current theta on held-out
+        seeds of the validation task (the meta-objective, without perturbations)."""
+        cfg = self.cfg
+        if self._val is None:
+            task = get_task(cfg.validate_task or cfg.tasks[0])
+            fn = jax.jit(lambda th, key: inner_train(task, self.make_opt(th), key=key,
+                                                     num_steps=cfg.validate_steps))
+            self._val = (task, fn)
+        task, fn = self._val
+        res = [fn(theta, jax.random.PRNGKey(10_000 + i)) for i in range(cfg.validate_seeds)]
+        loss = np.mean([float(jnp.mean(jnp.minimum(r.losses / task.normalizer,
+                                                   cfg.es.loss_clip))) for r in res])
+        return {"val/meta_loss": float(loss),
+                "val/final_test_loss": float(np.mean([float(r.test_loss[-1]) for r in res])),
+                "val/final_train_loss": float(np.mean([float(jnp.mean(r.losses[-10:]))
+                                                      for r in res]))}
+
+
+def _apply(meta_opt, theta, opt_state, grad):
+    """AdamW step on theta; a non-finite estimate is skipped so theta stays finite."""
+    ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(grad)]))
+    upd, new_opt_state = meta_opt.update(grad, opt_state, theta)
+    new_theta = optax.apply_updates(theta, upd)
+    pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+    return pick(new_theta, theta), pick(new_opt_state, opt_state), ok
+
+
+def run(cfg: MetaTrainConfig, out: str | os.PathLike, *, resume: bool = False,
+        progress: bool = True, stop_after: int | None = None) -> dict:
+    """Meta-trains per ``cfg`` into run directory ``out``.
+
+    Args:
+      cfg: resolved config.
+      out: run directory (created).
+      resume: continue from the newest complete checkpoint in ``out``.
+      progress: show a progress bar.
+      stop_after: stop (with a checkpoint) after this many outer steps in this call.
+
+    Returns:
+      {"theta", "step", "metrics": last metrics, "out": path}.
+    """
+    from meta_train.checkpointing import Checkpointer
+
+    out = Path(out)
+    ckpt = Checkpointer(out / "checkpoints", keep=cfg.keep_checkpoints)
+    if not resume and ckpt.has_checkpoints():
+        raise SystemExit(f"error: {out} already holds a run; pass --resume to continue it or "
+                         "choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    if resume and (out / "config.json").is_file():
+        saved = json.loads((out / "config.json").read_text())
+        if saved != json.loads(cfg.to_json()):
+            raise SystemExit(f"error: {out}/config.json differs from the requested config; "
+                             "resume with the same options (or none besides --resume)")
+    (out / "config.json").write_text(cfg.to_json())
+
+    trainer = MetaTrainer(cfg)
+    state = trainer.init_state()
+    if resume and ckpt.has_checkpoints():
+        state = ckpt.restore(state)
+        print(f"resumed from step {int(state['step'])}", file=sys.stderr)
+    tb = TBWriter(out / "tb")
+    start = int(state["step"])
+    end = cfg.outer_steps if stop_after is None else min(cfg.outer_steps, start + stop_after)
+    bar = _progress(start, cfg.outer_steps, progress)
+    mets: dict[str, Any] = {}
+    t_last = time.time()
+    try:
+        while int(state["step"]) < end:
+            state, mets = trainer.outer_step(state)
+            step = int(state["step"])
+            now = time.time()
+            mets["outer_steps_per_s"] = 1.0 / max(now - t_last, 1e-9)
+            mets["inner_steps_per_s"] = (mets["outer_steps_per_s"] * len(trainer.tasks)
+                                         * 2 * cfg.es.num_pairs * cfg.es.unroll_length)
+            t_last = now
+            if cfg.validate_every and (step % cfg.validate_every == 0 or step == cfg.outer_steps):
+                mets.update(trainer.validate(state["theta"]))
+                t_last = time.time()
+            tb.scalars(step, mets)
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"step": step, **mets}) + "\n")
+            if step % cfg.checkpoint_every == 0 or step == end:
+                ckpt.save(step, state, lopt_to_json(state["theta"], cfg.lo,
+                                                    {"step": step, "config": cfg.to_dict()}),
+                          cfg.to_dict())
+            bar.update(1)
+            bar.set_postfix(meta_loss=f"{mets['meta_loss']:.4f}",
+                            **({"val": f"{mets['val/meta_loss']:.4f}"}
+                               if "val/meta_loss" in mets else {}))
+    except KeyboardInterrupt:
+        step = int(state["step"])
+        print(f"\ninterrupted: saving checkpoint at step {step}", file=sys.stderr)
+        if step > 0:
+            ckpt.save(step, state, lopt_to_json(state["theta"], cfg.lo,
+                                                {"step": step, "config": cfg.to_dict()}),
+                      cfg.to_dict(), force=True)
+        raise
+    finally:
+        bar.close()
+        tb.close()
+        ckpt.close()
+    return {"theta": state["theta"], "step": int(state["step"]), "metrics": mets, "out": out}
+
+
+def _progress(start, total, enabled):
+    from tqdm import tqdm
+    return tqdm(total=total, initial=start, disable=not enabled, desc="meta-train",
+                unit="step", dynamic_ncols=True, file=sys.stderr)
