@@ -1,0 +1,44 @@
+"""Command line: ``python -m eval`` / ``mulo-eval``."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(
+        prog="python -m eval",
+        description="Run the generalization suite for a learned optimizer: in-distribution, "
+                    "wider, deeper and longer tasks than it was meta-trained on, next to "
+                    "baselines tuned per task. Writes results.json, results.csv, report.md and "
+                    "PNG plots to --out; finished cells are cached and never recomputed.")
+    ap.add_argument("--lo", required=True,
+                    help="learned optimizer: a meta-training run directory, a checkpoint "
+                         "directory, or a shipped checkpoint name")
+    ap.add_argument("--suite", default="quick", choices=["smoke", "quick", "full", "paper"],
+                    help="smoke (seconds, tests), quick (minutes on 2 cores), full (hours), "
+                         "paper (GPU scale)")
+    ap.add_argument("--out", default=None, help="output directory (default runs/eval-<suite>)")
+    ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = ap.parse_args(argv)
+    import lopt
+    from eval.report import write_all
+    from eval.suite import run_suite
+    out = Path(args.out or f"runs/eval-{args.suite}")
+    try:
+        doc = run_suite(args.lo, args.suite, out, progress=not args.no_progress)
+    except lopt.CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rep = write_all(doc, out, "python -m eval " + " ".join(shlex.quote(a) for a in
+                                                              (argv or sys.argv[1:])))
+    print(rep["markdown"])
+    print(f"wrote {out}/report.md, results.json, results.csv, " + ", ".join(rep["plots"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""The generalization suite: train held-out tasks with a learned optimizer next to tuned
+baselines, and collect the metrics of DESIGN section 7.
+
+Suites are defined relative to the LO's meta-training config (read from its checkpoint):
+in-distribution (the meta-training tasks at the meta-training horizon), wider (multiples of
+the widest meta-training width), deeper (~5x depth) and longer (a multiple of the longest
+meta-training horizon).
+
+Protocol: each baseline's LR is tuned on a log grid on the tuning seed (0) only; every
+optimizer is then reported on seeds 1..n. The LO gets no tuning. One compile per
+(task, optimizer): LR grids and seeds are ``vmap``-ed. Results are cached per group in
+``<out>/cells`` so an interrupted suite resumes and a re-run computes only what is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import lopt
+from lopt.baselines import BASELINES
+from meta_train.inner import train
+from meta_train.tasks import get_task
+
+
+@dataclasses.dataclass(frozen=True)
+class SuiteSpec:
+    """How big a suite is. Multipliers are relative to the LO's meta-training config."""
+    wider: tuple[int, ...] = (4, 8)
+    deeper: int = 5
+    longer: int = 5
+    baselines: tuple[str, ...] = ("adamw", "muadam", "muon")
+    grid_points: int = 4          # LR grid points per baseline (centered subset of its grid)
+    seeds: int = 3
+    in_distribution: bool = True
+
+
+SUITES = {
+    "smoke": SuiteSpec(wider=(2,), deeper=0, longer=0, baselines=("adamw",), grid_points=2,
+                       seeds=2, in_distribution=True),
+    "quick": SuiteSpec(wider=(4, 8), deeper=5, longer=5, grid_points=6, seeds=3),
+    "full": SuiteSpec(wider=(8, 16, 32), deeper=5, longer=25, grid_points=7, seeds=3),
+    "paper": SuiteSpec(wider=(8, 16, 32, 64), deeper=5, longer=25, grid_points=9, seeds=5),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    axis: str
+    task: str
+    steps: int
+
+
+def _swap(name: str, key: str, value: int) -> str:
+    return re.sub(rf"-{key}\d+", f"-{key}{value}", name, count=1)
+
+
+def cells_for(meta_cfg: dict, spec: SuiteSpec) -> list[Cell]:
+    """The (axis, task, steps) cells for an LO meta-trained with ``meta_cfg``."""
+    tasks = list(meta_cfg["tasks"])
+    horizon = int(meta_cfg["es"]["max_horizon"])
+    widths = [int(re.search(r"-w(\d+)", t)[1]) for t in tasks if re.search(r"-w(\d+)", t)]
+    widest = tasks[int(np.argmax(widths))] if widths else tasks[0]
+    w = max(widths) if widths else 0
+    out = []
+    if spec.in_distribution:
+        out += [Cell("in-distribution", t, horizon) for t in tasks]
+    if widths:
+        out += [Cell("wider", _swap(widest, "w", w * m), horizon) for m in spec.wider]
+    depth = re.search(r"-d(\d+)", widest)
+    if spec.deeper and depth:
+        out.append(Cell("deeper", _swap(widest, "d", int(depth[1]) * spec.deeper), horizon))
+    if spec.longer:
+        out.append(Cell("longer", widest, horizon * spec.longer))
+    return out
+
+
+def _grid(name: str, points: int) -> list[float]:
+    g = list(BASELINES[name].lr_grid)
+    if points >= len(g):
+        return g
+    start = (len(g) - points) // 2
+    return g[start:start + points]
+
+
+def _final(losses: np.ndarray) -> float:
+    k = max(1, int(round(0.05 * losses.shape[-1])))
+    return float(np.mean(losses[..., -k:]))
+
+
+def speedup(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Steps the reference needs to reach its own final loss / steps the candidate needs.
+
+    Curves are smoothed with a running minimum. > 1: faster; < 1: slower; 0: never reaches.
+    """
+    ref = np.minimum.accumulate(np.asarray(reference, np.float64))
+    cand = np.minimum.accumulate(np.asarray(candidate, np.float64))
+    target = ref[-1]
+    n_ref = int(np.argmax(ref <= target)) + 1
+    hit = np.nonzero(cand <= target)[0]
+    return 0.0 if hit.size == 0 else n_ref / float(hit[0] + 1)
+
+
+class Runner:
+    """Runs and caches groups of training runs."""
+
+    def __init__(self, out: Path, lo_path: str | None, progress=None):
+        self.out = Path(out)
+        (self.out / "cells").mkdir(parents=True, exist_ok=True)
+        self.progress = progress
+        self.lo = None
+        if lo_path is not None:
+            theta, config, meta = lopt.load_theta(lo_path)
+            self.lo = (theta, config, meta)
+
+    def _cached(self, key: dict, fn):
+        h = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        f = self.out / "cells" / f"{h}.json"
+        if f.is_file():
+            try:
+                return json.loads(f.read_text()), True
+            except json.JSONDecodeError:
+                pass  # a damaged cache entry is recomputed
+        res = fn()
+        tmp = f.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"key": key, **res}))
+        tmp.replace(f)
+        return res, False
+
+    def run_group(self, task_name: str, opt_name: str, steps: int, lrs: list[float],
+                  seeds: list[int]) -> dict:
+        """Trains every (lr, seed) pair of one (task, optimizer); cached."""
+        key = {"task": task_name, "opt": opt_name, "steps": steps, "lrs": lrs, "seeds": seeds,
+               "lo": self.lo[2].get("step") if (self.lo and opt_name == "lo") else None,
+               "lo_theta": (float(np.sum(np.abs(self.lo[0]["nn"]["w0"])))
+                            if (self.lo and opt_name == "lo") else None)}
+        return self._cached(key, lambda: self._compute(task_name, opt_name, steps, lrs, seeds))
+
+    def _compute(self, task_name, opt_name, steps, lrs, seeds):
+        task = get_task(task_name)
+        if opt_name == "lo":
+            theta, config, _ = self.lo
+            make = lambda lr: lopt.make_from_config(theta, config)
+        else:
+            make = lambda lr: BASELINES[opt_name].make(lr, task.roles)
+
+        def one(lr, seed):
+            return train(task, make(lr), key=jax.random.PRNGKey(seed), num_steps=steps,
+                         eval_every=0, eval_batches=8)
+
+        lr_arr = jnp.asarray(lrs, jnp.float32)
+        seed_arr = jnp.asarray(seeds, jnp.uint32)
+        fn = jax.jit(jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None)))
+        t0 = time.time()
+        res = fn(lr_arr, seed_arr)
+        jax.block_until_ready(res.losses)
+        wall = time.time() - t0
+        # time per step excluding compile: a second call on one seed would double the cost,
+        # so report the whole call (compile included) and the step count.
+        return {"losses": np.asarray(res.losses).tolist(),
+                "test_loss": np.asarray(res.test_loss[..., -1]).tolist(),
+                "test_accuracy": np.asarray(res.test_accuracy[..., -1]).tolist(),
+                "diverged": np.asarray(res.diverged).tolist(),
+                "wall_s": wall, "runs": len(lrs) * len(seeds), "steps": steps}
+
+
+def run_suite(lo_path: str, suite: str, out: Path, progress: bool = True) -> dict:
+    """Runs a named suite for the LO at ``lo_path``; returns the results document."""
+    from tqdm import tqdm
+
+    spec = SUITES[suite]
+    runner = Runner(out, lo_path)
+    theta, config, meta = runner.lo
+    meta_cfg = meta.get("config")
+    if not meta_cfg:
+        raise SystemExit(f"error: {lo_path} carries no meta-training config; the suite needs "
+                         "one to define its axes")
+    cells = cells_for(meta_cfg, spec)
+    lo_name = config.name
+    report_seeds = list(range(1, spec.seeds + 1))
+    total = len(cells) * (2 * len(spec.baselines) + 2)
+    bar = tqdm(total=total, desc=f"eval {suite}", unit="group", disable=not progress)
+    results = []
+    for cell in cells:
+        entry = {"axis": cell.axis, "task": cell.task, "steps": cell.steps, "optimizers": {}}
+        for name in spec.baselines:
+            grid = _grid(name, spec.grid_points)
+            tune, _ = runner.run_group(cell.task, name, cell.steps, grid, [0])
+            finals = [_final(np.asarray(l[0])) for l in tune["losses"]]
+            finals = [f if np.isfinite(f) else np.inf for f in finals]
+            best = grid[int(np.argmin(finals))]
+            bar.update(1)
+            rep, _ = runner.run_group(cell.task, name, cell.steps, [best], report_seeds)
+            entry["optimizers"][name] = _summary(rep, 0, lr=best, grid=grid, tune=finals)
+            bar.update(1)
+        rep, _ = runner.run_group(cell.task, "adamw", cell.steps, [1e-3], report_seeds)
+        entry["optimizers"]["adamw@1e-3"] = _summary(rep, 0, lr=1e-3)
+        bar.update(1)
+        rep, _ = runner.run_group(cell.task, "lo", cell.steps, [0.0], report_seeds)
+        entry["optimizers"][lo_name] = _summary(rep, 0)
+        bar.update(1)
+        ref = entry["optimizers"].get("adamw")
+        for o in entry["optimizers"].values():
+            if ref is not None:
+                o["speedup_vs_adamw"] = speedup(ref["mean_curve"], o["mean_curve"])
+        results.append(entry)
+    bar.close()
+    return {"suite": suite, "lo": {"path": str(lo_path), "config": config.to_dict(),
+                                   "meta_step": meta.get("step"), "meta_config": meta_cfg},
+            "spec": dataclasses.asdict(spec), "report_seeds": report_seeds, "cells": results}
+
+
+def _summary(group: dict, lr_index: int, **extra) -> dict:
+    losses = np.asarray(group["losses"][lr_index], np.float64)     # [seeds, steps]
+    finals = np.array([_final(l) for l in losses])
+    return {"final_train_loss": finals.tolist(),
+            "final_mean": float(np.mean(finals)), "final_std": float(np.std(finals)),
+            "test_loss": group["test_loss"][lr_index],
+            "test_accuracy": group["test_accuracy"][lr_index],
+            "diverged": any(group["diverged"][lr_index]),
+            "mean_curve": np.mean(np.minimum(losses, 1e3), 0).tolist(),
+            "wall_s_per_step": group["wall_s"] / (group["runs"] * group["steps"]), **extra}

@@ -1,0 +1,67 @@
+"""The eval suite end to end on a freshly meta-trained smoke checkpoint."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from eval import suite as S
+from eval.report import write_all
+from meta_train.config import PRESETS
+from meta_train.loop import run
+
+
+def test_speedup_on_constructed_curves():
+    ref = np.linspace(1.0, 0.5, 101)                 # reaches 0.5 at step 101
+    fast = np.concatenate([np.linspace(1.0, 0.5, 51), np.full(50, 0.4)])
+    assert S.speedup(ref, ref) == pytest.approx(1.0)
+    assert S.speedup(ref, fast) == pytest.approx(101 / 51)
+    assert S.speedup(ref, np.full(101, 0.6)) == 0.0
+    slow = np.concatenate([np.full(1, 1.0), np.linspace(1.0, 0.5, 200)])
+    assert S.speedup(ref, slow[:201]) == pytest.approx(101 / 201)
+
+
+@pytest.fixture(scope="module")
+def smoke_eval(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    cfg = dataclasses.replace(PRESETS["smoke"], outer_steps=2, validate_every=0)
+    run(cfg, root / "run", progress=False)
+    doc = S.run_suite(str(root / "run"), "smoke", root / "ev", progress=False)
+    files = write_all(doc, root / "ev", "test")
+    return root, doc, files
+
+
+def test_smoke_suite_writes_reports(smoke_eval):
+    root, doc, files = smoke_eval
+    for f in ("results.json", "results.csv", "report.md", "loss_curves.png",
+              "final_loss_vs_width.png"):
+        assert (root / "ev" / f).stat().st_size > 0, f
+    assert {c["axis"] for c in doc["cells"]} == {"in-distribution", "wider"}
+    md = (root / "ev" / "report.md").read_text()
+    assert "| mlp-digits8-w32-d2 |" in md and "mulo" in md
+    back = json.loads((root / "ev" / "results.json").read_text())
+    assert back["commit"] and back["cells"][0]["optimizers"]["adamw"]["final_mean"] > 0
+
+
+def test_tuning_uses_only_the_tuning_seed_and_picks_the_best(smoke_eval):
+    root, doc, _ = smoke_eval
+    seen = [json.loads(f.read_text()) for f in (root / "ev" / "cells").glob("*.json")]
+    for c in doc["cells"]:
+        o = c["optimizers"]["adamw"]
+        tune = [s for s in seen if s["key"]["task"] == c["task"] and s["key"]["opt"] == "adamw"
+                and len(s["key"]["lrs"]) > 1]
+        assert len(tune) == 1 and tune[0]["key"]["seeds"] == [0]
+        finals = [S._final(np.asarray(l[0])) for l in tune[0]["losses"]]
+        assert o["lr"] == o["grid"][int(np.argmin(finals))]
+    assert 0 not in doc["report_seeds"]
+
+
+def test_cached_cells_are_not_recomputed(smoke_eval, monkeypatch):
+    root, doc, _ = smoke_eval
+    def boom(*a, **k):
+        raise AssertionError("recomputed a cached cell")
+    monkeypatch.setattr(S.Runner, "_compute", boom)
+    again = S.run_suite(str(root / "run"), "smoke", root / "ev", progress=False)
+    assert again["cells"][0]["optimizers"]["adamw"]["final_mean"] == \
+        doc["cells"][0]["optimizers"]["adamw"]["final_mean"]
