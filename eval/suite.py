@@ -147,9 +147,13 @@ class Runner:
 
     def _compute(self, task_name, opt_name, steps, lrs, seeds):
         task = get_task(task_name)
-        if opt_name == "lo":
-            theta, config, _ = self.lo
-            make = lambda lr: lopt.make_from_config(theta, config)
+        if opt_name in ("lo", "lo-init"):
+            theta, config, meta = self.lo
+            if opt_name == "lo-init":  # the same LO before meta-training (its seed's init)
+                seed = int(meta.get("config", {}).get("seed", 0))
+                theta = lopt.init_theta(jax.random.split(jax.random.PRNGKey(seed), 3)[0],
+                                        config)
+            make = lambda lr, theta=theta: lopt.make_from_config(theta, config)
         else:
             make = lambda lr: BASELINES[opt_name].make(lr, task.roles)
 
@@ -187,7 +191,7 @@ def run_suite(lo_path: str, suite: str, out: Path, progress: bool = True) -> dic
     cells = cells_for(meta_cfg, spec)
     lo_name = config.name
     report_seeds = list(range(1, spec.seeds + 1))
-    total = len(cells) * (2 * len(spec.baselines) + 2)
+    total = len(cells) * (2 * len(spec.baselines) + 3)
     bar = tqdm(total=total, desc=f"eval {suite}", unit="group", disable=not progress)
     results = []
     for cell in cells:
@@ -207,6 +211,9 @@ def run_suite(lo_path: str, suite: str, out: Path, progress: bool = True) -> dic
         bar.update(1)
         rep, _ = runner.run_group(cell.task, "lo", cell.steps, [0.0], report_seeds)
         entry["optimizers"][lo_name] = _summary(rep, 0)
+        bar.update(1)
+        rep, _ = runner.run_group(cell.task, "lo-init", cell.steps, [0.0], report_seeds)
+        entry["optimizers"][f"{lo_name} (untrained)"] = _summary(rep, 0)
         bar.update(1)
         ref = entry["optimizers"].get("adamw")
         for o in entry["optimizers"].values():

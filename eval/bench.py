@@ -1,0 +1,123 @@
+"""Speed benchmarks; every figure is a ratio measured in the same run (shared, noisy machine).
+
+``python -m eval.bench`` reports:
+
+* the μLO update vs ``optax.adamw``'s on the same ~1M-parameter MLP tree;
+* the μLO update's achieved FLOP/s vs a plain float32 matmul of the LO's shape;
+* the μLO update on the 1.86M-parameter MLP of DESIGN section 8;
+* ES/PES meta-training throughput (inner steps/s across the population, outer steps/min)
+  for presets ``quick`` and ``cpu`` and for the reference configuration of DESIGN section 8
+  (MLP 64-128-128-10 on 8x8 digits, batch 128, 8 pairs, K=50, horizons 100-1000).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import lopt
+from lopt import features as F
+
+# MACs per element of the LO's MLP: 39*32 + 32*32 + 32*2 (the time features are folded
+# into the first-layer bias, so 28 of the 39 inputs are multiplied per element).
+LO_FLOPS_PER_ELEMENT = 2 * (F.NUM_TENSOR_FEATURES * 32 + 32 * 32 + 32 * 2)
+
+
+def _time(fn, *args, reps=10):
+    out = fn(*args)
+    jax.block_until_ready(out)
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+
+
+def mlp_tree(dims, key=0):
+    keys = jax.random.split(jax.random.PRNGKey(key), len(dims) - 1)
+    return {f"layer_{i}": {"w": jax.random.normal(k, (a, b)) / np.sqrt(a),
+                           "b": jnp.zeros((b,))}
+            for i, (k, a, b) in enumerate(zip(keys, dims[:-1], dims[1:]))}
+
+
+def bench_update(dims):
+    params = mlp_tree(dims)
+    n = sum(x.size for x in jax.tree.leaves(params))
+    grads = jax.tree.map(lambda p: 0.01 * jnp.cos(p), params)
+    lo = lopt.make(lopt.init_theta(jax.random.PRNGKey(0)))
+    adam = optax.adamw(1e-3)
+    lo_up = jax.jit(lo.update)
+    ad_up = jax.jit(adam.update)
+    t_lo = _time(lo_up, grads, lo.init(params), params)
+    t_ad = _time(ad_up, grads, adam.init(params), params)
+    x = jax.random.normal(jax.random.PRNGKey(1), (n, 32))
+    w = jax.random.normal(jax.random.PRNGKey(2), (32, 32))
+    mm = jax.jit(lambda x, w: x @ w)
+    t_mm = _time(mm, x, w)
+    mm_flops = 2 * n * 32 * 32 / t_mm
+    lo_flops = LO_FLOPS_PER_ELEMENT * n / t_lo
+    return {"params": int(n), "lo_ms": 1e3 * t_lo, "adamw_ms": 1e3 * t_ad,
+            "lo_over_adamw": t_lo / t_ad, "lo_gflops": lo_flops / 1e9,
+            "matmul_gflops": mm_flops / 1e9, "lo_over_matmul_flops": lo_flops / mm_flops}
+
+
+def bench_es(name, tasks, es_cfg, outer=3):
+    from meta_train import es as ES
+    from meta_train.tasks import get_task
+    ts = [get_task(t) for t in tasks]
+    theta = lopt.init_theta(jax.random.PRNGKey(0))
+    total = 0.0
+    for t in ts:
+        prob = ES.lo_problem(t, lambda th: lopt.make(th))
+        st = ES.init_es_state(prob, theta, jax.random.PRNGKey(1), es_cfg)
+        g, st, _ = ES.es_gradient(theta, st, jax.random.PRNGKey(2), t.data, problem=prob,
+                                  cfg=es_cfg)
+        jax.block_until_ready(g)
+        t0 = time.perf_counter()
+        for i in range(outer):
+            g, st, _ = ES.es_gradient(theta, st, jax.random.PRNGKey(3 + i), t.data,
+                                      problem=prob, cfg=es_cfg)
+        jax.block_until_ready(g)
+        total += (time.perf_counter() - t0) / outer
+    inner = len(ts) * 2 * es_cfg.num_pairs * es_cfg.unroll_length
+    return {"config": name, "s_per_outer_step": total, "outer_steps_per_min": 60 / total,
+            "inner_steps_per_s": inner / total}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m eval.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--skip-es", action="store_true", help="only the optimizer-update figures")
+    args = ap.parse_args(argv)
+    print(f"devices: {jax.devices()}")
+    for dims in ([784, 1024, 256, 10], [64, 1024, 1024, 768, 10]):
+        r = bench_update(dims)
+        print(f"LO update, MLP {dims} ({r['params']:,} params): {r['lo_ms']:.1f} ms vs "
+              f"adamw {r['adamw_ms']:.2f} ms -> {r['lo_over_adamw']:.1f}x adamw; "
+              f"{r['lo_gflops']:.1f} GFLOP/s vs matmul [n,32]x[32,32] "
+              f"{r['matmul_gflops']:.1f} GFLOP/s -> {r['lo_over_matmul_flops']:.2f} of matmul")
+    if args.skip_es:
+        return 0
+    from meta_train.config import PRESETS
+    from meta_train.es import ESConfig
+    ref = ESConfig(method="pes", num_pairs=8, sigma=0.01, unroll_length=50, min_horizon=100,
+                   max_horizon=1000)
+    rows = [bench_es("reference: mlp 64-128-128-10 digits8, PES 8 pairs K=50",
+                     ["mlp-digits8-w128-d2"], ref)]
+    for p in ("quick", "cpu"):
+        rows.append(bench_es(f"preset {p}", list(PRESETS[p].tasks), PRESETS[p].es))
+    for r in rows:
+        print(f"{r['config']}: {r['s_per_outer_step']:.2f} s/outer step, "
+              f"{r['outer_steps_per_min']:.1f} outer steps/min, "
+              f"{r['inner_steps_per_s']:.0f} inner steps/s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
