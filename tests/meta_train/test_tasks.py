@@ -116,3 +116,20 @@ def test_divergence_is_reported_not_raised():
     assert bool(res.diverged) and 0 <= int(res.diverged_at) < 20
     assert bool(jnp.isinf(res.losses[-1]))
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(res.params))
+
+
+@pytest.mark.parametrize("name", list(T.TASKS))
+def test_every_registered_task_starts_near_its_expected_loss_and_adamw_descends(name):
+    t = T.get_task(name)
+    params = t.init(jax.random.key(0))
+    batch = t.sample(t.data, jax.random.key(1), "train")
+    l0 = float(t.loss(params, batch))
+    assert np.isfinite(l0)
+    if name.startswith(("mlp", "lm")) and not name.endswith("-sp"):
+        np.testing.assert_allclose(l0, t.normalizer, rtol=1e-5)   # zero-init μP readout
+    else:
+        assert 0.1 < l0 / t.normalizer < 5.0
+    lr = {"rf": 0.05, "lm": 1e-2}.get(name[:2], 1e-2)
+    res = jax.jit(lambda k: train(t, optax.adamw(lr), key=k, num_steps=25))(jax.random.key(2))
+    assert not bool(res.diverged)
+    assert float(jnp.mean(res.losses[-5:])) < 0.95 * float(jnp.mean(res.losses[:3])), name
