@@ -60,6 +60,20 @@ def _accuracy(logits, labels):
     return jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
 
 
+def _classification_fns(apply):
+    """(loss, metrics) of a classifier/LM whose ``apply(params, x)`` returns logits."""
+    def loss(params, batch):
+        x, y = batch
+        return _xent(apply(params, x), y)
+
+    def metrics(params, batch):
+        x, y = batch
+        logits = apply(params, x)
+        return {"loss": _xent(logits, y), "accuracy": _accuracy(logits, y)}
+
+    return loss, metrics
+
+
 def mlp_task(data: str = "fmnist", resolution: int = 8, width: int = 128, depth: int = 3,
              batch_size: int = 128, activation: str = "relu", mup: bool = True,
              name: str | None = None) -> Task:
@@ -67,14 +81,7 @@ def mlp_task(data: str = "fmnist", resolution: int = 8, width: int = 128, depth:
     spec = MLPSpec(in_dim=resolution * resolution, width=width, depth=depth,
                    num_classes=ds.num_classes, activation=activation, mup=mup)
 
-    def loss(params, batch):
-        x, y = batch
-        return _xent(spec.apply(params, x), y)
-
-    def metrics(params, batch):
-        x, y = batch
-        logits = spec.apply(params, x)
-        return {"loss": _xent(logits, y), "accuracy": _accuracy(logits, y)}
+    loss, metrics = _classification_fns(spec.apply)
 
     def sample(d, key, split="train"):
         return D.sample_images(d[split], key, batch_size)
@@ -91,14 +98,7 @@ def lm_task(corpus: str = "fortunes", d_model: int = 128, depth: int = 2, heads:
     spec = TransformerSpec(vocab=ds.num_classes, d_model=d_model, heads=heads, depth=depth,
                            context=context, mup=mup, attn_rank=attn_rank)
 
-    def loss(params, batch):
-        x, y = batch
-        return _xent(spec.apply(params, x), y)
-
-    def metrics(params, batch):
-        x, y = batch
-        logits = spec.apply(params, x)
-        return {"loss": _xent(logits, y), "accuracy": _accuracy(logits, y)}
+    loss, metrics = _classification_fns(spec.apply)
 
     def sample(d, key, split="train"):
         return D.sample_text(d[split], key, batch_size, context)
