@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
                + "\n".join(f"  --{n:24s} {t:6s} default {v!r}" for n, t, v in field_help()))
     ap.add_argument("--preset", default="quick", choices=sorted(PRESETS),
                     help="named config: smoke (seconds, tests), quick (minutes on 2 cores), "
-                         "cpu (1-2 h on 2 cores), paper (GPU-scale μLO recipe)")
+                         "cpu (~25 min on 2 cores), paper (GPU-scale μLO recipe); the -sp twins train an SP LO on SP tasks")
     ap.add_argument("--out", default=None, help="run directory (default runs/<preset>)")
     ap.add_argument("--resume", action="store_true",
                     help="continue the run in --out from its newest complete checkpoint")

@@ -133,12 +133,15 @@ def init_es_state(problem: InnerProblem, theta, key, cfg: ESConfig) -> ESState:
     return build(theta, key)
 
 
-def _unroll(problem: InnerProblem, theta, run: RunState, data, cfg: ESConfig):
-    """K inner steps of one particle. Returns (run, clipped losses [K], reset flags [K])."""
-    def body(run, _):
-        dead = run.t >= run.horizon
-        new = _fresh_run(problem, theta, jax.random.fold_in(run.key, 1), cfg, False)
-        run = jax.tree.map(lambda a, b: jnp.where(dead, a, b), new, run)
+def _unroll(problem: InnerProblem, thetas, runs: RunState, data, cfg: ESConfig):
+    """K inner steps of the whole population (leading axis P on thetas and runs).
+
+    Returns (runs, clipped losses [P, K], reset flags [P, K]).
+    """
+    fresh = jax.vmap(lambda th, k: _fresh_run(problem, th, jax.random.fold_in(k, 1), cfg,
+                                              False))
+
+    def step_one(theta, run):
         k_step = jax.random.fold_in(run.key, run.t + 2)
         core, loss = problem.step(theta, run.core, data, k_step, run.t)
         finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
@@ -147,9 +150,21 @@ def _unroll(problem: InnerProblem, theta, run: RunState, data, cfg: ESConfig):
         # A run that blew up restarts at the next step; its remaining losses are the ceiling.
         core = jax.tree.map(lambda a, b: jnp.where(finite, a, b), core, run.core)
         t = jnp.where(finite, run.t + 1, run.horizon)
-        return RunState(core, t, run.horizon, run.key), (loss, dead)
+        return RunState(core, t, run.horizon, run.key), loss
 
-    return jax.lax.scan(body, run, None, length=cfg.unroll_length)
+    def body(runs, _):
+        dead = runs.t >= runs.horizon
+        # A reset is due about once per horizon per particle, so fresh runs (task init) are
+        # built only on the steps where one is due: a population-level cond, which a
+        # per-particle cond under vmap would turn into an always-computed select.
+        new = jax.lax.cond(jnp.any(dead), lambda: fresh(thetas, runs.key), lambda: runs)
+        runs = jax.tree.map(
+            lambda a, b: jnp.where(dead.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, runs)
+        runs, loss = jax.vmap(step_one)(thetas, runs)
+        return runs, (loss, dead)
+
+    runs, (loss, dead) = jax.lax.scan(body, runs, None, length=cfg.unroll_length)
+    return runs, (loss.T, dead.T)
 
 
 @partial(jax.jit, static_argnames=("problem", "cfg"))
@@ -172,10 +187,13 @@ def es_gradient(theta, state: ESState, key, data, *, problem: InnerProblem, cfg:
     eps = cfg.sigma * jax.random.normal(key, (cfg.num_pairs, flat.size), flat.dtype)
     eps = _shard(eps, m)
 
-    def pair(eps_i, pos, neg, xi_i):
-        tp, tn = unravel(flat + eps_i), unravel(flat - eps_i)
-        pos1, (lp, reset) = _unroll(problem, tp, pos, data, cfg)
-        neg1, (ln, _) = _unroll(problem, tn, neg if cfg.method == "pes" else pos, data, cfg)
+    thetas_pos = jax.vmap(lambda e: unravel(flat + e))(eps)
+    thetas_neg = jax.vmap(lambda e: unravel(flat - e))(eps)
+    pos, (lp, reset) = _unroll(problem, thetas_pos, state.pos, data, cfg)
+    neg, (ln, _) = _unroll(problem, thetas_neg,
+                           state.neg if cfg.method == "pes" else state.pos, data, cfg)
+
+    def pair(eps_i, lp, ln, reset, xi_i):
         diff = lp - ln
         before = jnp.cumsum(reset) == 0           # steps of the run that was going already
         a = jnp.mean(jnp.where(before, diff, 0.0))
@@ -185,10 +203,12 @@ def es_gradient(theta, state: ESState, key, data, *, problem: InnerProblem, cfg:
             xi_new = jnp.where(jnp.any(reset), eps_i, xi_i + eps_i)
         else:
             g = (a + b) * eps_i / (2 * cfg.sigma ** 2)
-            xi_new, neg1 = xi_i, pos1
-        return g, pos1, neg1, xi_new, 0.5 * (jnp.mean(lp) + jnp.mean(ln)), jnp.sum(reset)
+            xi_new = xi_i
+        return g, xi_new, 0.5 * (jnp.mean(lp) + jnp.mean(ln)), jnp.sum(reset)
 
-    g, pos, neg, xi, loss, resets = jax.vmap(pair)(eps, state.pos, state.neg, state.xi)
+    g, xi, loss, resets = jax.vmap(pair)(eps, lp, ln, reset, state.xi)
+    if cfg.method != "pes":
+        neg = pos
     grad = jnp.mean(g, 0)
     new_state = _shard(ESState(pos, neg, xi), m)
     metrics = {"meta_loss": jnp.mean(loss), "grad_norm": jnp.linalg.norm(grad),
