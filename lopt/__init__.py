@@ -5,15 +5,20 @@ Every optimizer here is an ``optax.GradientTransformation``. A learned optimizer
 ``load(path)``.
 """
 
+from lopt.baselines import BASELINES, Baseline, modular, muon, spectral
 from lopt.checkpoint import CheckpointError, load, load_theta, save
 from lopt.features import NUM_INPUTS, time_features
 from lopt.interop import from_learned_optimization, to_learned_optimization
 from lopt.learned import (LOConfig, LOState, MULO, SP_LO, check_theta, decays, init_theta,
                           make, make_from_config)
 from lopt.mup import forward_multiplier, init_leaf, kernel_init, mup_init_params
+from lopt.riemannian import riemannian_lowrank
 from lopt.roles import ROLES, describe_roles, fan_in, infer_roles, lr_multipliers
+from lopt.schatten import adaptive_schatten
 
 __all__ = [
+    "BASELINES", "Baseline", "modular", "muon", "spectral", "riemannian_lowrank",
+    "adaptive_schatten",
     "CheckpointError", "load", "load_theta", "save",
     "NUM_INPUTS", "time_features", "from_learned_optimization", "to_learned_optimization",
     "LOConfig", "LOState", "MULO", "SP_LO", "check_theta", "decays", "init_theta", "make",

@@ -6,7 +6,7 @@ on and is reported as divergence (``diverged`` flag and ``diverged_at`` step), n
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +26,8 @@ class TrainResult(NamedTuple):
 
 
 def train(task: Task, opt: optax.GradientTransformation, *, key: jax.Array, num_steps: int,
-          eval_every: int = 0, eval_batches: int = 4, params: Any = None) -> TrainResult:
+          eval_every: int = 0, eval_batches: int = 4, params: Any = None,
+          extra_args: Callable[[Any, Any], dict] | None = None) -> TrainResult:
     """Trains ``task`` for ``num_steps`` with ``opt``; jittable end to end.
 
     Args:
@@ -37,12 +38,15 @@ def train(task: Task, opt: optax.GradientTransformation, *, key: jax.Array, num_
       eval_every: test metrics every this many steps (and at the end); 0 = only at the end.
       eval_batches: test batches averaged per evaluation.
       params: optional initial parameters (default ``task.init``).
+      extra_args: optional ``(params, batch) -> dict`` of keyword arguments for
+        ``opt.update`` (e.g. ``{"activations": task.activations(params, batch)}``).
     """
     k_init, k_data, k_test = jax.random.split(key, 3)
     p0 = task.init(k_init) if params is None else params
     every = eval_every if eval_every else num_steps
     n_eval = num_steps // every
-    return _train(task, opt, p0, k_data, k_test, num_steps, every, n_eval, eval_batches)
+    return _train(task, opt, p0, k_data, k_test, num_steps, every, n_eval, eval_batches,
+                  extra_args)
 
 
 def _evaluate(task, params, key, batches):
@@ -52,13 +56,15 @@ def _evaluate(task, params, key, batches):
             jnp.mean(jnp.stack([m["accuracy"] for m in ms])))
 
 
-def _train(task, opt, p0, k_data, k_test, num_steps, every, n_eval, eval_batches):
+def _train(task, opt, p0, k_data, k_test, num_steps, every, n_eval, eval_batches,
+           extra_args=None):
     def step(carry, i):
         params, state, dead, dead_at = carry
         batch = task.sample(task.data, jax.random.fold_in(k_data, i), "train")
         loss, grads = jax.value_and_grad(task.loss)(params, batch)
         bad = ~jnp.isfinite(loss) | dead
-        upd, new_state = opt.update(grads, state, params)
+        extra = extra_args(params, batch) if extra_args is not None else {}
+        upd, new_state = opt.update(grads, state, params, **extra)
         new_params = optax.apply_updates(params, upd)
         ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(new_params)]))
         bad_after = bad | ~ok

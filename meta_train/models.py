@@ -70,6 +70,20 @@ class MLPSpec:
                 h = z
         return (h, pre) if return_preacts else h
 
+    def layer_inputs(self, params: dict, x: jax.Array) -> dict:
+        """A tree like params with each kernel's input activations ``[batch, fan_in]`` (as the
+        layer sees them, after its μP forward multiplier) and None at biases."""
+        _, pre = self.apply(params, x, return_preacts=True)
+        act = ACTIVATIONS[self.activation]
+        ins = [x] + [act(z) for z in pre]
+        out = {}
+        for i, h in enumerate(ins):
+            role = self.roles()[f"layer_{i}"]["w"]
+            mult = forward_multiplier(role, h.shape[-1], mup=self.mup,
+                                      output_mult=self.output_mult)
+            out[f"layer_{i}"] = {"w": mult * h, "b": None}
+        return out
+
 
 def _layer_norm(x, scale, bias, eps=1e-5):
     mu = jnp.mean(x, -1, keepdims=True)

@@ -45,6 +45,9 @@ class Task:
     batch_size: int
     spec: Any
     source: str = ""
+    # (params, batch) -> tree like params with each kernel's input activations [batch, fan_in]
+    # (None elsewhere); None when the model does not expose them. Used by adaptive Schatten-p.
+    activations: Callable[[Any, Any], Any] | None = None
 
     def num_params(self) -> int:
         shapes = jax.eval_shape(self.init, jax.random.key(0))
@@ -88,7 +91,8 @@ def mlp_task(data: str = "fmnist", resolution: int = 8, width: int = 128, depth:
 
     return Task(name or f"mlp-{data}{resolution}-w{width}-d{depth}", spec.init, loss, metrics,
                 sample, {"train": ds.train, "test": ds.test}, spec.roles(),
-                math.log(ds.num_classes), batch_size, spec, ds.source)
+                math.log(ds.num_classes), batch_size, spec, ds.source,
+                activations=lambda params, batch: spec.layer_inputs(params, batch[0]))
 
 
 def lm_task(corpus: str = "fortunes", d_model: int = 128, depth: int = 2, heads: int = 4,

@@ -1,0 +1,138 @@
+"""Adaptive Schatten-p descent: each hidden layer steps along ``U S^(1/p) V^T`` of its momentum
+with its own p, chosen from the layer's gradient and input activations.
+
+p = 1 is normalized SGD, p -> inf is Muon/spectral descent. Every ``every`` steps each hidden
+layer re-picks p from ``p_grid`` by the criterion of Massena et al.,
+
+    p* = argmax_p ||G||_S(1 + 1/p) / ||A||_S(2(p + 1)/(p - 1)),
+
+with G the layer's gradient and A its input activations on the current batch (passed to
+``update`` as the extra argument ``activations``: a tree like params holding ``[batch,
+fan_in]`` arrays at hidden kernels; see ``Task.activations``). Without activations for a
+layer, A is taken as whitened (all singular values equal). The Schatten norms come from
+Gram-matrix eigenvalues and the direction for finite p from the Gram eigenbasis (no SVD);
+p = inf uses Muon's Newton-Schulz. Input, readout and non-matrix leaves use AdamW, as in Muon.
+
+References: Massena et al., "From SGD to Muon: Adaptive Optimization via Schatten-p Norms",
+arXiv 2605.19781.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lopt import dualize
+
+INF = float("inf")
+DEFAULT_P_GRID = (1.0, 2.0, 4.0, 8.0, INF)
+
+
+class SchattenState(NamedTuple):
+    momentum: Any    # tree like params: momentum of hidden matrices (None elsewhere)
+    p_index: Any     # tree like params: [] int32 index into p_grid per hidden matrix
+    count: jax.Array  # [] int32 steps taken
+    adam: Any        # AdamW state of the other leaves
+
+
+def _is_hidden(x, role) -> bool:
+    return role == "hidden" and x.ndim >= 2
+
+
+def criterion(g: jax.Array, a: jax.Array | None, p_grid=DEFAULT_P_GRID) -> jax.Array:
+    """The score of every p in ``p_grid`` (higher is better) for gradient g, activations a."""
+    s_g, _, _ = dualize.gram_spectrum(dualize.as_matrix(g).astype(jnp.float32))
+    if a is None:
+        s_a = jnp.ones((dualize.as_matrix(g).shape[0],), jnp.float32)
+    else:
+        s_a, _, _ = dualize.gram_spectrum(a.reshape(-1, a.shape[-1]).astype(jnp.float32))
+    scores = []
+    for p in p_grid:
+        q_g = 1.0 + (0.0 if p == INF else 1.0 / p)
+        q_a = INF if p == 1 else (2.0 if p == INF else 2.0 * (p + 1.0) / (p - 1.0))
+        scores.append(dualize.schatten_norm(s_g, q_g) /
+                      (dualize.schatten_norm(s_a, q_a) + dualize.EPS))
+    return jnp.stack(scores)
+
+
+def adaptive_schatten(lr: float, roles: Any, p_grid=DEFAULT_P_GRID, every: int = 50,
+                      momentum: float = 0.95, adam_lr: float | None = None,
+                      fixed_p: float | None = None) -> optax.GradientTransformationExtraArgs:
+    """Adaptive Schatten-p descent.
+
+    Args:
+      lr: step size of the hidden matrices (update scaled by sqrt(max(1, fan_out/fan_in))).
+      roles: μP role tree of the parameters.
+      p_grid: candidate p values (``inf`` allowed).
+      every: re-choose p every this many steps (at step 0 and every multiple).
+      momentum: Nesterov momentum of the hidden matrices.
+      adam_lr: AdamW LR of the other leaves (default lr / 10, as in the Muon baseline).
+      fixed_p: use this p everywhere and skip the criterion (for ablations and tests).
+    """
+    p_grid = tuple(float(p) for p in p_grid)
+    if fixed_p is not None:
+        p_grid = (float(fixed_p),)
+    adam = optax.adamw(adam_lr if adam_lr else lr / 10, weight_decay=0.0)
+
+    def hidden_only(tree, ref):
+        return jax.tree.map(lambda x, r: x if _is_hidden(x, r) else None, tree, ref)
+
+    def others(tree):
+        return jax.tree.map(lambda x, r: None if _is_hidden(x, r) else x, tree, roles)
+
+    def init_fn(params):
+        mom = jax.tree.map(lambda x, r: jnp.zeros(x.shape, jnp.float32)
+                           if _is_hidden(x, r) else None, params, roles)
+        pidx = jax.tree.map(lambda x, r: jnp.int32(len(p_grid) - 1) if _is_hidden(x, r)
+                            else None, params, roles)
+        return SchattenState(mom, pidx, jnp.int32(0), adam.init(others(params)))
+
+    def direction(m, i):
+        branches = [lambda m, p=p: dualize.schatten_direction(m, p, "newton-schulz")
+                    for p in p_grid]
+        return branches[0](m) if len(branches) == 1 else jax.lax.switch(i, branches, m)
+
+    def update_fn(updates, state, params=None, *, activations=None, **extra):
+        del extra
+        acts = activations if activations is not None else jax.tree.map(lambda _: None,
+                                                                        updates)
+        rechoose = (state.count % every) == 0
+
+        def leaf(g, r, m, i, a):
+            if not _is_hidden(g, r):
+                return None, None, None
+            g32 = g.astype(jnp.float32)
+            m = momentum * m + g32
+            nest = g32 + momentum * m
+            if len(p_grid) > 1:
+                i = jax.lax.cond(rechoose, lambda: jnp.argmax(criterion(g32, a, p_grid))
+                                 .astype(jnp.int32), lambda: i)
+            d = direction(nest, i) * dualize.width_scale(g.shape)
+            return (-lr * d).astype(g.dtype), m, i
+
+        is_none = lambda x: x is None
+        out = jax.tree.map(leaf, updates, roles, state.momentum, state.p_index, acts,
+                           is_leaf=is_none)
+        trip = lambda x: isinstance(x, tuple) and len(x) == 3
+        hid = jax.tree.map(lambda t: t[0], out, is_leaf=trip)
+        mom = jax.tree.map(lambda t: t[1], out, is_leaf=trip)
+        pidx = jax.tree.map(lambda t: t[2], out, is_leaf=trip)
+        o_upd, adam_state = adam.update(others(updates), state.adam,
+                                        others(params) if params is not None else None)
+        merged = jax.tree.map(lambda h, o: o if h is None else h, hid, o_upd,
+                              is_leaf=is_none)
+        return merged, SchattenState(mom, pidx, state.count + 1, adam_state)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def chosen_p(state: SchattenState, p_grid=DEFAULT_P_GRID) -> Any:
+    """The p currently used by each hidden matrix (a tree of floats, None elsewhere)."""
+    return jax.tree.map(lambda i: p_grid[int(i)], state.p_index)
+
+
+__all__ = ["adaptive_schatten", "criterion", "chosen_p", "SchattenState", "DEFAULT_P_GRID",
+           "INF"]
