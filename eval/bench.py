@@ -5,6 +5,9 @@
 * the μLO update vs ``optax.adamw``'s on the same ~1M-parameter MLP tree;
 * the μLO update's achieved FLOP/s vs a plain float32 matmul of the LO's shape;
 * the μLO update on the 1.86M-parameter MLP of DESIGN section 8;
+* every optimizer (μLO and each baseline of ``lopt.BASELINES``): update time on that tree and
+  train-step time (forward + backward + update, compile excluded) on a task, both relative
+  to AdamW, plus optimizer-state bytes and XLA's compiled peak temporary memory;
 * ES/PES meta-training throughput (inner steps/s across the population, outer steps/min)
   for presets ``quick`` and ``cpu`` and for the reference configuration of DESIGN section 8
   (MLP 64-128-128-10 on 8x8 digits, batch 128, 8 pairs, K=50, horizons 100-1000).
@@ -90,19 +93,119 @@ def bench_es(name, tasks, es_cfg, outer=3):
             "inner_steps_per_s": inner / total}
 
 
+def _mlp_roles(params):
+    n = len(params)
+    return {k: {"w": "input" if i == 0 else ("output" if i == n - 1 else "hidden"),
+                "b": "vector"} for i, k in enumerate(sorted(params, key=lambda s: int(s[6:])))}
+
+
+def _nbytes(tree):
+    return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)))
+
+
+def bench_optimizers(dims=(784, 1024, 256, 10), task_name="mlp-fmnist8-w512-d3", steps=20,
+                     train_steps=50, names=None):
+    """Per-optimizer update time, train-step time, state memory; ratios to AdamW."""
+    from lopt.baselines import BASELINES
+    from meta_train.inner import train
+    from meta_train.tasks import get_task
+    params = mlp_tree(list(dims))
+    roles = _mlp_roles(params)
+    grads = jax.tree.map(lambda p: 0.01 * jnp.cos(p), params)
+    acts = {k: {"w": jax.random.normal(jax.random.PRNGKey(i), (128, v["w"].shape[0])),
+                "b": None} for i, (k, v) in enumerate(params.items())}
+    task = get_task(task_name)
+    theta = lopt.init_theta(jax.random.PRNGKey(0))
+    opts = {"adamw": (BASELINES["adamw"].make(1e-3, roles), False,
+                      BASELINES["adamw"].make(1e-3, task.roles))}
+    opts["μLO"] = (lopt.make(theta, roles=roles), False, lopt.make(theta, roles=task.roles))
+    for name, b in BASELINES.items():
+        if name != "adamw" and (names is None or name in names):
+            opts[name] = (b.make(1e-3, roles), b.needs_activations, b.make(1e-3, task.roles))
+    if names is None or "schatten" in names:
+        # Schatten-p with p pinned to inf is Muon's maths with no criterion: the difference to
+        # "schatten" is the adaptive part's cost (plus the p it picks)
+        from lopt.schatten import adaptive_schatten
+        opts["schatten[p=inf]"] = (adaptive_schatten(1e-3, roles, fixed_p=float("inf")), False,
+                                   adaptive_schatten(1e-3, task.roles, fixed_p=float("inf")))
+    rows = []
+    for name, (opt, needs_acts, task_opt) in opts.items():
+        extra = {"activations": acts} if needs_acts else {}
+        up = jax.jit(lambda g, s, p, opt=opt, extra=extra: opt.update(g, s, p, **extra))
+        state = opt.init(params)
+        mem = up.lower(grads, state, params).compile().memory_analysis()
+        _, state = up(grads, state, params)
+        jax.block_until_ready(state)
+        t0 = time.perf_counter()
+        for _ in range(steps):     # state carried, so periodic work (Schatten's p) amortizes
+            _, state = up(grads, state, params)
+        jax.block_until_ready(state)
+        t_up = (time.perf_counter() - t0) / steps
+        xa = ((lambda p, b: {"activations": task.activations(p, b)}) if needs_acts else None)
+        run = jax.jit(lambda k, o=task_opt, xa=xa: train(task, o, key=k, num_steps=train_steps,
+                                                         extra_args=xa).losses)
+        jax.block_until_ready(run(jax.random.PRNGKey(0)))       # compile
+        t0 = time.perf_counter()
+        jax.block_until_ready(run(jax.random.PRNGKey(1)))
+        t_step = (time.perf_counter() - t0) / train_steps
+        rows.append({"optimizer": name, "update_ms": 1e3 * t_up, "train_step_ms": 1e3 * t_step,
+                     "state_mb": _nbytes(state) / 2 ** 20,
+                     "temp_mb": (mem.temp_size_in_bytes / 2 ** 20) if mem else float("nan")})
+    for r in rows:
+        r["update_vs_adamw"] = r["update_ms"] / rows[0]["update_ms"]
+        r["train_step_vs_adamw"] = r["train_step_ms"] / rows[0]["train_step_ms"]
+    from lopt.schatten import criterion
+    hidden = [(grads[k]["w"], acts[k]["w"]) for k in params if roles[k]["w"] == "hidden"]
+    crit = jax.jit(lambda hs: [criterion(g, a) for g, a in hs])
+    t_crit = _time(crit, hidden)
+    return {"params": int(sum(x.size for x in jax.tree.leaves(params))), "task": task_name,
+            "schatten_criterion_ms": 1e3 * t_crit,
+            "task_params": task.num_params(), "rows": rows}
+
+
+def print_optimizer_table(res):
+    print(f"\nOptimizers: update on MLP tree ({res['params']:,} params), train step on "
+          f"{res['task']} ({res['task_params']:,} params, batch 128); compile excluded")
+    print("| optimizer | update ms | x AdamW | train step ms | x AdamW | state MiB | peak temp MiB |")
+    print("|---|---|---|---|---|---|---|")
+    for r in res["rows"]:
+        print(f"| {r['optimizer']} | {r['update_ms']:.2f} | {r['update_vs_adamw']:.1f} | "
+              f"{r['train_step_ms']:.2f} | {r['train_step_vs_adamw']:.1f} | "
+              f"{r['state_mb']:.1f} | {r['temp_mb']:.1f} |")
+    muon = next((r for r in res["rows"] if r["optimizer"] == "muon"), None)
+    if muon and "schatten_criterion_ms" in res:
+        c = res["schatten_criterion_ms"]
+        print(f"Schatten-p criterion (all hidden layers, batch-128 activations): {c:.2f} ms per "
+              f"call = {100 * c / muon['update_ms']:.1f}% of a Muon update; every 50 steps: "
+              f"{2 * c / muon['update_ms']:.2f}% amortized")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m eval.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--skip-es", action="store_true", help="only the optimizer-update figures")
+    ap.add_argument("--skip-es", action="store_true", help="skip the ES throughput figures")
+    ap.add_argument("--only-optimizers", action="store_true",
+                    help="only the per-optimizer table (update, train step, memory)")
+    ap.add_argument("--json", default=None, help="also write every figure to this JSON file")
     args = ap.parse_args(argv)
+    report = {}
+    if args.only_optimizers:
+        report["optimizers"] = bench_optimizers()
+        print_optimizer_table(report["optimizers"])
+        _dump(args.json, report)
+        return 0
     print(f"devices: {jax.devices()}")
     for dims in ([784, 1024, 256, 10], [64, 1024, 1024, 768, 10]):
         r = bench_update(dims)
+        report.setdefault("lo_update", []).append(r)
         print(f"LO update, MLP {dims} ({r['params']:,} params): {r['lo_ms']:.1f} ms vs "
               f"adamw {r['adamw_ms']:.2f} ms -> {r['lo_over_adamw']:.1f}x adamw; "
               f"{r['lo_gflops']:.1f} GFLOP/s vs matmul [n,32]x[32,32] "
               f"{r['matmul_gflops']:.1f} GFLOP/s -> {r['lo_over_matmul_flops']:.2f} of matmul")
+    report["optimizers"] = bench_optimizers()
+    print_optimizer_table(report["optimizers"])
     if args.skip_es:
+        _dump(args.json, report)
         return 0
     from meta_train.config import PRESETS
     from meta_train.es import ESConfig
@@ -116,7 +219,16 @@ def main(argv=None):
         print(f"{r['config']}: {r['s_per_outer_step']:.2f} s/outer step, "
               f"{r['outer_steps_per_min']:.1f} outer steps/min, "
               f"{r['inner_steps_per_s']:.0f} inner steps/s")
+    report["es"] = rows
+    _dump(args.json, report)
     return 0
+
+
+def _dump(path, report):
+    if path:
+        import json
+        with open(path, "w") as f:
+            json.dump(report, f, indent=2, default=float)
 
 
 if __name__ == "__main__":

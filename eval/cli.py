@@ -8,6 +8,11 @@ import sys
 from pathlib import Path
 
 
+def _baseline_names():
+    from lopt.baselines import BASELINES
+    return BASELINES
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(
         prog="python -m eval",
@@ -15,13 +20,18 @@ def main(argv=None):
                     "wider, deeper and longer tasks than it was meta-trained on, next to "
                     "baselines tuned per task. Writes results.json, results.csv, report.md and "
                     "PNG plots to --out; finished cells are cached and never recomputed.")
-    ap.add_argument("--lo", required=True,
+    ap.add_argument("--lo", required=True, action="append",
                     help="learned optimizer: a meta-training run directory, a checkpoint "
-                         "directory, or a shipped checkpoint name")
+                         "directory, or a shipped checkpoint name; optionally LABEL=PATH. "
+                         "Repeat to compare several (e.g. a μLO and an SP LO); the first one's "
+                         "meta-training config defines the suite's tasks")
     ap.add_argument("--suite", default="quick", choices=["smoke", "quick", "full", "paper"],
                     help="smoke (seconds, tests), quick (minutes on 2 cores), full (hours), "
                          "paper (GPU scale)")
     ap.add_argument("--out", default=None, help="output directory (default runs/eval-<suite>)")
+    ap.add_argument("--baselines", default=None,
+                    help="comma-separated baselines to tune and compare (default: the suite's; "
+                         "choices: " + ", ".join(sorted(_baseline_names())) + ")")
     ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = ap.parse_args(argv)
     import lopt
@@ -29,14 +39,17 @@ def main(argv=None):
     from eval.suite import run_suite
     out = Path(args.out or f"runs/eval-{args.suite}")
     try:
-        doc = run_suite(args.lo, args.suite, out, progress=not args.no_progress)
+        doc = run_suite(args.lo, args.suite, out, progress=not args.no_progress,
+                        baselines=tuple(b for b in (args.baselines or "").split(",") if b)
+                        or None)
     except lopt.CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     rep = write_all(doc, out, "python -m eval " + " ".join(shlex.quote(a) for a in
                                                               (argv or sys.argv[1:])))
     print(rep["markdown"])
-    print(f"wrote {out}/report.md, results.json, results.csv, " + ", ".join(rep["plots"]))
+    print(f"wrote {out}/report.md, results.json, results.csv, tb/ (TensorBoard), "
+          + ", ".join(rep["plots"]))
     return 0
 
 

@@ -27,41 +27,47 @@ def write_all(doc: dict, out: Path, command: str) -> dict:
     rows = []
     for c in doc["cells"]:
         for name, o in c["optimizers"].items():
-            rows.append({"axis": c["axis"], "task": c["task"], "steps": c["steps"],
-                         "optimizer": name, "lr": o.get("lr", ""),
+            rows.append({"axis": c["axis"], "task": o.get("task", c["task"]),
+                         "steps": c["steps"], "optimizer": name, "lr": o.get("lr", ""),
                          "final_train_loss_mean": o["final_mean"],
                          "final_train_loss_std": o["final_std"],
                          "test_loss_mean": float(np.mean(o["test_loss"])),
                          "test_accuracy_mean": float(np.mean(o["test_accuracy"])),
                          "diverged": o["diverged"],
-                         "speedup_vs_adamw": o.get("speedup_vs_adamw", "")})
+                         "speedup_vs_adamw": o.get("speedup_vs_adamw", ""),
+                         "seconds_per_step": o.get("wall_s_per_step", "")})
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
     plots = _plots(doc, out)
+    _tensorboard(doc, out / "tb")
     md = markdown(doc, plots)
     (out / "report.md").write_text(md)
     return {"markdown": md, "plots": plots}
 
 
 def markdown(doc: dict, plots: list[str]) -> str:
-    lo = doc["lo"]
-    lines = [f"# Generalization suite `{doc['suite']}`", "",
-             f"- learned optimizer: `{lo['path']}` ({lo['config']['name'] if 'name' in lo['config'] else ('mulo' if lo['config']['mup'] else 'sp-lo')}, meta-step {lo['meta_step']})",
-             f"- meta-training tasks: {', '.join(lo['meta_config']['tasks'])}; horizon "
-             f"{lo['meta_config']['es']['min_horizon']}-{lo['meta_config']['es']['max_horizon']}",
-             f"- commit `{doc['commit']}`; command: `{doc['command']}`",
-             f"- baselines tuned on seed 0 over a log LR grid; reported on seeds "
-             f"{doc['report_seeds']} (mean ± std of final train loss = mean of last 5% of steps; "
-             "lower is better; best per row in bold; † = a run diverged)", ""]
+    lines = [f"# Generalization suite `{doc['suite']}`", ""]
+    for lo in doc["los"]:
+        mc = lo["meta_config"] or {}
+        lines.append(f"- **{lo['label']}**: `{lo['path']}` ({'μP' if lo['config']['mup'] else 'SP'}"
+                     f", meta-step {lo['meta_step']}, theta digest {lo['digest']}); meta-trained "
+                     f"on {', '.join(mc.get('tasks', []))}, horizons "
+                     f"{mc.get('es', {}).get('min_horizon')}-{mc.get('es', {}).get('max_horizon')}")
+    lines += [f"- commit `{doc['commit']}`; command: `{doc['command']}`",
+              f"- baselines ({', '.join(doc['baselines'])}) tuned on seed 0 over a log LR grid; "
+              f"everything reported on seeds {doc['report_seeds']}: mean ± std of the final "
+              "train loss (mean of the last 5% of steps); lower is better; best per row in bold; "
+              "† = a run diverged. Task names are the μP variants; SP optimizers (SP LO, AdamW, "
+              "SGD, sign, Prodigy) ran the same network in standard parametrization (`-sp`).", ""]
     axes = []
     for c in doc["cells"]:
         if c["axis"] not in axes:
             axes.append(c["axis"])
     for axis in axes:
         cells = [c for c in doc["cells"] if c["axis"] == axis]
-        names = list(cells[0]["optimizers"])
+        names = [n for n in cells[0]["optimizers"]]
         lines += [f"## {axis}", "", "| task | steps | " + " | ".join(names) + " |",
                   "|---|---:|" + "---:|" * len(names)]
         for c in cells:
@@ -83,6 +89,14 @@ def markdown(doc: dict, plots: list[str]) -> str:
     lines += ["Tuned learning rates: " + "; ".join(
         f"{c['task']}: " + ", ".join(f"{n}={o['lr']:.3g}" for n, o in c["optimizers"].items()
                                       if "grid" in o) for c in doc["cells"]), ""]
+    names = list(dict.fromkeys(n for c in doc["cells"] for n in c["optimizers"]))
+    lines += ["Seconds per training step (compile excluded; vmapped runs, so per run-step):",
+              "", "| task | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for c in doc["cells"]:
+        lines.append(f"| {c['task']} | " + " | ".join(
+            f"{c['optimizers'][n]['wall_s_per_step'] * 1e3:.2f} ms" if n in c["optimizers"]
+            else "" for n in names) + " |")
+    lines.append("")
     lines += [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
 
@@ -120,10 +134,11 @@ def _plots(doc: dict, out: Path) -> list[str]:
                    and re.search(r"-w(\d+)", c["task"])]
     if width_cells:
         fig, ax = plt.subplots(figsize=(5.5, 4))
-        names = list(width_cells[0]["optimizers"])
+        names = [n for n in width_cells[0]["optimizers"] if "(untrained)" not in n]
         for name in names:
             pts = sorted((int(re.search(r"-w(\d+)", c["task"])[1]),
-                          c["optimizers"][name]["final_mean"]) for c in width_cells)
+                          c["optimizers"][name]["final_mean"]) for c in width_cells
+                         if name in c["optimizers"])
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("width")
@@ -134,4 +149,55 @@ def _plots(doc: dict, out: Path) -> list[str]:
         fig.savefig(out / "final_loss_vs_width.png", dpi=110)
         plt.close(fig)
         files.append("final_loss_vs_width.png")
+
+    deep = [c for c in cells if c["axis"] == "deeper"]
+    if deep:
+        base = re.sub(r"-d\d+", "", deep[0]["task"])
+        pts_cells = [c for c in cells if c["axis"] in ("in-distribution", "deeper")
+                     and re.sub(r"-d\d+", "", c["task"]) == base and c["steps"] == deep[0]["steps"]]
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        for name in deep[0]["optimizers"]:
+            pts = sorted((int(re.search(r"-d(\d+)", c["task"])[1]),
+                          c["optimizers"][name]["final_mean"]) for c in pts_cells
+                         if name in c["optimizers"])
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name)
+        ax.set_xlabel("depth (hidden layers)")
+        ax.set_ylabel("final train loss")
+        ax.set_title(f"final loss vs depth ({base})", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "final_loss_vs_depth.png", dpi=110)
+        plt.close(fig)
+        files.append("final_loss_vs_depth.png")
+
+    names = [n for n in cells[0]["optimizers"] if "(untrained)" not in n]
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(cells)), 4))
+    wbar = 0.8 / len(names)
+    for i, name in enumerate(names):
+        vals = [c["optimizers"].get(name, {}).get("speedup_vs_adamw", np.nan) for c in cells]
+        ax.bar(np.arange(len(cells)) + i * wbar, vals, wbar, label=name)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(np.arange(len(cells)) + 0.4 - wbar / 2)
+    ax.set_xticklabels([f"{c['axis']}\n{c['task']}" for c in cells], fontsize=6)
+    ax.set_ylabel("speedup vs tuned AdamW")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "speedup.png", dpi=110)
+    plt.close(fig)
+    files.append("speedup.png")
     return files
+
+
+def _tensorboard(doc: dict, logdir: Path) -> None:
+    """Mean train-loss curves (<= 500 points each) and final losses as TensorBoard scalars."""
+    from meta_train.tblog import TBWriter
+    w = TBWriter(logdir)
+    for c in doc["cells"]:
+        for name, o in c["optimizers"].items():
+            tag = f"{c['axis']}/{c['task']}/{name}"
+            curve = np.asarray(o["mean_curve"])
+            for step in np.unique(np.linspace(0, len(curve) - 1, 500).astype(int)):
+                w.scalars(int(step) + 1, {f"{tag}/train_loss": float(curve[step])})
+            w.scalars(c["steps"], {f"{tag}/final_train_loss": o["final_mean"],
+                                   f"{tag}/test_accuracy": float(np.mean(o["test_accuracy"]))})
+    w.close()

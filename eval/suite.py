@@ -110,17 +110,49 @@ def speedup(reference: np.ndarray, candidate: np.ndarray) -> float:
     return 0.0 if hit.size == 0 else n_ref / float(hit[0] + 1)
 
 
-class Runner:
-    """Runs and caches groups of training runs."""
+@dataclasses.dataclass(frozen=True)
+class LearnedOpt:
+    """A loaded learned optimizer under a display label."""
+    label: str
+    path: str
+    theta: Any
+    config: Any
+    meta: dict
 
-    def __init__(self, out: Path, lo_path: str | None, progress=None):
+    @property
+    def digest(self) -> str:
+        flat = np.concatenate([np.ravel(np.asarray(x, np.float32))
+                               for x in jax.tree.leaves(self.theta)])
+        return hashlib.sha1(flat.tobytes() + json.dumps(self.config.to_dict(), sort_keys=True)
+                            .encode()).hexdigest()[:16]
+
+
+def load_los(specs: list[str]) -> list[LearnedOpt]:
+    """``["runs/a", "SP=runs/b"]`` -> learned optimizers; the default label is μLO / SP LO."""
+    out = []
+    for spec in specs:
+        label, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+        theta, config, meta = lopt.load_theta(path)
+        label = label or ("μLO" if config.mup else "SP LO")
+        while label in [o.label for o in out]:
+            label += "'"
+        out.append(LearnedOpt(label, path, theta, config, meta))
+    return out
+
+
+def variant(task: str, parametrization: str) -> str:
+    """The task name in a parametrization: ``-sp`` added for "sp", removed for "mup"."""
+    base = re.sub(r"-sp(?=-|$)", "", task)
+    return base + "-sp" if parametrization == "sp" else base
+
+
+class Runner:
+    """Runs and caches groups of training runs: one compile per (task, optimizer, steps), LR
+    grid and seeds vmapped."""
+
+    def __init__(self, out: Path):
         self.out = Path(out)
         (self.out / "cells").mkdir(parents=True, exist_ok=True)
-        self.progress = progress
-        self.lo = None
-        if lo_path is not None:
-            theta, config, meta = lopt.load_theta(lo_path)
-            self.lo = (theta, config, meta)
 
     def _cached(self, key: dict, fn):
         h = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -136,94 +168,120 @@ class Runner:
         tmp.replace(f)
         return res, False
 
-    def run_group(self, task_name: str, opt_name: str, steps: int, lrs: list[float],
-                  seeds: list[int]) -> dict:
-        """Trains every (lr, seed) pair of one (task, optimizer); cached."""
-        key = {"task": task_name, "opt": opt_name, "steps": steps, "lrs": lrs, "seeds": seeds,
-               "lo": self.lo[2].get("step") if (self.lo and opt_name == "lo") else None,
-               "lo_theta": (float(np.sum(np.abs(self.lo[0]["nn"]["w0"])))
-                            if (self.lo and opt_name == "lo") else None)}
-        return self._cached(key, lambda: self._compute(task_name, opt_name, steps, lrs, seeds))
+    def run_baseline(self, task_name: str, name: str, steps: int, lrs, seeds) -> dict:
+        b = BASELINES[name]
+        key = {"task": task_name, "opt": name, "steps": steps, "lrs": list(lrs),
+               "seeds": list(seeds)}
+        return self._cached(key, lambda: self._compute(
+            task_name, lambda lr, task: b.make(lr, task.roles), steps, lrs, seeds,
+            b.needs_activations))[0]
 
-    def _compute(self, task_name, opt_name, steps, lrs, seeds):
+    def run_lo(self, task_name: str, lo: LearnedOpt, steps: int, seeds, untrained=False):
+        key = {"task": task_name, "opt": "lo-init" if untrained else "lo", "steps": steps,
+               "lrs": [0.0], "seeds": list(seeds), "lo_digest": lo.digest}
+        theta = lo.theta
+        if untrained:   # the same LO before meta-training (its run's seed's init)
+            seed = int(lo.meta.get("config", {}).get("seed", 0))
+            theta = lopt.init_theta(jax.random.split(jax.random.PRNGKey(seed), 3)[0],
+                                    lo.config)
+        return self._cached(key, lambda: self._compute(
+            task_name, lambda lr, task: lopt.make_from_config(theta, lo.config, roles=task.roles),
+            steps, [0.0], seeds, False))[0]
+
+    def _compute(self, task_name, make, steps, lrs, seeds, needs_activations):
         task = get_task(task_name)
-        if opt_name in ("lo", "lo-init"):
-            theta, config, meta = self.lo
-            if opt_name == "lo-init":  # the same LO before meta-training (its seed's init)
-                seed = int(meta.get("config", {}).get("seed", 0))
-                theta = lopt.init_theta(jax.random.split(jax.random.PRNGKey(seed), 3)[0],
-                                        config)
-            make = lambda lr, theta=theta: lopt.make_from_config(theta, config)
-        else:
-            make = lambda lr: BASELINES[opt_name].make(lr, task.roles)
+        extra = ((lambda p, b: {"activations": task.activations(p, b)})
+                 if needs_activations and task.activations is not None else None)
 
         def one(lr, seed):
-            return train(task, make(lr), key=jax.random.PRNGKey(seed), num_steps=steps,
-                         eval_every=0, eval_batches=8)
+            return train(task, make(lr, task), key=jax.random.PRNGKey(seed), num_steps=steps,
+                         eval_every=0, eval_batches=8, extra_args=extra)
 
         lr_arr = jnp.asarray(lrs, jnp.float32)
         seed_arr = jnp.asarray(seeds, jnp.uint32)
         fn = jax.jit(jax.vmap(jax.vmap(one, in_axes=(None, 0)), in_axes=(0, None)))
         t0 = time.time()
-        res = fn(lr_arr, seed_arr)
+        compiled = fn.lower(lr_arr, seed_arr).compile()
+        t1 = time.time()
+        res = compiled(lr_arr, seed_arr)
         jax.block_until_ready(res.losses)
-        wall = time.time() - t0
-        # time per step excluding compile: a second call on one seed would double the cost,
-        # so report the whole call (compile included) and the step count.
+        wall = time.time() - t1
         return {"losses": np.asarray(res.losses).tolist(),
                 "test_loss": np.asarray(res.test_loss[..., -1]).tolist(),
                 "test_accuracy": np.asarray(res.test_accuracy[..., -1]).tolist(),
                 "diverged": np.asarray(res.diverged).tolist(),
-                "wall_s": wall, "runs": len(lrs) * len(seeds), "steps": steps}
+                "wall_s": wall, "compile_s": t1 - t0, "runs": len(lrs) * len(seeds),
+                "steps": steps}
 
 
-def run_suite(lo_path: str, suite: str, out: Path, progress: bool = True) -> dict:
-    """Runs a named suite for the LO at ``lo_path``; returns the results document."""
+def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
+              baselines: tuple[str, ...] | None = None) -> dict:
+    """Runs a named suite for one or more LOs (paths, or ``label=path``).
+
+    The first LO's meta-training config defines the cells; every optimizer runs each cell in
+    its own parametrization (μP for μLO, μAdam, Muon; SP for SP LO, AdamW, SGD, Prodigy).
+    Returns the results document.
+    """
     from tqdm import tqdm
 
     spec = SUITES[suite]
-    runner = Runner(out, lo_path)
-    theta, config, meta = runner.lo
-    meta_cfg = meta.get("config")
+    los = load_los([lo_paths] if isinstance(lo_paths, str) else list(lo_paths))
+    meta_cfg = los[0].meta.get("config")
     if not meta_cfg:
-        raise SystemExit(f"error: {lo_path} carries no meta-training config; the suite needs "
-                         "one to define its axes")
+        raise SystemExit(f"error: {los[0].path} carries no meta-training config; the suite "
+                         "needs one to define its axes")
+    names = tuple(baselines) if baselines else spec.baselines
+    unknown = [n for n in names if n not in BASELINES]
+    if unknown:
+        raise SystemExit(f"error: unknown baseline(s) {unknown}; choose from {sorted(BASELINES)}")
     cells = cells_for(meta_cfg, spec)
-    lo_name = config.name
+    runner = Runner(out)
     report_seeds = list(range(1, spec.seeds + 1))
-    total = len(cells) * (2 * len(spec.baselines) + 3)
+    per_cell = 2 * len(names) + 1 + len(los)
+    total = len(cells) * per_cell + sum(len(los) for c in cells if c.axis == "in-distribution")
     bar = tqdm(total=total, desc=f"eval {suite}", unit="group", disable=not progress)
     results = []
     for cell in cells:
-        entry = {"axis": cell.axis, "task": cell.task, "steps": cell.steps, "optimizers": {}}
-        for name in spec.baselines:
+        entry = {"axis": cell.axis, "task": variant(cell.task, "mup"), "steps": cell.steps,
+                 "optimizers": {}}
+        for name in names:
+            task = variant(cell.task, BASELINES[name].parametrization)
             grid = _grid(name, spec.grid_points)
-            tune, _ = runner.run_group(cell.task, name, cell.steps, grid, [0])
+            tune = runner.run_baseline(task, name, cell.steps, grid, [0])
             finals = [_final(np.asarray(l[0])) for l in tune["losses"]]
             finals = [f if np.isfinite(f) else np.inf for f in finals]
             best = grid[int(np.argmin(finals))]
             bar.update(1)
-            rep, _ = runner.run_group(cell.task, name, cell.steps, [best], report_seeds)
-            entry["optimizers"][name] = _summary(rep, 0, lr=best, grid=grid, tune=finals)
+            rep = runner.run_baseline(task, name, cell.steps, [best], report_seeds)
+            entry["optimizers"][name] = _summary(rep, 0, lr=best, grid=grid, tune=finals,
+                                                 task=task)
             bar.update(1)
-        rep, _ = runner.run_group(cell.task, "adamw", cell.steps, [1e-3], report_seeds)
-        entry["optimizers"]["adamw@1e-3"] = _summary(rep, 0, lr=1e-3)
+        task = variant(cell.task, "sp")
+        rep = runner.run_baseline(task, "adamw", cell.steps, [1e-3], report_seeds)
+        entry["optimizers"]["adamw@1e-3"] = _summary(rep, 0, lr=1e-3, task=task)
         bar.update(1)
-        rep, _ = runner.run_group(cell.task, "lo", cell.steps, [0.0], report_seeds)
-        entry["optimizers"][lo_name] = _summary(rep, 0)
-        bar.update(1)
-        rep, _ = runner.run_group(cell.task, "lo-init", cell.steps, [0.0], report_seeds)
-        entry["optimizers"][f"{lo_name} (untrained)"] = _summary(rep, 0)
-        bar.update(1)
+        for lo in los:
+            task = variant(cell.task, "mup" if lo.config.mup else "sp")
+            entry["optimizers"][lo.label] = _summary(
+                runner.run_lo(task, lo, cell.steps, report_seeds), 0, task=task)
+            bar.update(1)
+            if cell.axis == "in-distribution":
+                entry["optimizers"][f"{lo.label} (untrained)"] = _summary(
+                    runner.run_lo(task, lo, cell.steps, report_seeds, untrained=True), 0,
+                    task=task)
+                bar.update(1)
         ref = entry["optimizers"].get("adamw")
         for o in entry["optimizers"].values():
             if ref is not None:
                 o["speedup_vs_adamw"] = speedup(ref["mean_curve"], o["mean_curve"])
         results.append(entry)
     bar.close()
-    return {"suite": suite, "lo": {"path": str(lo_path), "config": config.to_dict(),
-                                   "meta_step": meta.get("step"), "meta_config": meta_cfg},
-            "spec": dataclasses.asdict(spec), "report_seeds": report_seeds, "cells": results}
+    return {"suite": suite,
+            "los": [{"label": lo.label, "path": str(lo.path), "config": lo.config.to_dict(),
+                     "meta_step": lo.meta.get("step"), "digest": lo.digest,
+                     "meta_config": lo.meta.get("config")} for lo in los],
+            "spec": dataclasses.asdict(spec), "baselines": list(names),
+            "report_seeds": report_seeds, "cells": results}
 
 
 def _summary(group: dict, lr_index: int, **extra) -> dict:
@@ -235,4 +293,5 @@ def _summary(group: dict, lr_index: int, **extra) -> dict:
             "test_accuracy": group["test_accuracy"][lr_index],
             "diverged": any(group["diverged"][lr_index]),
             "mean_curve": np.mean(np.minimum(losses, 1e3), 0).tolist(),
+            # compile excluded; the runs of a group are vmapped, so this is per run-step
             "wall_s_per_step": group["wall_s"] / (group["runs"] * group["steps"]), **extra}

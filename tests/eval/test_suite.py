@@ -25,9 +25,11 @@ def test_speedup_on_constructed_curves():
 @pytest.fixture(scope="module")
 def smoke_eval(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
-    cfg = dataclasses.replace(PRESETS["smoke"], outer_steps=2, validate_every=0)
-    run(cfg, root / "run", progress=False)
-    doc = S.run_suite(str(root / "run"), "smoke", root / "ev", progress=False)
+    for preset, name in (("smoke", "run"), ("smoke-sp", "run-sp")):
+        cfg = dataclasses.replace(PRESETS[preset], outer_steps=2, validate_every=0)
+        run(cfg, root / name, progress=False)
+    doc = S.run_suite([str(root / "run"), str(root / "run-sp")], "smoke", root / "ev",
+                      progress=False)
     files = write_all(doc, root / "ev", "test")
     return root, doc, files
 
@@ -35,13 +37,35 @@ def smoke_eval(tmp_path_factory):
 def test_smoke_suite_writes_reports(smoke_eval):
     root, doc, files = smoke_eval
     for f in ("results.json", "results.csv", "report.md", "loss_curves.png",
-              "final_loss_vs_width.png"):
+              "final_loss_vs_width.png", "speedup.png"):
         assert (root / "ev" / f).stat().st_size > 0, f
+    assert files["plots"] == ["loss_curves.png", "final_loss_vs_width.png", "speedup.png"]
     assert {c["axis"] for c in doc["cells"]} == {"in-distribution", "wider"}
     md = (root / "ev" / "report.md").read_text()
-    assert "| mlp-digits8-w32-d2 |" in md and "mulo" in md
+    assert "| mlp-digits8-w32-d2 |" in md and "μLO" in md and "SP LO" in md
     back = json.loads((root / "ev" / "results.json").read_text())
     assert back["commit"] and back["cells"][0]["optimizers"]["adamw"]["final_mean"] > 0
+    # each optimizer trained the network in its own parametrization
+    opts = doc["cells"][0]["optimizers"]
+    assert opts["μLO"]["task"] == "mlp-digits8-w16-d2"
+    assert opts["SP LO"]["task"] == opts["adamw"]["task"] == "mlp-digits8-w16-d2-sp"
+    assert {"μLO (untrained)", "SP LO (untrained)"} <= set(opts)
+    assert "μLO (untrained)" not in doc["cells"][-1]["optimizers"]     # wider: trained only
+    for o in opts.values():
+        assert 0 < o["wall_s_per_step"] < 1.0
+
+
+def test_tensorboard_scalars_are_written(smoke_eval):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    root, doc, _ = smoke_eval
+    acc = EventAccumulator(str(root / "ev" / "tb"))
+    acc.Reload()
+    c = doc["cells"][0]
+    tag = f"{c['axis']}/{c['task']}/μLO/final_train_loss"
+    ev = acc.Scalars(tag)
+    assert ev[-1].value == pytest.approx(c["optimizers"]["μLO"]["final_mean"], rel=1e-6)
+    curve = acc.Scalars(f"{c['axis']}/{c['task']}/adamw/train_loss")
+    assert curve[0].step == 1 and curve[-1].step == c["steps"]
 
 
 def test_tuning_uses_only_the_tuning_seed_and_picks_the_best(smoke_eval):
@@ -49,7 +73,7 @@ def test_tuning_uses_only_the_tuning_seed_and_picks_the_best(smoke_eval):
     seen = [json.loads(f.read_text()) for f in (root / "ev" / "cells").glob("*.json")]
     for c in doc["cells"]:
         o = c["optimizers"]["adamw"]
-        tune = [s for s in seen if s["key"]["task"] == c["task"] and s["key"]["opt"] == "adamw"
+        tune = [s for s in seen if s["key"]["task"] == o["task"] and s["key"]["opt"] == "adamw"
                 and len(s["key"]["lrs"]) > 1]
         assert len(tune) == 1 and tune[0]["key"]["seeds"] == [0]
         finals = [S._final(np.asarray(l[0])) for l in tune[0]["losses"]]
@@ -62,6 +86,7 @@ def test_cached_cells_are_not_recomputed(smoke_eval, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("recomputed a cached cell")
     monkeypatch.setattr(S.Runner, "_compute", boom)
-    again = S.run_suite(str(root / "run"), "smoke", root / "ev", progress=False)
+    again = S.run_suite([str(root / "run"), str(root / "run-sp")], "smoke", root / "ev",
+                        progress=False)
     assert again["cells"][0]["optimizers"]["adamw"]["final_mean"] == \
         doc["cells"][0]["optimizers"]["adamw"]["final_mean"]
