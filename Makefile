@@ -13,8 +13,9 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 demo: $(BIN)/.installed
-	$(BIN)/python -m meta_train --preset quick --out runs/quick
-	$(BIN)/python -m eval --suite quick --lo runs/quick --out runs/quick-eval
+	$(BIN)/python -m meta_train --preset quick --out runs/quick --resume
+	$(BIN)/python -m meta_train --preset quick-sp --out runs/quick-sp --resume
+	$(BIN)/python -m eval --suite quick --lo runs/quick --lo runs/quick-sp --out runs/quick-eval
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
