@@ -32,6 +32,11 @@ def main(argv=None):
     ap.add_argument("--baselines", default=None,
                     help="comma-separated baselines to tune and compare (default: the suite's; "
                          "choices: " + ", ".join(sorted(_baseline_names())) + ")")
+    ap.add_argument("--wider", default=None,
+                    help="override the suite's width multipliers, e.g. 2,4 (relative to the "
+                         "widest meta-training width)")
+    ap.add_argument("--seeds", type=int, default=None,
+                    help="override the number of report seeds (seeds 1..n; seed 0 tunes)")
     ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = ap.parse_args(argv)
     import lopt
@@ -39,7 +44,13 @@ def main(argv=None):
     from eval.suite import run_suite
     out = Path(args.out or f"runs/eval-{args.suite}")
     try:
+        overrides = {}
+        if args.wider:
+            overrides["wider"] = tuple(int(x) for x in args.wider.split(",") if x)
+        if args.seeds:
+            overrides["seeds"] = args.seeds
         doc = run_suite(args.lo, args.suite, out, progress=not args.no_progress,
+                        overrides=overrides,
                         baselines=tuple(b for b in (args.baselines or "").split(",") if b)
                         or None)
     except lopt.CheckpointError as e:

@@ -48,7 +48,8 @@ SUITES = {
     "smoke": SuiteSpec(wider=(2,), deeper=0, longer=0, baselines=("adamw",), grid_points=2,
                        seeds=2, in_distribution=True),
     "quick": SuiteSpec(wider=(4, 8), deeper=5, longer=5, grid_points=6, seeds=3),
-    "full": SuiteSpec(wider=(8, 16, 32), deeper=5, longer=25, grid_points=7, seeds=3),
+    "full": SuiteSpec(wider=(8, 16, 32), deeper=5, longer=25, grid_points=7, seeds=3,
+                      baselines=("adamw", "muadam", "muon", "modular", "prodigy")),
     "paper": SuiteSpec(wider=(8, 16, 32, 64), deeper=5, longer=25, grid_points=9, seeds=5),
 }
 
@@ -215,7 +216,7 @@ class Runner:
 
 
 def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
-              baselines: tuple[str, ...] | None = None) -> dict:
+              baselines: tuple[str, ...] | None = None, overrides: dict | None = None) -> dict:
     """Runs a named suite for one or more LOs (paths, or ``label=path``).
 
     The first LO's meta-training config defines the cells; every optimizer runs each cell in
@@ -224,7 +225,7 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
     """
     from tqdm import tqdm
 
-    spec = SUITES[suite]
+    spec = dataclasses.replace(SUITES[suite], **(overrides or {}))
     los = load_los([lo_paths] if isinstance(lo_paths, str) else list(lo_paths))
     meta_cfg = los[0].meta.get("config")
     if not meta_cfg:

@@ -39,8 +39,16 @@ class CheckpointError(ValueError):
 
 
 def shipped_dir() -> Path:
-    """Directory of the checkpoints that ship with the project."""
-    return Path(__file__).resolve().parent.parent / "checkpoints"
+    """Directory of the checkpoints that ship with the project: ``checkpoints/`` of a source
+    checkout (or editable install), else ``<prefix>/share/mulo/checkpoints`` where a wheel
+    install puts them (pyproject's data-files)."""
+    import sysconfig
+    source = Path(__file__).resolve().parent.parent / "checkpoints"
+    installed = Path(sysconfig.get_path("data")) / "share" / "mulo" / "checkpoints"
+    for d in (source, installed):
+        if d.is_dir() and any((x / LOPT_FILE).is_file() for x in d.glob("*")):
+            return d
+    return source
 
 
 def to_json(theta: Any, config: LOConfig, meta: Mapping[str, Any] | None = None) -> dict:
@@ -130,7 +138,9 @@ def load_theta(path: str | os.PathLike):
     """Loads (theta, LOConfig, meta) from a path or shipped checkpoint name."""
     p = Path(path).expanduser()
     if not p.exists():
-        shipped = shipped_dir() / str(path)
+        # a shipped name, also written as "checkpoints/<name>" from outside the source tree
+        name = str(path).removeprefix("checkpoints/").rstrip("/")
+        shipped = shipped_dir() / name
         if shipped.exists():
             p = shipped
         else:

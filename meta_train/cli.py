@@ -61,6 +61,7 @@ def main(argv=None):
             print(f"error: {e}", file=sys.stderr)
             return 2
     out = args.out or f"runs/{args.preset}"
+    _record_invocation(out, argv)
     try:
         res = run(cfg, out, resume=args.resume, progress=not args.no_progress,
                   stop_after=args.stop_after)
@@ -72,6 +73,22 @@ def main(argv=None):
     print(f"done: step {res['step']}, meta-loss {m.get('meta_loss', float('nan')):.4f}; "
           f"checkpoint in {out}/checkpoints (load with lopt.load({str(out)!r}))")
     return 0
+
+
+def _record_invocation(out, argv):
+    """Appends the command line and commit to ``<out>/invocations.jsonl`` (for model cards)."""
+    import json
+    import shlex
+    import time
+    from pathlib import Path
+
+    from eval.report import _commit
+    Path(out).mkdir(parents=True, exist_ok=True)
+    args = sys.argv[1:] if argv is None else list(argv)
+    with open(Path(out) / "invocations.jsonl", "a") as f:
+        f.write(json.dumps({"time": time.time(), "commit": _commit(),
+                            "command": "python -m meta_train " + " ".join(
+                                shlex.quote(a) for a in args)}) + "\n")
 
 
 if __name__ == "__main__":

@@ -179,7 +179,7 @@ def run(cfg: MetaTrainConfig, out: str | os.PathLike, *, resume: bool = False,
                 t_last = time.time()
             tb.scalars(step, mets)
             with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps({"step": step, **mets}) + "\n")
+                f.write(json.dumps({"step": step, "time": now, **mets}) + "\n")
             if step % cfg.checkpoint_every == 0 or step == end:
                 ckpt.save(step, state, lopt_to_json(state["theta"], cfg.lo,
                                                     {"step": step, "config": cfg.to_dict()}),
