@@ -90,6 +90,7 @@ def save(path: str | os.PathLike, theta: Any, config: LOConfig,
     fd, tmp = tempfile.mkstemp(dir=path, prefix=".lopt-", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         json.dump(to_json(theta, config, meta), f)
+    os.chmod(tmp, 0o644)   # mkstemp creates 0600; a checkpoint is meant to be shared
     os.replace(tmp, path / LOPT_FILE)
     return path / LOPT_FILE
 
