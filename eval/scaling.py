@@ -28,8 +28,11 @@ Setup (every choice, stated):
 * LR tuned per (optimizer, N, s) on a log grid on a tuning seed (0); reported on seeds 1..n
   (>= 5 in ``full``). GD's and diagonal's LRs are multiples of 1 / (preconditioned)
   lambda_max, natural gradient's are absolute (1 = Newton), Adam's and Shampoo's absolute.
-* alpha: least squares of ``log(mean over seeds of L - floor)`` on ``log N`` over the whole N
-  grid; 95% confidence intervals from 1000 bootstrap resamples of the seeds.
+* alpha: least squares of ``log(mean over seeds of L - floor)`` on ``log N`` over
+  ``N <= M / 4`` (64..1024; larger N are run and plotted but not fitted: as N -> M the features
+  span the latent space and converged losses collapse, a finite-M artifact); 95% confidence
+  intervals from 1000 bootstrap resamples of the seeds. ``--refit scaling.json`` recomputes
+  the table and plots from saved raw losses.
 
 References: Ramani & Jain, "On the Optimizer Dependence of Neural Scaling Laws", arXiv
 2605.29387; Bordelon, Atanasov & Pehlevan, "A Dynamical Model of Neural Scaling Laws",
@@ -65,10 +68,15 @@ class Variant:
     steps: int
     latent_dim: int = 4096
     grid_points: int = 7
+    # alpha is fitted over N <= fit_max_n. As N approaches M the N random features span the
+    # whole latent space and the loss of a converged optimizer collapses toward the floor
+    # (a finite-M artifact, not a power law), so the fit stops at M / 4.
+    fit_max_n: int = 1024
 
 
 VARIANTS = {
-    "smoke": Variant((1.0,), (16, 32, 64), seeds=2, steps=50, latent_dim=256, grid_points=3),
+    "smoke": Variant((1.0,), (16, 32, 64), seeds=2, steps=50, latent_dim=256, grid_points=3,
+                     fit_max_n=64),
     "quick": Variant((0.5, 1.0, 2.0), (64, 128, 256, 512, 1024), seeds=3, steps=500),
     "full": Variant((0.5, 0.75, 1.0, 1.25, 1.5, 2.0), (64, 128, 256, 512, 1024, 2048, 4096),
                     seeds=5, steps=1000),
@@ -255,8 +263,10 @@ def run_study(variant: str, out: Path, lo_paths=(), progress=True) -> dict:
     for p in lo_paths:
         import lopt
         theta, config, _ = lopt.load_theta(p)
-        los[("μLO" if config.mup else "SP LO") + ("" if not los else f" {len(los)}")] = \
-            (theta, config, p)
+        label = "μLO" if config.mup else "SP LO"
+        while label in los:
+            label += "'"
+        los[label] = (theta, config, p)
     names = list(OPTIMIZERS) + list(los)
     report_seeds = list(range(1, var.seeds + 1))
     raw = {}
@@ -281,20 +291,26 @@ def run_study(variant: str, out: Path, lo_paths=(), progress=True) -> dict:
                      "tune": None if tune is None else tune.tolist()})
                 bar.update(1)
     bar.close()
-    table = {}
-    for s, per_opt in raw.items():
-        for name, rows in per_opt.items():
-            per_seed = np.array([r["excess_loss"] for r in rows])
-            if np.all(np.isfinite(per_seed)) and np.all(per_seed > 0):
-                a, lo_ci, hi_ci = bootstrap_alpha(var.n_values, per_seed)
-            else:
-                a = lo_ci = hi_ci = float("nan")
-            table.setdefault(s, {})[name] = {"alpha": a, "ci": [lo_ci, hi_ci]}
     doc = {"variant": variant, "setup": dataclasses.asdict(var), "noise": NOISE,
            "noise_floor": NOISE ** 2 / 2, "report_seeds": report_seeds,
            "optimizers": names, "los": {k: v[2] for k, v in los.items()},
-           "alpha": table, "raw": raw, "seconds": time.time() - t0}
+           "alpha": alpha_table(raw, var), "raw": raw, "seconds": time.time() - t0}
     return doc
+
+
+def alpha_table(raw: dict, var: Variant) -> dict:
+    """alpha with CI per (s, optimizer), fitted over N <= var.fit_max_n."""
+    table = {}
+    for s, per_opt in raw.items():
+        for name, rows in per_opt.items():
+            rows = [r for r in rows if r["n"] <= var.fit_max_n]
+            per_seed = np.array([r["excess_loss"] for r in rows])
+            if np.all(np.isfinite(per_seed)) and np.all(per_seed > 0):
+                a, lo_ci, hi_ci = bootstrap_alpha([r["n"] for r in rows], per_seed)
+            else:
+                a = lo_ci = hi_ci = float("nan")
+            table.setdefault(s, {})[name] = {"alpha": a, "ci": [lo_ci, hi_ci]}
+    return table
 
 
 def write_outputs(doc: dict, out: Path, command: str) -> list[str]:
@@ -309,7 +325,9 @@ def write_outputs(doc: dict, out: Path, command: str) -> list[str]:
     names, s_vals = doc["optimizers"], list(doc["alpha"])
     n_vals = doc["setup"]["n_values"]
     lines = [f"# Scaling-law study `{doc['variant']}`", "",
-             f"alpha of L(N) - floor ~ N^-alpha, N = {n_vals[0]}..{n_vals[-1]}, "
+             f"alpha of L(N) - floor ~ N^-alpha fitted over N = {n_vals[0]}.."
+             f"{min(n_vals[-1], doc['setup'].get('fit_max_n', n_vals[-1]))} (run up to "
+             f"{n_vals[-1]}), "
              f"T = {doc['setup']['steps']} steps, M = {doc['setup']['latent_dim']}, "
              f"lambda_k = k^-(1+s), seeds {doc['report_seeds']}, 95% bootstrap CI; commit "
              f"`{doc['commit']}`; command `{command}`; {doc['seconds']:.0f} s.", "",
@@ -360,13 +378,25 @@ def main(argv=None):
     ap.add_argument("--lo", action="append", default=[],
                     help="a trained learned optimizer to include (repeatable)")
     ap.add_argument("--out", default=None, help="output directory (default runs/scaling-<v>)")
+    ap.add_argument("--refit", default=None, metavar="SCALING_JSON",
+                    help="recompute the alpha table and plots from a saved scaling.json "
+                         "(no training) with this version's fit range")
     ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = ap.parse_args(argv)
     import lopt
     out = Path(args.out or f"runs/scaling-{args.variant}")
     try:
-        doc = run_study(args.variant, out, args.lo, progress=not args.no_progress)
-    except lopt.CheckpointError as e:
+        if args.refit:
+            doc = json.loads(Path(args.refit).read_text())
+            setup = dict(doc["setup"])
+            setup.setdefault("fit_max_n", VARIANTS[doc["variant"]].fit_max_n)
+            setup = {k: tuple(v) if isinstance(v, list) else v for k, v in setup.items()}
+            var = Variant(**setup)
+            doc.update(setup=dataclasses.asdict(var), alpha=alpha_table(doc["raw"], var),
+                       refit_of=doc.get("command"))
+        else:
+            doc = run_study(args.variant, out, args.lo, progress=not args.no_progress)
+    except (lopt.CheckpointError, FileNotFoundError, json.JSONDecodeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     files = write_outputs(doc, out, "python -m eval.scaling " + " ".join(

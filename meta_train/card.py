@@ -72,7 +72,7 @@ def _eval_summary(eval_dir: Path | None, labels: list[str]) -> list[str]:
                                if "(untrained)" not in n and n != "adamw@1e-3"))
     lines = [f"From `{doc['command']}` (commit `{doc['commit']}`, suite `{doc['suite']}`, "
              f"report seeds {doc['report_seeds']}): final train loss, mean ± std, lower is "
-             "better; bold = best in row.", "",
+             "better; bold = best of the columns shown (tuned AdamW, μAdam, Muon, μLO, SP LO).", "",
              "| axis | task | steps | " + " | ".join(names) + " |",
              "|---|---|---:|" + "---:|" * len(names)]
     for c in doc["cells"]:
