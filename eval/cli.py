@@ -35,6 +35,10 @@ def main(argv=None):
     ap.add_argument("--wider", default=None,
                     help="override the suite's width multipliers, e.g. 2,4 (relative to the "
                          "widest meta-training width)")
+    ap.add_argument("--axes", default=None,
+                    help="comma-separated subset of the axes to run: in-distribution, wider, "
+                         "deeper, longer (default: all); cached cells are shared, so a later "
+                         "run of all axes with the same --out reuses them")
     ap.add_argument("--seeds", type=int, default=None,
                     help="override the number of report seeds (seeds 1..n; seed 0 tunes)")
     ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -49,6 +53,13 @@ def main(argv=None):
             overrides["wider"] = tuple(int(x) for x in args.wider.split(",") if x)
         if args.seeds:
             overrides["seeds"] = args.seeds
+        if args.axes:
+            axes = tuple(a.strip() for a in args.axes.split(",") if a.strip())
+            known = ("in-distribution", "wider", "deeper", "longer")
+            bad = [a for a in axes if a not in known]
+            if bad:
+                ap.error(f"unknown axis {bad[0]!r} in --axes; choose from {', '.join(known)}")
+            overrides["axes"] = axes
         doc = run_suite(args.lo, args.suite, out, progress=not args.no_progress,
                         overrides=overrides,
                         baselines=tuple(b for b in (args.baselines or "").split(",") if b)

@@ -1,6 +1,6 @@
 """Package a finished meta-training run as a shipped checkpoint with a model card.
 
-``python -m meta_train.card --run runs/cpu-mulo --name mulo-cpu [--eval runs/cpu-eval]``
+``python -m meta_train.card --run runs/cpu-mulo --name mulo-cpu [--eval runs/cpu-eval ...]``
 writes ``checkpoints/<name>/``: ``lopt.json`` (theta + config), ``MODEL_CARD.md`` (command,
 config, commit, wall time, hardware, meta-loss curve, eval summary), ``meta_loss.png`` and
 ``training_log.csv`` (the meta-loss / validation scalars that TensorBoard shows).
@@ -72,7 +72,8 @@ def _eval_summary(eval_dir: Path | None, labels: list[str]) -> list[str]:
                                if "(untrained)" not in n and n != "adamw@1e-3"))
     lines = [f"From `{doc['command']}` (commit `{doc['commit']}`, suite `{doc['suite']}`, "
              f"report seeds {doc['report_seeds']}): final train loss, mean ± std, lower is "
-             "better; bold = best of the columns shown (tuned AdamW, μAdam, Muon, μLO, SP LO).", "",
+             "better; baselines tuned per task on seed 0; bold = best of the columns shown; "
+             "† = a run diverged.", "",
              "| axis | task | steps | " + " | ".join(names) + " |",
              "|---|---|---:|" + "---:|" * len(names)]
     for c in doc["cells"]:
@@ -98,7 +99,7 @@ def _invocation(run: Path):
     return {}
 
 
-def write_card(run: Path, name: str, dest_root: Path, eval_dir: Path | None = None,
+def write_card(run: Path, name: str, dest_root: Path, eval_dirs=None,
                command: str | None = None, commit: str | None = None) -> Path:
     import lopt
     from eval.report import _commit
@@ -151,7 +152,11 @@ def write_card(run: Path, name: str, dest_root: Path, eval_dir: Path | None = No
             f"{r['val/final_train_loss']:.3f}" for r in val) + ".")
     md += ["", "![meta-loss](meta_loss.png)", "", "`training_log.csv` holds the scalars "
            "TensorBoard showed for this run.", "", "## Evaluation", ""]
-    md += _eval_summary(eval_dir, [])
+    eval_dirs = [Path(e) for e in (eval_dirs or [])]
+    for i, e in enumerate(eval_dirs or [None]):
+        if i:
+            md.append("")
+        md += _eval_summary(e, [])
     md += ["", "Full config:", "", "```json", json.dumps(cfg, indent=2), "```", ""]
     (dest / "MODEL_CARD.md").write_text("\n".join(md))
     return dest
@@ -162,7 +167,8 @@ def main(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="finished meta-training run directory")
     ap.add_argument("--name", required=True, help="name of the shipped checkpoint")
-    ap.add_argument("--eval", default=None, help="eval output directory to summarize")
+    ap.add_argument("--eval", action="append", default=[],
+                    help="eval output directory to summarize (repeat for several)")
     ap.add_argument("--command", default=None,
                     help="the meta-training command (default: from <run>/invocations.jsonl)")
     ap.add_argument("--commit", default=None,
@@ -173,7 +179,7 @@ def main(argv=None):
     import lopt
     try:
         d = write_card(Path(args.run), args.name, Path(args.dest),
-                       Path(args.eval) if args.eval else None, args.command, args.commit)
+                       args.eval, args.command, args.commit)
     except (lopt.CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -90,3 +90,55 @@ def test_cached_cells_are_not_recomputed(smoke_eval, monkeypatch):
                         progress=False)
     assert again["cells"][0]["optimizers"]["adamw"]["final_mean"] == \
         doc["cells"][0]["optimizers"]["adamw"]["final_mean"]
+
+
+_META = {"tasks": ["mlp-fmnist8-w32-d3", "mlp-fmnist8-w128-d3"], "es": {"max_horizon": 500}}
+
+
+def test_cells_follow_the_meta_training_config_and_the_axes_filter():
+    spec = S.SUITES["full"]
+    cells = S.cells_for(_META, spec)
+    assert [(c.axis, c.task, c.steps) for c in cells] == [
+        ("in-distribution", "mlp-fmnist8-w32-d3", 500),
+        ("in-distribution", "mlp-fmnist8-w128-d3", 500),
+        ("wider", "mlp-fmnist8-w1024-d3", 500), ("wider", "mlp-fmnist8-w2048-d3", 500),
+        ("wider", "mlp-fmnist8-w4096-d3", 500),
+        ("deeper", "mlp-fmnist8-w128-d15", 500),
+        ("longer", "mlp-fmnist8-w128-d3", 12500)]
+    only = S.cells_for(_META, dataclasses.replace(spec, axes=("wider", "longer"), wider=(8,)))
+    assert [(c.axis, c.task, c.steps) for c in only] == [
+        ("wider", "mlp-fmnist8-w1024-d3", 500), ("longer", "mlp-fmnist8-w128-d3", 12500)]
+
+
+def test_unknown_axis_is_one_clear_error(capsys):
+    from eval.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["--lo", "mulo-cpu", "--axes", "wider,taller"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "unknown axis 'taller'" in err and "in-distribution, wider, deeper, longer" in err
+
+
+def test_an_axis_subset_fills_the_cache_of_the_whole_suite(smoke_eval, monkeypatch):
+    root, doc, _ = smoke_eval
+    sub = S.run_suite([str(root / "run"), str(root / "run-sp")], "smoke", root / "ev-axes",
+                      progress=False, overrides={"axes": ("wider",)})
+    assert [c["axis"] for c in sub["cells"]] == ["wider"]
+    # the subset computes the same numbers as the whole suite's wider cell ...
+    whole = [c for c in doc["cells"] if c["axis"] == "wider"][0]["optimizers"]
+    for name, row in sub["cells"][0]["optimizers"].items():
+        assert row["final_mean"] == pytest.approx(whole[name]["final_mean"], rel=1e-5), name
+    # ... and LOs are listed after the baselines even though they ran first
+    names = list(sub["cells"][0]["optimizers"])
+    assert names.index("adamw@1e-3") < names.index("μLO") < names.index("SP LO")
+    # a later run of all axes in the same directory only computes the missing cells
+    calls = []
+    real = S.Runner._compute
+    def counting(self, task_name, *a, **k):
+        calls.append(task_name)
+        return real(self, task_name, *a, **k)
+    monkeypatch.setattr(S.Runner, "_compute", counting)
+    S.run_suite([str(root / "run"), str(root / "run-sp")], "smoke", root / "ev-axes",
+                progress=False)
+    in_dist = {c["task"] for c in doc["cells"] if c["axis"] == "in-distribution"}
+    assert {S.variant(t, "mup") for t in calls} == in_dist
