@@ -19,11 +19,23 @@ def _commit() -> str:
         return "unknown"
 
 
+def _rounded_curves(doc: dict) -> dict:
+    """The document with loss curves at 6 significant digits (float32 carries ~7): long-horizon
+    suites hold 10^5 curve points, and full repr digits would triple the file for nothing.
+    Summary numbers (final losses, accuracies) keep full precision."""
+    cells = []
+    for c in doc["cells"]:
+        opts = {n: dict(o, mean_curve=[float(f"{x:.6g}") for x in o["mean_curve"]])
+                for n, o in c["optimizers"].items()}
+        cells.append(dict(c, optimizers=opts))
+    return dict(doc, cells=cells)
+
+
 def write_all(doc: dict, out: Path, command: str) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     doc = dict(doc, commit=_commit(), command=command)
-    (out / "results.json").write_text(json.dumps(doc))
+    (out / "results.json").write_text(json.dumps(_rounded_curves(doc)))
     rows = []
     for c in doc["cells"]:
         for name, o in c["optimizers"].items():
@@ -47,6 +59,26 @@ def write_all(doc: dict, out: Path, command: str) -> dict:
     return {"markdown": md, "plots": plots}
 
 
+def _overrides(doc: dict) -> list[str]:
+    """A line naming where this run departs from its named suite (e.g. fewer widths)."""
+    import dataclasses
+
+    from eval.suite import SUITES
+    if doc.get("suite") not in SUITES or "spec" not in doc:
+        return []
+    default = dataclasses.asdict(SUITES[doc["suite"]])
+    diffs = [f"{k} = {_fmt(v)} (suite default {_fmt(default[k])})"
+             for k, v in doc["spec"].items() if k in default and _fmt(v) != _fmt(default[k])]
+    if "baselines" in doc and _fmt(doc["baselines"]) != _fmt(default["baselines"]):
+        diffs.append(f"baselines = {_fmt(doc['baselines'])} (suite default "
+                     f"{_fmt(default['baselines'])})")
+    return [f"- departs from the `{doc['suite']}` suite: " + "; ".join(diffs)] if diffs else []
+
+
+def _fmt(v) -> str:
+    return ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+
 def markdown(doc: dict, plots: list[str]) -> str:
     lines = [f"# Generalization suite `{doc['suite']}`", ""]
     for lo in doc["los"]:
@@ -60,7 +92,8 @@ def markdown(doc: dict, plots: list[str]) -> str:
               f"everything reported on seeds {doc['report_seeds']}: mean ± std of the final "
               "train loss (mean of the last 5% of steps); lower is better; best per row in bold; "
               "† = a run diverged. Task names are the μP variants; SP optimizers (SP LO, AdamW, "
-              "SGD, sign, Prodigy) ran the same network in standard parametrization (`-sp`).", ""]
+              "SGD, sign, Prodigy) ran the same network in standard parametrization (`-sp`)."]
+    lines += _overrides(doc) + [""]
     axes = []
     for c in doc["cells"]:
         if c["axis"] not in axes:

@@ -45,6 +45,12 @@ def test_smoke_suite_writes_reports(smoke_eval):
     assert "| mlp-digits8-w32-d2 |" in md and "μLO" in md and "SP LO" in md
     back = json.loads((root / "ev" / "results.json").read_text())
     assert back["commit"] and back["cells"][0]["optimizers"]["adamw"]["final_mean"] > 0
+    # curves are stored at 6 significant digits, summaries exactly
+    for c, cb in zip(doc["cells"], back["cells"]):
+        for name, o in c["optimizers"].items():
+            ob = cb["optimizers"][name]
+            assert ob["final_mean"] == o["final_mean"]
+            np.testing.assert_allclose(ob["mean_curve"], o["mean_curve"], rtol=5e-6)
     # each optimizer trained the network in its own parametrization
     opts = doc["cells"][0]["optimizers"]
     assert opts["μLO"]["task"] == "mlp-digits8-w16-d2"
@@ -142,3 +148,15 @@ def test_an_axis_subset_fills_the_cache_of_the_whole_suite(smoke_eval, monkeypat
                 progress=False)
     in_dist = {c["task"] for c in doc["cells"] if c["axis"] == "in-distribution"}
     assert {S.variant(t, "mup") for t in calls} == in_dist
+
+
+def test_report_names_where_a_run_departs_from_its_suite():
+    from eval.report import _overrides
+    spec = dataclasses.asdict(dataclasses.replace(S.SUITES["full"], wider=(8,), seeds=2))
+    doc = {"suite": "full", "spec": json.loads(json.dumps(spec)), "baselines": ["adamw"]}
+    assert _overrides(doc) == ["- departs from the `full` suite: wider = 8 (suite default "
+                               "8, 16, 32); seeds = 2 (suite default 3); baselines = adamw "
+                               "(suite default adamw, muadam, muon, modular, prodigy)"]
+    same = {"suite": "full", "spec": dataclasses.asdict(S.SUITES["full"]),
+            "baselines": list(S.SUITES["full"].baselines)}
+    assert _overrides(same) == []
