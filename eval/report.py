@@ -93,6 +93,11 @@ def markdown(doc: dict, plots: list[str]) -> str:
               "train loss (mean of the last 5% of steps); lower is better; best per row in bold; "
               "† = a run diverged. Task names are the μP variants; SP optimizers (SP LO, AdamW, "
               "SGD, sign, Prodigy) ran the same network in standard parametrization (`-sp`)."]
+    if doc.get("host"):
+        h = doc["host"]
+        lines.append(f"- host: {h['machine']}, {h['cpu_threads']} CPU threads, devices "
+                     f"{', '.join(h['devices'])}, jax {h['jax']} (learned-optimizer runs are "
+                     "bit-reproducible at the same thread count; see `eval.suite.host_info`)")
     lines += _overrides(doc) + [""]
     axes = []
     for c in doc["cells"]:

@@ -288,7 +288,22 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
                      "meta_step": lo.meta.get("step"), "digest": lo.digest,
                      "meta_config": lo.meta.get("config")} for lo in los],
             "spec": dataclasses.asdict(spec), "baselines": list(names),
-            "report_seeds": report_seeds, "cells": results}
+            "report_seeds": report_seeds, "cells": results, "host": host_info()}
+
+
+def host_info() -> dict:
+    """Where a suite ran. XLA:CPU splits some reductions by the number of threads it may use,
+    so learned-optimizer runs are bit-reproducible only at the same thread count (a different
+    count perturbs the last float bits, which a learned optimizer's trajectory can amplify to
+    seed-noise-sized differences; the baselines measured here were unaffected)."""
+    import os
+    import platform
+    try:
+        threads = len(os.sched_getaffinity(0))
+    except AttributeError:      # not Linux
+        threads = os.cpu_count()
+    return {"cpu_threads": threads, "machine": platform.machine(),
+            "devices": [str(d) for d in jax.devices()], "jax": jax.__version__}
 
 
 # Matrix-function baselines (Newton-Schulz / SVD per step) cost 10-20x an elementwise update at

@@ -43,6 +43,7 @@ def test_smoke_suite_writes_reports(smoke_eval):
     assert {c["axis"] for c in doc["cells"]} == {"in-distribution", "wider"}
     md = (root / "ev" / "report.md").read_text()
     assert "| mlp-digits8-w32-d2 |" in md and "μLO" in md and "SP LO" in md
+    assert doc["host"]["cpu_threads"] >= 1 and f"{doc['host']['cpu_threads']} CPU threads" in md
     back = json.loads((root / "ev" / "results.json").read_text())
     assert back["commit"] and back["cells"][0]["optimizers"]["adamw"]["final_mean"] > 0
     # curves are stored at 6 significant digits, summaries exactly
@@ -160,3 +161,13 @@ def test_report_names_where_a_run_departs_from_its_suite():
     same = {"suite": "full", "spec": dataclasses.asdict(S.SUITES["full"]),
             "baselines": list(S.SUITES["full"].baselines)}
     assert _overrides(same) == []
+
+
+def test_lo_runs_are_bit_reproducible_on_the_same_host(smoke_eval, tmp_path):
+    root, doc, _ = smoke_eval
+    lo = S.load_los([str(root / "run")])[0]
+    a = S.Runner(tmp_path / "a").run_lo("mlp-digits8-w32-d2", lo, 40, [1, 2])
+    b = S.Runner(tmp_path / "b").run_lo("mlp-digits8-w32-d2", lo, 40, [1, 2])
+    assert np.asarray(a["losses"]).shape == (1, 2, 40)
+    np.testing.assert_array_equal(np.asarray(a["losses"]), np.asarray(b["losses"]))
+    assert not np.array_equal(np.asarray(a["losses"])[0, 0], np.asarray(a["losses"])[0, 1])
