@@ -171,3 +171,16 @@ def test_lo_runs_are_bit_reproducible_on_the_same_host(smoke_eval, tmp_path):
     assert np.asarray(a["losses"]).shape == (1, 2, 40)
     np.testing.assert_array_equal(np.asarray(a["losses"]), np.asarray(b["losses"]))
     assert not np.array_equal(np.asarray(a["losses"])[0, 0], np.asarray(a["losses"])[0, 1])
+
+
+def test_tuned_lr_at_the_end_of_its_grid_is_flagged(smoke_eval):
+    from eval.report import markdown
+    root, doc, _ = smoke_eval
+    doc = json.loads(json.dumps(dict(doc, commit="x", command="c")))
+    o = doc["cells"][0]["optimizers"]["adamw"]
+    o["grid"], o["lr"] = [1e-3, 1e-2, 1e-1], 1e-1
+    line = [l for l in markdown(doc, []).splitlines() if l.startswith("Tuned learning rates")][0]
+    assert f"{doc['cells'][0]['task']} ({doc['cells'][0]['steps']} steps): adamw=0.1‡" in line
+    o["lr"] = 1e-2
+    line = [l for l in markdown(doc, []).splitlines() if l.startswith("Tuned learning rates")][0]
+    assert "adamw=0.01," in line or "adamw=0.01;" in line or line.endswith("adamw=0.01")
