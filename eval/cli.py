@@ -45,7 +45,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     import lopt
     from eval.report import write_all
-    from eval.suite import run_suite
+    from eval.suite import AXES, run_suite
     out = Path(args.out or f"runs/eval-{args.suite}")
     try:
         overrides = {}
@@ -55,10 +55,9 @@ def main(argv=None):
             overrides["seeds"] = args.seeds
         if args.axes:
             axes = tuple(a.strip() for a in args.axes.split(",") if a.strip())
-            known = ("in-distribution", "wider", "deeper", "longer")
-            bad = [a for a in axes if a not in known]
+            bad = [a for a in axes if a not in AXES]
             if bad:
-                ap.error(f"unknown axis {bad[0]!r} in --axes; choose from {', '.join(known)}")
+                ap.error(f"unknown axis {bad[0]!r} in --axes; choose from {', '.join(AXES)}")
             overrides["axes"] = axes
         doc = run_suite(args.lo, args.suite, out, progress=not args.no_progress,
                         overrides=overrides,

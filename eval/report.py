@@ -124,11 +124,10 @@ def markdown(doc: dict, plots: list[str]) -> str:
                 f"{c['optimizers'][n].get('speedup_vs_adamw', float('nan')):.2f}"
                 for n in names) + " |")
         lines.append("")
-    edge = "‡"
     lines += ["Tuned learning rates (‡ = the best LR is at an end of its grid, so a wider grid "
               "might do better): " + "; ".join(
         f"{c['task']} ({c['steps']} steps): " + ", ".join(
-            f"{n}={o['lr']:.3g}" + (edge if len(o["grid"]) > 1 and o["lr"] in
+            f"{n}={o['lr']:.3g}" + ("‡" if len(o["grid"]) > 1 and o["lr"] in
                                     (o["grid"][0], o["grid"][-1]) else "")
             for n, o in c["optimizers"].items() if "grid" in o) for c in doc["cells"]), ""]
     names = list(dict.fromkeys(n for c in doc["cells"] for n in c["optimizers"]))

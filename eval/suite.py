@@ -32,6 +32,9 @@ from meta_train.inner import train
 from meta_train.tasks import get_task
 
 
+AXES = ("in-distribution", "wider", "deeper", "longer")
+
+
 @dataclasses.dataclass(frozen=True)
 class SuiteSpec:
     """How big a suite is. Multipliers are relative to the LO's meta-training config."""
@@ -42,7 +45,7 @@ class SuiteSpec:
     grid_points: int = 4          # LR grid points per baseline (centered subset of its grid)
     seeds: int = 3
     in_distribution: bool = True
-    axes: tuple[str, ...] = ("in-distribution", "wider", "deeper", "longer")
+    axes: tuple[str, ...] = AXES
 
 
 SUITES = {
@@ -262,7 +265,8 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
         fixed = _summary(runner.run_baseline(task, "adamw", cell.steps, [1e-3], report_seeds),
                          0, lr=1e-3, task=task)
         bar.update(1)
-        for name in sorted(names, key=_cost_rank):
+        # matrix-function baselines last: an interrupted cell keeps its cheap rows
+        for name in sorted(names, key=lambda n: BASELINES[n].matrix_functions):
             task = variant(cell.task, BASELINES[name].parametrization)
             grid = _grid(name, spec.grid_points)
             tune = runner.run_baseline(task, name, cell.steps, grid, [0])
@@ -304,15 +308,6 @@ def host_info() -> dict:
         threads = os.cpu_count()
     return {"cpu_threads": threads, "machine": platform.machine(),
             "devices": [str(d) for d in jax.devices()], "jax": jax.__version__}
-
-
-# Matrix-function baselines (Newton-Schulz / SVD per step) cost 10-20x an elementwise update at
-# width 1024 on CPU; running them last keeps the cheap rows of an interrupted cell.
-_EXPENSIVE = ("muon", "modular", "spectral", "schatten", "riemannian")
-
-
-def _cost_rank(name: str) -> int:
-    return int(name in _EXPENSIVE)
 
 
 def _summary(group: dict, lr_index: int, **extra) -> dict:

@@ -32,6 +32,9 @@ class Baseline:
     needs_activations: bool = False
     # which parametrization of a task it is run on in the eval suite ("mup" or "sp")
     parametrization: str = "mup"
+    # each step computes a matrix function (Newton-Schulz, SVD, eigendecomposition) per weight:
+    # cost ~ width^3, 10-20x an elementwise update at width 1024 on CPU
+    matrix_functions: bool = False
 
 
 def _log_grid(lo, hi, per_decade=2):
@@ -159,18 +162,21 @@ BASELINES: dict[str, Baseline] = {
     "signum": Baseline(signum, _log_grid(1e-5, 1e-2), "sign descent with momentum, "
                        "arXiv 1802.04434", parametrization="sp"),
     "muon": Baseline(muon, _log_grid(1e-3, 3e-1), "Muon (optax.contrib), hidden matrices; "
-                     "AdamW elsewhere; arXiv 2409.20325"),
+                     "AdamW elsewhere; arXiv 2409.20325", matrix_functions=True),
     "spectral": Baseline(spectral, _log_grid(1e-3, 3e-1), "spectral descent (Shampoo without "
-                         "accumulation): U V^T of the momentum, arXiv 2409.20325"),
+                         "accumulation): U V^T of the momentum, arXiv 2409.20325",
+                         matrix_functions=True),
     "prodigy": Baseline(prodigy, _log_grid(1e-1, 3.0), "Prodigy (optax.contrib), "
                         "arXiv 2306.06101", parametrization="sp"),
     "modular": Baseline(modular, _log_grid(1e-3, 3e-1), "modular-norm steepest descent, "
-                        "per-role duality maps (modula/Scion), arXiv 2405.14813"),
+                        "per-role duality maps (modula/Scion), arXiv 2405.14813",
+                        matrix_functions=True),
     "schatten": Baseline(adaptive_schatten, _log_grid(1e-3, 3e-1),
                          "adaptive Schatten-p descent, p per layer from gradient and input "
-                         "activations, arXiv 2605.19781", needs_activations=True),
+                         "activations, arXiv 2605.19781", needs_activations=True,
+                         matrix_functions=True),
     "riemannian": Baseline(riemannian_lowrank,
                            _log_grid(1e-2, 3.0),
                            "Riemannian fixed-rank descent on factored W = A B^T, AdamW "
-                           "elsewhere, arXiv 2606.02328"),
+                           "elsewhere, arXiv 2606.02328", matrix_functions=True),
 }
