@@ -1,4 +1,5 @@
-# Quickstart targets: `make demo` (meta-train + eval on the embedded default) and `make test`.
+# Quickstart targets: `make demo` (meta-train + eval on the Fashion-MNIST 8x8 that ships in
+# the package, then a short summary) and `make test`.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -16,6 +17,7 @@ demo: $(BIN)/.installed
 	$(BIN)/python -m meta_train --preset quick --out runs/quick --resume
 	$(BIN)/python -m meta_train --preset quick-sp --out runs/quick-sp --resume
 	$(BIN)/python -m eval --suite quick --lo runs/quick --lo runs/quick-sp --out runs/quick-eval
+	$(BIN)/python -m eval.summary runs/quick-eval
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest

@@ -25,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="continue the run in --out from its newest complete checkpoint")
     ap.add_argument("--stop-after", type=int, default=None,
                     help="stop after this many outer steps in this invocation (checkpointed)")
-    ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    ap.add_argument("--no-progress", action="store_true",
+                    help="hide progress (shown as a bar on a terminal, otherwise as one line "
+                         "per ~5%% of the run)")
     ap.add_argument("--print-config", action="store_true",
                     help="print the resolved config as JSON and exit")
     return ap
@@ -52,19 +54,25 @@ def main(argv=None):
     if args.print_config:
         print(cfg.to_json())
         return 0
-    from meta_train.loop import run
+    from meta_train.data import DataNotFoundError
+    from meta_train.loop import RunDirError, check_run_dir, run
     from meta_train.tasks import get_task
     for name in cfg.tasks + ((cfg.validate_task,) if cfg.validate_task else ()):
         try:
             get_task(name)
-        except ValueError as e:
+        except (ValueError, DataNotFoundError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
     out = args.out or f"runs/{args.preset}"
-    _record_invocation(out, argv)
     try:
+        check_run_dir(cfg, out, resume=args.resume)
+        # only commands that run are recorded (the model card quotes them)
+        _record_invocation(out, argv)
         res = run(cfg, out, resume=args.resume, progress=not args.no_progress,
                   stop_after=args.stop_after)
+    except RunDirError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"stopped; continue with: python -m meta_train --preset {args.preset} "
               f"--out {out} --resume", file=sys.stderr)

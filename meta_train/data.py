@@ -1,20 +1,30 @@
-"""Offline data: Fashion-MNIST (Debian package or a user directory), scikit-learn digits
-(the embedded default), and character corpora (Debian fortunes, the Python standard library).
+"""Offline data: Fashion-MNIST, scikit-learn digits and character corpora.
 
-Nothing is ever downloaded. Images come back flattened, standardized (zero mean, unit
-variance over the training set) and float32; labels int32. Arrays are cached per process.
+Nothing is ever downloaded, and a task name never labels other data than it names:
 
-Batching is index sampling on pre-loaded arrays, so it is deterministic given a key and
-usable inside ``jit`` / ``lax.scan``.
+* ``fmnist`` at 8x8 ships inside the package (``meta_train/fmnist/``, derived from the
+  Debian idx files by ``python -m meta_train.data --build-packaged``); other resolutions
+  (14x14, 28x28) read the idx files from ``$MULO_FASHION_MNIST_DIR`` or the Debian package
+  ``dataset-fashion-mnist``, and raise :class:`DataNotFoundError` naming both when absent.
+* ``digits`` (scikit-learn's 1,797 8x8 images) ships with scikit-learn.
+* ``fortunes`` (Debian ``fortunes``) raises :class:`DataNotFoundError` when absent;
+  ``stdlib`` (the Python standard library's source) is always there.
+
+Images come back flattened, standardized (zero mean, unit variance over the training set)
+and float32; labels int32. Every :class:`Dataset` records its ``source``. Arrays are cached
+per process. Batching is index sampling on pre-loaded arrays, so it is deterministic given a
+key and usable inside ``jit`` / ``lax.scan``.
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
 import gzip
 import os
 import struct
 import sys
+import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -24,9 +34,17 @@ import numpy as np
 
 FMNIST_ENV = "MULO_FASHION_MNIST_DIR"
 FMNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
+PACKAGED_DIR = Path(__file__).resolve().parent / "fmnist"
 FORTUNES_DIRS = ("/usr/share/games/fortunes", "/usr/share/fortunes")
 _FMNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                  "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+# Resolutions built into the package by default: 8x8 float32 is 13.9 MB compressed;
+# 14x14 would add 27 MB (measured), so it stays with the idx files like 28x28.
+PACKAGED_RESOLUTIONS = (8,)
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A task's data set is not on this machine (and nothing else is substituted)."""
 
 
 class Split(NamedTuple):
@@ -99,17 +117,6 @@ def _digits_raw():
     return {"train": (x[:1500], y[:1500]), "test": (x[1500:], y[1500:])}
 
 
-_notice_shown = False
-
-
-def _notice_fallback():
-    global _notice_shown
-    if not _notice_shown:
-        print(f"notice: Fashion-MNIST not found; using scikit-learn digits. Get it with "
-              f"`apt-get install dataset-fashion-mnist` or set {FMNIST_ENV}.", file=sys.stderr)
-        _notice_shown = True
-
-
 def _resize(images: np.ndarray, res: int) -> np.ndarray:
     if images.shape[1] == res:
         return images
@@ -119,31 +126,106 @@ def _resize(images: np.ndarray, res: int) -> np.ndarray:
     return np.asarray(out)
 
 
+def fmnist_arrays(d: str | os.PathLike, resolution: int) -> dict:
+    """Fashion-MNIST from the idx files in ``d``, resized for the tasks (before
+    standardization): ``{"x_train": [60000, r, r] float32, "y_train": [60000] uint8,
+    "x_test": [10000, r, r] float32, "y_test": [10000] uint8}``. Resizing is linear with
+    antialiasing (area-weighted), on the raw 0..255 pixel values."""
+    raw = _fmnist_raw(str(d))
+    out = {}
+    for split in ("train", "test"):
+        out[f"x_{split}"] = _resize(raw[split][0].astype(np.float32), resolution)
+        out[f"y_{split}"] = raw[split][1].astype(np.uint8)
+    return out
+
+
+def packaged_path(resolution: int) -> Path:
+    return PACKAGED_DIR / f"fmnist{resolution}.npz"
+
+
+def write_packaged(arrays: dict, path: str | os.PathLike) -> Path:
+    """Writes ``arrays`` as a compressed .npz with fixed timestamps (same bytes every
+    build)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with zipfile.ZipFile(tmp, "w") as zf:
+        for name in sorted(arrays):
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(arrays[name]),
+                                          allow_pickle=False)
+    tmp.replace(path)
+    return path
+
+
+def build_packaged(resolutions=PACKAGED_RESOLUTIONS, src: str | os.PathLike | None = None,
+                   out_dir: str | os.PathLike = PACKAGED_DIR) -> list[Path]:
+    """Derives the packaged arrays from the idx files (``src``, default: the user
+    directory or the Debian package) with exactly the tasks' preprocessing."""
+    src = Path(src) if src else fashion_mnist_dir()
+    if src is None:
+        raise DataNotFoundError(_fmnist_missing("building the packaged arrays"))
+    return [write_packaged(fmnist_arrays(src, r), Path(out_dir) / f"fmnist{r}.npz")
+            for r in resolutions]
+
+
+def _fmnist_missing(what: str) -> str:
+    return (f"{what} needs the Fashion-MNIST idx files: `apt-get install "
+            f"dataset-fashion-mnist` or set {FMNIST_ENV} to a directory holding the four "
+            f"idx files (only {', '.join(f'{r}x{r}' for r in packaged_resolutions()) or 'none'}"
+            " ships with the package)")
+
+
+def packaged_resolutions() -> tuple[int, ...]:
+    """Resolutions whose Fashion-MNIST arrays ship inside the package."""
+    return tuple(r for r in (8, 14, 28) if packaged_path(r).is_file())
+
+
+def _fmnist_source(resolution: int) -> tuple[dict, str]:
+    """(arrays as :func:`fmnist_arrays`, source): packaged first, then the idx files."""
+    path = packaged_path(resolution)
+    if path.is_file():
+        with np.load(path) as f:
+            arrays = {k: f[k] for k in f.files}
+        return arrays, f"fashion-mnist {resolution}x{resolution} (packaged)"
+    d = fashion_mnist_dir()
+    if d is None:
+        raise DataNotFoundError(_fmnist_missing(f"Fashion-MNIST {resolution}x{resolution}"))
+    return fmnist_arrays(d, resolution), f"fashion-mnist {resolution}x{resolution} ({d})"
+
+
+def _standardize(x_train: np.ndarray, y_train, x_test: np.ndarray, y_test) -> tuple:
+    mean, std = x_train.mean(), x_train.std()
+    return tuple(Split(jnp.asarray(((x - mean) / std).reshape(len(x), -1)),
+                       jnp.asarray(y.astype(np.int32)))
+                 for x, y in ((x_train, y_train), (x_test, y_test)))
+
+
 @functools.lru_cache(maxsize=None)
 def image_dataset(name: str, resolution: int) -> Dataset:
     """Image classification data, flattened to [N, resolution**2].
 
     Args:
-      name: ``fmnist`` (falls back to digits, with a notice, when not installed) or
-        ``digits``.
+      name: ``fmnist`` or ``digits``.
       resolution: side length after area-antialiased resizing (e.g. 8, 14, 28).
+
+    Raises:
+      DataNotFoundError: Fashion-MNIST at a resolution that is not packaged, without the
+        idx files.
     """
-    if name not in ("fmnist", "digits"):
-        raise ValueError(f"unknown image data set {name!r}; use 'fmnist' or 'digits'")
-    raw, source = None, "sklearn-digits"
     if name == "fmnist":
-        d = fashion_mnist_dir()
-        if d is None:
-            _notice_fallback()
-        else:
-            raw, source = _fmnist_raw(str(d)), f"fashion-mnist:{d}"
-    if raw is None:
+        a, source = _fmnist_source(resolution)
+        train, test = _standardize(a["x_train"], a["y_train"], a["x_test"], a["y_test"])
+    elif name == "digits":
         raw = _digits_raw()
-    xs = {s: _resize(raw[s][0].astype(np.float32), resolution) for s in ("train", "test")}
-    mean, std = xs["train"].mean(), xs["train"].std()
-    splits = {s: Split(jnp.asarray(((xs[s] - mean) / std).reshape(len(xs[s]), -1)),
-                       jnp.asarray(raw[s][1].astype(np.int32))) for s in xs}
-    return Dataset(splits["train"], splits["test"], 10, source)
+        x = {s: _resize(raw[s][0], resolution) for s in ("train", "test")}
+        train, test = _standardize(x["train"], raw["train"][1], x["test"], raw["test"][1])
+        source = f"sklearn-digits {resolution}x{resolution}"
+    else:
+        raise ValueError(f"unknown image data set {name!r}; use 'fmnist' or 'digits'")
+    return Dataset(train, test, 10, source)
 
 
 def _fortunes_text() -> str | None:
@@ -179,22 +261,23 @@ def text_dataset(name: str, context: int) -> Dataset:
     """Character-level LM data: windows of ``context + 1`` bytes (90% train / 10% test).
 
     Args:
-      name: ``fortunes`` (Debian fortunes files; falls back to ``stdlib`` with a notice) or
-        ``stdlib`` (the Python standard library's source).
+      name: ``fortunes`` (Debian fortunes files) or ``stdlib`` (the Python standard
+        library's source).
       context: tokens per example.
+
+    Raises:
+      DataNotFoundError: ``fortunes`` without the Debian package.
     """
-    if name not in ("fortunes", "stdlib"):
-        raise ValueError(f"unknown text corpus {name!r}; use 'fortunes' or 'stdlib'")
-    text, source = None, "python-stdlib"
     if name == "fortunes":
-        text = _fortunes_text()
+        text, source = _fortunes_text(), "debian-fortunes"
         if text is None:
-            print("notice: fortunes not found; using the Python standard library source. "
-                  "Get it with `apt-get install fortunes`.", file=sys.stderr)
-        else:
-            source = "debian-fortunes"
-    if text is None:
-        text = _stdlib_text()
+            raise DataNotFoundError(
+                "the fortunes corpus is not installed: `apt-get install fortunes` (or "
+                "fortunes-min), or use the embedded corpus (task names lm-stdlib-...)")
+    elif name == "stdlib":
+        text, source = _stdlib_text(), "python-stdlib"
+    else:
+        raise ValueError(f"unknown text corpus {name!r}; use 'fortunes' or 'stdlib'")
     b = np.frombuffer(text.encode("latin-1", errors="replace"), np.uint8).astype(np.int32)
     b = np.where(b < VOCAB, b, ord("?"))
     cut = int(0.9 * len(b))
@@ -214,3 +297,35 @@ def sample_text(split: Split, key: jax.Array, batch_size: int, context: int):
     idx = start[:, None] + jnp.arange(context + 1)[None, :]
     w = split.x[idx]
     return w[:, :-1], w[:, 1:]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m meta_train.data",
+        description="Build the Fashion-MNIST arrays that ship inside the package "
+                    f"({PACKAGED_DIR}) from the idx files, with the tasks' preprocessing.")
+    ap.add_argument("--build-packaged", action="store_true",
+                    help="write fmnist<R>.npz for each --resolutions into --out")
+    ap.add_argument("--resolutions", default=",".join(map(str, PACKAGED_RESOLUTIONS)),
+                    help="comma-separated side lengths (default %(default)s)")
+    ap.add_argument("--src", default=None,
+                    help=f"directory of the four idx files (default ${FMNIST_ENV}, then "
+                         f"{FMNIST_SYSTEM_DIR})")
+    ap.add_argument("--out", default=str(PACKAGED_DIR), help="output directory")
+    args = ap.parse_args(argv)
+    if not args.build_packaged:
+        ap.print_help()
+        return 0
+    try:
+        res = [int(r) for r in args.resolutions.split(",") if r]
+        paths = build_packaged(res, args.src, args.out)
+    except (DataNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for p in paths:
+        print(f"wrote {p} ({p.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

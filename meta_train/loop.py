@@ -35,6 +35,7 @@ from lopt.checkpoint import to_json as lopt_to_json
 from meta_train import es as ES
 from meta_train.config import MetaTrainConfig
 from meta_train.inner import train as inner_train
+from meta_train.progress import progress_bar
 from meta_train.tasks import get_task
 from meta_train.tblog import TBWriter
 
@@ -125,6 +126,26 @@ def _apply(meta_opt, theta, opt_state, grad):
     return pick(new_theta, theta), pick(new_opt_state, opt_state), ok
 
 
+class RunDirError(ValueError):
+    """The run directory cannot take this run: it holds another run (and no ``resume``), or
+    its saved config differs from the requested one."""
+
+
+def check_run_dir(cfg: MetaTrainConfig, out: str | os.PathLike, *, resume: bool) -> None:
+    """Raises :class:`RunDirError` when :func:`run` would refuse ``out``; touches nothing."""
+    from meta_train.checkpointing import Checkpointer
+
+    out = Path(out)
+    if not resume and Checkpointer(out / "checkpoints").has_checkpoints():
+        raise RunDirError(f"{out} already holds a run; pass --resume to continue it or "
+                          "choose another --out")
+    if resume and (out / "config.json").is_file():
+        saved = json.loads((out / "config.json").read_text())
+        if saved != json.loads(cfg.to_json()):
+            raise RunDirError(f"{out}/config.json differs from the requested config; resume "
+                              "with the same options (or none besides --resume)")
+
+
 def run(cfg: MetaTrainConfig, out: str | os.PathLike, *, resume: bool = False,
         progress: bool = True, stop_after: int | None = None) -> dict:
     """Meta-trains per ``cfg`` into run directory ``out``.
@@ -133,25 +154,21 @@ def run(cfg: MetaTrainConfig, out: str | os.PathLike, *, resume: bool = False,
       cfg: resolved config.
       out: run directory (created).
       resume: continue from the newest complete checkpoint in ``out``.
-      progress: show a progress bar.
+      progress: show progress (a bar on a terminal, one line per ~5% of the run otherwise).
       stop_after: stop (with a checkpoint) after this many outer steps in this call.
 
     Returns:
       {"theta", "step", "metrics": last metrics, "out": path}.
+
+    Raises:
+      RunDirError: ``out`` holds another run (without ``resume``) or another config.
     """
     from meta_train.checkpointing import Checkpointer
 
     out = Path(out)
+    check_run_dir(cfg, out, resume=resume)
     ckpt = Checkpointer(out / "checkpoints", keep=cfg.keep_checkpoints)
-    if not resume and ckpt.has_checkpoints():
-        raise SystemExit(f"error: {out} already holds a run; pass --resume to continue it or "
-                         "choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    if resume and (out / "config.json").is_file():
-        saved = json.loads((out / "config.json").read_text())
-        if saved != json.loads(cfg.to_json()):
-            raise SystemExit(f"error: {out}/config.json differs from the requested config; "
-                             "resume with the same options (or none besides --resume)")
     (out / "config.json").write_text(cfg.to_json())
 
     trainer = MetaTrainer(cfg)
@@ -184,10 +201,10 @@ def run(cfg: MetaTrainConfig, out: str | os.PathLike, *, resume: bool = False,
                 ckpt.save(step, state, lopt_to_json(state["theta"], cfg.lo,
                                                     {"step": step, "config": cfg.to_dict()}),
                           cfg.to_dict())
-            bar.update(1)
             bar.set_postfix(meta_loss=f"{mets['meta_loss']:.4f}",
                             **({"val": f"{mets['val/meta_loss']:.4f}"}
                                if "val/meta_loss" in mets else {}))
+            bar.update(1)
     except KeyboardInterrupt:
         step = int(state["step"])
         print(f"\ninterrupted: saving checkpoint at step {step}", file=sys.stderr)
@@ -204,6 +221,5 @@ def run(cfg: MetaTrainConfig, out: str | os.PathLike, *, resume: bool = False,
 
 
 def _progress(start, total, enabled):
-    from tqdm import tqdm
-    return tqdm(total=total, initial=start, disable=not enabled, desc="meta-train",
-                unit="step", dynamic_ncols=True, file=sys.stderr)
+    return progress_bar(total, initial=start, desc="meta-train", unit="step", enabled=enabled,
+                        file=sys.stderr)

@@ -12,6 +12,12 @@ activation; ``lm-fortunes-d128-l2`` (char transformer, d_model 128, 2 layers;
 ``rf-s1.0-n256`` (random-feature regression). Any name of these families works with
 :func:`get_task`; :data:`TASKS` lists the registered ones.
 
+The data part of a name is the data the task trains on, never a stand-in: ``fmnist8`` is
+Fashion-MNIST 8x8 (packaged), ``fmnist14`` / ``fmnist28`` need the Fashion-MNIST idx files,
+``digits8`` is scikit-learn digits, ``fortunes`` needs Debian fortunes, ``stdlib`` is the
+Python standard library's source. Missing data raises ``meta_train.data.DataNotFoundError``;
+``Task.source`` records where the data came from.
+
 Run ``python -m meta_train.tasks --list`` to see them with parameter counts.
 """
 
@@ -217,7 +223,11 @@ def main(argv=None):
         return
     print(f"{'task':28s} {'params':>10s}  {'batch':>5s}  data")
     for n in TASKS:
-        t = get_task(n)
+        try:
+            t = get_task(n)
+        except D.DataNotFoundError:
+            print(f"{n:28s} {'':>10s}  {'':>5s}  (data not installed)")
+            continue
         print(f"{n:28s} {t.num_params():>10,d}  {t.batch_size:>5d}  {t.source}")
 
 

@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import lopt
 from meta_train.checkpointing import Checkpointer
 from meta_train.config import PRESETS, override
-from meta_train.loop import MetaTrainer, run
+from meta_train.loop import MetaTrainer, RunDirError, run
 
 SMOKE = dataclasses.replace(PRESETS["smoke"], checkpoint_every=1, validate_every=3)
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,7 +97,7 @@ def test_corrupt_latest_checkpoint_falls_back_with_warning(tmp_path):
 
 def test_existing_run_needs_resume_flag(smoke_run):
     out, _ = smoke_run
-    with pytest.raises(SystemExit, match="--resume"):
+    with pytest.raises(RunDirError, match="--resume"):
         run(SMOKE, out, progress=False)
 
 

@@ -32,21 +32,6 @@ def test_idx_reader_rejects_truncated_file(tmp_path):
         D.read_idx(f)
 
 
-def test_digits_fallback_when_fashion_mnist_absent(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(D, "FMNIST_SYSTEM_DIR", str(tmp_path))
-    monkeypatch.setenv(D.FMNIST_ENV, str(tmp_path))
-    monkeypatch.setattr(D, "_notice_shown", False)
-    D.image_dataset.cache_clear()
-    try:
-        ds = D.image_dataset("fmnist", 8)
-    finally:
-        D.image_dataset.cache_clear()
-    assert ds.source == "sklearn-digits"
-    assert ds.train.x.shape == (1500, 64) and ds.test.x.shape == (297, 64)
-    np.testing.assert_allclose(float(ds.train.x.mean()), 0.0, atol=1e-4)
-    assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
-
-
 def test_batches_are_deterministic_given_key():
     t = T.get_task("mlp-digits8-w64-d2")
     a = t.sample(t.data, jax.random.key(7), "train")
