@@ -6,6 +6,9 @@ Nothing is ever downloaded, and a task name never labels other data than it name
   Debian idx files by ``python -m meta_train.data --build-packaged``); other resolutions
   (14x14, 28x28) read the idx files from ``$MULO_FASHION_MNIST_DIR`` or the Debian package
   ``dataset-fashion-mnist``, and raise :class:`DataNotFoundError` naming both when absent.
+  At every resolution the task's images are defined as uint8: the 28x28 idx images resized
+  (linear, antialiased) and rounded to 0..255. The packaged file stores exactly these, so the
+  packaged and the idx path give the same arrays by construction.
 * ``digits`` (scikit-learn's 1,797 8x8 images) ships with scikit-learn.
 * ``fortunes`` (Debian ``fortunes``) raises :class:`DataNotFoundError` when absent;
   ``stdlib`` (the Python standard library's source) is always there.
@@ -38,8 +41,8 @@ PACKAGED_DIR = Path(__file__).resolve().parent / "fmnist"
 FORTUNES_DIRS = ("/usr/share/games/fortunes", "/usr/share/fortunes")
 _FMNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                  "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-# Resolutions built into the package by default: 8x8 float32 is 13.9 MB compressed;
-# 14x14 would add 27 MB (measured), so it stays with the idx files like 28x28.
+# Resolutions built into the package by default: 8x8 uint8 is 3.8 MB compressed; 14x14
+# would add 9.9 MB (measured), so it stays with the idx files like 28x28.
 PACKAGED_RESOLUTIONS = (8,)
 
 
@@ -118,8 +121,10 @@ def _digits_raw():
 
 
 def _resize(images: np.ndarray, res: int) -> np.ndarray:
+    """Linear, antialiased (area-weighted) resize of [N, H, W] images to [N, res, res]
+    float32."""
     if images.shape[1] == res:
-        return images
+        return images.astype(np.float32)
     n = images.shape[0]
     out = jax.image.resize(jnp.asarray(images, jnp.float32), (n, res, res), "linear",
                            antialias=True)
@@ -127,14 +132,19 @@ def _resize(images: np.ndarray, res: int) -> np.ndarray:
 
 
 def fmnist_arrays(d: str | os.PathLike, resolution: int) -> dict:
-    """Fashion-MNIST from the idx files in ``d``, resized for the tasks (before
-    standardization): ``{"x_train": [60000, r, r] float32, "y_train": [60000] uint8,
-    "x_test": [10000, r, r] float32, "y_test": [10000] uint8}``. Resizing is linear with
-    antialiasing (area-weighted), on the raw 0..255 pixel values."""
+    """Fashion-MNIST from the idx files in ``d`` as the tasks define it (before
+    standardization): ``{"x_train": [60000, r, r] uint8, "y_train": [60000] uint8,
+    "x_test": [10000, r, r] uint8, "y_test": [10000] uint8}``. The 28x28 images are resized
+    linearly with antialiasing (area-weighted) on the raw 0..255 values, then rounded to the
+    nearest integer (``np.rint``, clipped to 0..255). This is also what the packaged files
+    store."""
     raw = _fmnist_raw(str(d))
     out = {}
     for split in ("train", "test"):
-        out[f"x_{split}"] = _resize(raw[split][0].astype(np.float32), resolution)
+        x = raw[split][0]
+        if x.shape[1] != resolution:
+            x = np.clip(np.rint(_resize(x, resolution)), 0, 255)
+        out[f"x_{split}"] = x.astype(np.uint8)
         out[f"y_{split}"] = raw[split][1].astype(np.uint8)
     return out
 
@@ -144,8 +154,9 @@ def packaged_path(resolution: int) -> Path:
 
 
 def write_packaged(arrays: dict, path: str | os.PathLike) -> Path:
-    """Writes ``arrays`` as a compressed .npz with fixed timestamps (same bytes every
-    build)."""
+    """Writes ``arrays`` as a compressed .npz, the format of ``np.savez_compressed``, but
+    with fixed timestamps (``np.savez_compressed`` stamps the current time), so every build
+    writes the same bytes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -163,7 +174,7 @@ def write_packaged(arrays: dict, path: str | os.PathLike) -> Path:
 def build_packaged(resolutions=PACKAGED_RESOLUTIONS, src: str | os.PathLike | None = None,
                    out_dir: str | os.PathLike = PACKAGED_DIR) -> list[Path]:
     """Derives the packaged arrays from the idx files (``src``, default: the user
-    directory or the Debian package) with exactly the tasks' preprocessing."""
+    directory or the Debian package): the uint8 images of :func:`fmnist_arrays`."""
     src = Path(src) if src else fashion_mnist_dir()
     if src is None:
         raise DataNotFoundError(_fmnist_missing("building the packaged arrays"))
@@ -189,6 +200,9 @@ def _fmnist_source(resolution: int) -> tuple[dict, str]:
     if path.is_file():
         with np.load(path) as f:
             arrays = {k: f[k] for k in f.files}
+        if any(a.dtype != np.uint8 for a in arrays.values()):
+            raise ValueError(f"{path}: expected uint8 arrays; rebuild it with "
+                             "`python -m meta_train.data --build-packaged`")
         return arrays, f"fashion-mnist {resolution}x{resolution} (packaged)"
     d = fashion_mnist_dir()
     if d is None:
@@ -197,6 +211,9 @@ def _fmnist_source(resolution: int) -> tuple[dict, str]:
 
 
 def _standardize(x_train: np.ndarray, y_train, x_test: np.ndarray, y_test) -> tuple:
+    """Flattened float32 inputs with zero mean and unit variance over the training set (one
+    scalar mean and std, computed in float32), and int32 labels."""
+    x_train, x_test = x_train.astype(np.float32), x_test.astype(np.float32)
     mean, std = x_train.mean(), x_train.std()
     return tuple(Split(jnp.asarray(((x - mean) / std).reshape(len(x), -1)),
                        jnp.asarray(y.astype(np.int32)))
@@ -209,7 +226,8 @@ def image_dataset(name: str, resolution: int) -> Dataset:
 
     Args:
       name: ``fmnist`` or ``digits``.
-      resolution: side length after area-antialiased resizing (e.g. 8, 14, 28).
+      resolution: side length after area-antialiased resizing (e.g. 8, 14, 28); for
+        Fashion-MNIST the resized images are rounded to uint8 before standardization.
 
     Raises:
       DataNotFoundError: Fashion-MNIST at a resolution that is not packaged, without the

@@ -33,13 +33,33 @@ def test_packaged_arrays_equal_the_idx_files_after_the_same_preprocessing(tmp_pa
     derived = D.fmnist_arrays(IDX_DIR, 8)
     assert sorted(packaged) == sorted(derived) == ["x_test", "x_train", "y_test", "y_train"]
     for k in derived:
-        assert packaged[k].dtype == derived[k].dtype
+        assert packaged[k].dtype == derived[k].dtype == np.uint8
         np.testing.assert_array_equal(packaged[k], derived[k])
     assert packaged["x_train"].shape == (60000, 8, 8)
+    # the uint8 images are the float resize rounded to the nearest integer
+    resized = D._resize(D._fmnist_raw(str(IDX_DIR))["test"][0], 8)
+    assert np.abs(resized - derived["x_test"]).max() <= 0.5
     np.testing.assert_array_equal(np.bincount(packaged["y_test"]), np.full(10, 1000))
     # the build script writes the same bytes as the shipped file
     assert D.main(["--build-packaged", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "fmnist8.npz").read_bytes() == D.packaged_path(8).read_bytes()
+
+
+@pytest.mark.skipif(not HAVE_IDX, reason="dataset-fashion-mnist not installed")
+def test_packaged_and_idx_paths_give_the_same_task_inputs(monkeypatch):
+    D.image_dataset.cache_clear()
+    try:
+        packaged = D.image_dataset("fmnist", 8)
+        monkeypatch.setattr(D, "PACKAGED_DIR", Path("/nonexistent"))
+        D.image_dataset.cache_clear()
+        derived = D.image_dataset("fmnist", 8)
+    finally:
+        D.image_dataset.cache_clear()
+    assert packaged.source.endswith("(packaged)") and derived.source.endswith(f"({IDX_DIR})")
+    for a, b in ((packaged.train, derived.train), (packaged.test, derived.test)):
+        assert a.x.dtype == b.x.dtype == np.float32
+        np.testing.assert_array_equal(np.asarray(a.x), np.asarray(b.x))
+        np.testing.assert_array_equal(np.asarray(a.y), np.asarray(b.y))
 
 
 def test_fmnist8_needs_no_system_package(no_idx_files):
