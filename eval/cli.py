@@ -24,10 +24,15 @@ def main(argv=None):
                     help="learned optimizer: a meta-training run directory, a checkpoint "
                          "directory, or a shipped checkpoint name; optionally LABEL=PATH. "
                          "Repeat to compare several (e.g. a μLO and an SP LO); the first one's "
-                         "meta-training config defines the suite's tasks")
-    ap.add_argument("--suite", default="quick", choices=["smoke", "quick", "full", "paper"],
-                    help="smoke (seconds, tests), quick (minutes on 2 cores), full (hours), "
-                         "paper (GPU scale)")
+                         "meta-training config defines the suite's tasks, so put a fixed "
+                         "reference first (e.g. --lo mulo-cpu --lo runs/variant) to compare "
+                         "variants on the same cells")
+    ap.add_argument("--suite", default="quick",
+                    choices=["smoke", "quick", "dev", "full", "paper"],
+                    help="smoke (seconds, tests), quick (minutes on 2 cores), dev (held-out "
+                         "wider/deeper/longer cells against both tuned AdamW forms, for "
+                         "choosing between LO variants; reuse one --out so the baselines are "
+                         "computed once), full (hours), paper (GPU scale)")
     ap.add_argument("--out", default=None, help="output directory (default runs/eval-<suite>)")
     ap.add_argument("--baselines", default=None,
                     help="comma-separated baselines to tune and compare (default: the suite's; "
@@ -39,6 +44,11 @@ def main(argv=None):
                     help="comma-separated subset of the axes to run: in-distribution, wider, "
                          "deeper, longer (default: all); cached cells are shared, so a later "
                          "run of all axes with the same --out reuses them")
+    ap.add_argument("--schedule", default=None, choices=["constant", "cosine"],
+                    help="LR schedule of every tuned baseline: constant, or cosine (linear "
+                         "warmup over 5%% of the steps, cosine decay to 0.1x the peak LR; the "
+                         "peak is tuned over the baseline's grid; rows are named <name>-cosine)."
+                         " Default: each baseline's own (adamw-cosine is always cosine)")
     ap.add_argument("--seeds", type=int, default=None,
                     help="override the number of report seeds (seeds 1..n; seed 0 tunes)")
     ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -53,6 +63,8 @@ def main(argv=None):
             overrides["wider"] = tuple(int(x) for x in args.wider.split(",") if x)
         if args.seeds:
             overrides["seeds"] = args.seeds
+        if args.schedule:
+            overrides["schedule"] = args.schedule
         if args.axes:
             axes = tuple(a.strip() for a in args.axes.split(",") if a.strip())
             bad = [a for a in axes if a not in AXES]

@@ -45,7 +45,7 @@ def write_all(doc: dict, out: Path, command: str) -> dict:
                          "final_train_loss_std": o["final_std"],
                          "test_loss_mean": float(np.mean(o["test_loss"])),
                          "test_accuracy_mean": float(np.mean(o["test_accuracy"])),
-                         "diverged": o["diverged"],
+                         "diverged": diverged(o),
                          "speedup_vs_adamw": o.get("speedup_vs_adamw", ""),
                          "seconds_per_step": o.get("wall_s_per_step", "")})
     with open(out / "results.csv", "w", newline="") as f:
@@ -79,6 +79,77 @@ def _fmt(v) -> str:
     return ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
 
+def diverged(o: dict) -> bool:
+    """A row diverged: a run's own non-finite flag, or a seed whose final loss is non-finite
+    or far above its initial loss (``eval.suite.blew_up``). Documents written before
+    per-seed initial losses were stored fall back to the mean curve's first point."""
+    from eval.suite import blew_up
+    initial = o.get("initial_train_loss") or [o["mean_curve"][0]] * len(o["final_train_loss"])
+    return bool(o["diverged"] or blew_up(initial, o["final_train_loss"]).any())
+
+
+def _diverged_ratio() -> float:
+    from eval.suite import DIVERGED_RATIO
+    return DIVERGED_RATIO
+
+
+ADAMW_FORMS = ("adamw", "adamw-cosine")
+
+
+def against_adamw(doc: dict) -> list[dict]:
+    """Per learned optimizer and cell: its final loss against the better tuned AdamW form
+    (constant or warmup-cosine, whichever reaches the lower mean final loss on the report
+    seeds; a diverged form counts only if both diverged), and its speedup over that form.
+    A diverged LO row is a loss."""
+    from eval.suite import speedup
+    rows = []
+    for lo in doc["los"]:
+        for c in doc["cells"]:
+            o = c["optimizers"].get(lo["label"])
+            forms = [(diverged(c["optimizers"][n]), c["optimizers"][n]["final_mean"], n)
+                     for n in ADAMW_FORMS if n in c["optimizers"]]
+            if o is None or not forms:
+                continue
+            _, _, best = min(forms)
+            a = c["optimizers"][best]
+            rows.append({"lo": lo["label"], "axis": c["axis"], "task": c["task"],
+                         "steps": c["steps"], "lo_final": o["final_mean"],
+                         "lo_diverged": diverged(o), "adamw": best,
+                         "adamw_final": a["final_mean"],
+                         "win": not diverged(o) and o["final_mean"] <= a["final_mean"],
+                         "speedup": speedup(a["mean_curve"], o["mean_curve"])})
+    return rows
+
+
+def _against_adamw_md(doc: dict) -> list[str]:
+    rows = against_adamw(doc)
+    if not rows:
+        return []
+    forms = [n for n in ADAMW_FORMS if n in doc["cells"][0]["optimizers"]]
+    lines = ["## Learned optimizers against tuned AdamW", "",
+             f"Each cell compares the LO with the better tuned AdamW form ({', '.join(forms)}) "
+             "on the mean final train loss over the report seeds; speedup = steps that AdamW "
+             "form needs for its final loss / steps the LO needs (0 = never reaches it). "
+             "A diverged (†) LO loses.", "",
+             "| LO | axis | task | steps | LO | better AdamW | result | speedup |",
+             "|---|---|---|---:|---:|---|---|---:|"]
+    for r in rows:
+        lines.append(f"| {r['lo']} | {r['axis']} | {r['task']} | {r['steps']} | "
+                     f"{r['lo_final']:.3f}{' †' if r['lo_diverged'] else ''} | "
+                     f"{r['adamw']} {r['adamw_final']:.3f} | {'win' if r['win'] else 'loss'} | "
+                     f"{r['speedup']:.2f} |")
+    lines.append("")
+    for lo in dict.fromkeys(r["lo"] for r in rows):
+        mine = [r for r in rows if r["lo"] == lo]
+        sp = np.array([r["speedup"] for r in mine])
+        geo = float(np.exp(np.mean(np.log(sp)))) if np.all(sp > 0) else 0.0
+        lines.append(f"- **{lo}**: wins {sum(r['win'] for r in mine)} of {len(mine)} cells "
+                     f"against the better tuned AdamW; geometric-mean speedup {geo:.2f}"
+                     + (" (0: on some cell it never reaches AdamW's final loss)"
+                        if geo == 0 else ""))
+    return lines + [""]
+
+
 def markdown(doc: dict, plots: list[str]) -> str:
     lines = [f"# Generalization suite `{doc['suite']}`", ""]
     for lo in doc["los"]:
@@ -91,13 +162,27 @@ def markdown(doc: dict, plots: list[str]) -> str:
               f"- baselines ({', '.join(doc['baselines'])}) tuned on seed 0 over a log LR grid; "
               f"everything reported on seeds {doc['report_seeds']}: mean ± std of the final "
               "train loss (mean of the last 5% of steps); lower is better; best per row in bold; "
-              "† = a run diverged. Task names are the μP variants; SP optimizers (SP LO, AdamW, "
-              "SGD, sign, Prodigy) ran the same network in standard parametrization (`-sp`)."]
+              "† = a run diverged (non-finite, or a seed's final loss above "
+              f"{_diverged_ratio()}x its initial loss). Task names are the μP variants; SP "
+              "optimizers (SP LO, AdamW, SGD, sign, Prodigy) ran the same network in standard "
+              "parametrization (`-sp`).",
+              "- `-cosine`: linear warmup over the first 5% of the steps from 0 to the tuned "
+              "peak LR, then cosine decay to 0.1x the peak at the last step"
+              + (f"; this run used it for every tuned baseline (`--schedule "
+                 f"{doc['spec']['schedule']}`)"
+                 if doc.get("spec", {}).get("schedule", "constant") != "constant" else "")
+              + "."]
     if doc.get("host"):
         h = doc["host"]
         lines.append(f"- host: {h['machine']}, {h['cpu_threads']} CPU threads, devices "
                      f"{', '.join(h['devices'])}, jax {h['jax']} (learned-optimizer runs are "
                      "bit-reproducible at the same thread count; see `eval.suite.host_info`)")
+    above = doc.get("spec", {}).get("mutransfer_above")
+    if above:
+        lines.append(f"- μTransfer: on wider cells above {above}x the widest meta-training "
+                     "width, μP baselines search only the LR tuned at the widest cell at or "
+                     "below it and its two grid neighbours (arXiv 2203.03466); SP baselines "
+                     "keep their full grid")
     lines += _overrides(doc) + [""]
     axes = []
     for c in doc["cells"]:
@@ -113,22 +198,27 @@ def markdown(doc: dict, plots: list[str]) -> str:
             cols = []
             for n in names:
                 o = c["optimizers"][n]
-                s = f"{o['final_mean']:.3f} ± {o['final_std']:.3f}" + (" †" if o["diverged"] else "")
+                s = (f"{o['final_mean']:.3f} ± {o['final_std']:.3f}"
+                     + (" †" if diverged(o) else ""))
                 cols.append(f"**{s}**" if o["final_mean"] == best else s)
             lines.append(f"| {c['task']} | {c['steps']} | " + " | ".join(cols) + " |")
-        lines += ["", "Speedup vs tuned AdamW (steps AdamW needs for its final loss / steps "
-                  "the optimizer needs; 0 = never reaches it):", "",
+        lines += ["", "Speedup vs tuned AdamW (`adamw`; `adamw-cosine` where it is absent): "
+                  "steps AdamW needs for its final loss / steps the optimizer needs; 0 = never "
+                  "reaches it:", "",
                   "| task | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
         for c in cells:
             lines.append(f"| {c['task']} | " + " | ".join(
                 f"{c['optimizers'][n].get('speedup_vs_adamw', float('nan')):.2f}"
                 for n in names) + " |")
         lines.append("")
+    lines += _against_adamw_md(doc)
     lines += ["Tuned learning rates (‡ = the best LR is at an end of its grid, so a wider grid "
               "might do better): " + "; ".join(
         f"{c['task']} ({c['steps']} steps): " + ", ".join(
             f"{n}={o['lr']:.3g}" + ("‡" if len(o["grid"]) > 1 and o["lr"] in
                                     (o["grid"][0], o["grid"][-1]) else "")
+            + (f" (μTransfer from w{o['mutransfer_from_width']})"
+               if o.get("mutransfer_from_width") else "")
             for n, o in c["optimizers"].items() if "grid" in o) for c in doc["cells"]), ""]
     names = list(dict.fromkeys(n for c in doc["cells"] for n in c["optimizers"]))
     lines += ["Seconds per training step (compile excluded; vmapped runs, so per run-step):",
@@ -142,6 +232,35 @@ def markdown(doc: dict, plots: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+UNTRAINED = " (untrained)"
+
+
+def styles(doc: dict) -> dict[str, dict]:
+    """One line style per optimizer, shared by every panel of every plot: learned optimizers
+    first, then the baselines in the document's order, each a tab20 dark color; an LO's
+    untrained twin takes the light shade of its color, dashed."""
+    import matplotlib
+    palette = matplotlib.colormaps["tab20"].colors
+    names = [lo["label"] for lo in doc.get("los", [])]
+    names += [n for c in doc["cells"] for n in c["optimizers"]]
+    base = list(dict.fromkeys(n.removesuffix(UNTRAINED) for n in names))
+    out = {}
+    for name in dict.fromkeys(names):
+        i = base.index(name.removesuffix(UNTRAINED))
+        untrained = name.endswith(UNTRAINED)
+        # past 10 optimizers the colors repeat with a dotted line
+        ls = "--" if untrained else ("-" if i < 10 else ":")
+        out[name] = {"color": palette[(2 * i) % 20 + int(untrained)], "linestyle": ls}
+    return out
+
+
+def _legend(fig, style: dict, names) -> None:
+    from matplotlib.lines import Line2D
+    handles = [Line2D([], [], lw=1.6, label=n, **style[n]) for n in names]
+    fig.legend(handles=handles, fontsize=7, loc="outside lower center",
+               ncol=min(len(handles), 6))
+
+
 def _plots(doc: dict, out: Path) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
@@ -149,24 +268,25 @@ def _plots(doc: dict, out: Path) -> list[str]:
 
     files = []
     cells = doc["cells"]
+    style = styles(doc)
     n = len(cells)
     cols = min(3, n)
     rows = (n + cols - 1) // cols
-    fig, axs = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    fig, axs = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows + 0.8), squeeze=False,
+                            layout="constrained")
     for ax, c in zip(axs.ravel(), cells):
         for name, o in c["optimizers"].items():
             curve = np.asarray(o["mean_curve"])
             k = max(1, len(curve) // 100)
             sm = np.convolve(curve, np.ones(k) / k, mode="valid")
-            ax.plot(np.arange(len(sm)) + k, sm, label=name, lw=1.4)
+            ax.plot(np.arange(len(sm)) + k, sm, label=name, lw=1.4, **style[name])
         ax.set_title(f"{c['axis']}: {c['task']}", fontsize=9)
         ax.set_xlabel("step")
         ax.set_ylabel("train loss")
         ax.set_yscale("log")
     for ax in axs.ravel()[n:]:
         ax.axis("off")
-    axs.ravel()[0].legend(fontsize=7)
-    fig.tight_layout()
+    _legend(fig, style, list(style))
     fig.savefig(out / "loss_curves.png", dpi=110)
     plt.close(fig)
     files.append("loss_curves.png")
@@ -175,12 +295,13 @@ def _plots(doc: dict, out: Path) -> list[str]:
                    and re.search(r"-w(\d+)", c["task"])]
     if width_cells:
         fig, ax = plt.subplots(figsize=(5.5, 4))
-        names = [n for n in width_cells[0]["optimizers"] if "(untrained)" not in n]
+        names = [n for n in width_cells[0]["optimizers"] if UNTRAINED not in n]
         for name in names:
             pts = sorted((int(re.search(r"-w(\d+)", c["task"])[1]),
                           c["optimizers"][name]["final_mean"]) for c in width_cells
                          if name in c["optimizers"])
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name,
+                    **style[name])
         ax.set_xscale("log", base=2)
         ax.set_xlabel("width")
         ax.set_ylabel("final train loss")
@@ -201,7 +322,8 @@ def _plots(doc: dict, out: Path) -> list[str]:
             pts = sorted((int(re.search(r"-d(\d+)", c["task"])[1]),
                           c["optimizers"][name]["final_mean"]) for c in pts_cells
                          if name in c["optimizers"])
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name,
+                    **style[name])
         ax.set_xlabel("depth (hidden layers)")
         ax.set_ylabel("final train loss")
         ax.set_title(f"final loss vs depth ({base})", fontsize=9)
@@ -211,12 +333,13 @@ def _plots(doc: dict, out: Path) -> list[str]:
         plt.close(fig)
         files.append("final_loss_vs_depth.png")
 
-    names = [n for n in cells[0]["optimizers"] if "(untrained)" not in n]
+    names = [n for n in style if UNTRAINED not in n]
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(cells)), 4))
     wbar = 0.8 / len(names)
     for i, name in enumerate(names):
         vals = [c["optimizers"].get(name, {}).get("speedup_vs_adamw", np.nan) for c in cells]
-        ax.bar(np.arange(len(cells)) + i * wbar, vals, wbar, label=name)
+        ax.bar(np.arange(len(cells)) + i * wbar, vals, wbar, label=name,
+               color=style[name]["color"])
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_xticks(np.arange(len(cells)) + 0.4 - wbar / 2)
     ax.set_xticklabels([f"{c['axis']}\n{c['task']}" for c in cells], fontsize=6)

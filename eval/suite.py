@@ -4,10 +4,14 @@ baselines, and collect the metrics of DESIGN section 7.
 Suites are defined relative to the LO's meta-training config (read from its checkpoint):
 in-distribution (the meta-training tasks at the meta-training horizon), wider (multiples of
 the widest meta-training width), deeper (~5x depth) and longer (a multiple of the longest
-meta-training horizon).
+meta-training horizon). The ``dev`` suite holds only held-out cells and the two AdamW forms
+(constant and warmup-cosine), for choosing between learned-optimizer variants; ``full`` gives
+the verdict.
 
 Protocol: each baseline's LR is tuned on a log grid on the tuning seed (0) only; every
-optimizer is then reported on seeds 1..n. The LO gets no tuning. One compile per
+optimizer is then reported on seeds 1..n. The LO gets no tuning. With ``schedule="cosine"``
+every baseline runs with linear warmup and cosine decay (``lopt.baselines.warmup_cosine``)
+and is tuned over its peak LR the same way. One compile per
 (task, optimizer): LR grids and seeds are ``vmap``-ed. Results are cached per group in
 ``<out>/cells`` so an interrupted suite resumes and a re-run computes only what is missing.
 """
@@ -27,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import lopt
-from lopt.baselines import BASELINES
+from lopt.baselines import BASELINES, SCHEDULES
 from meta_train.inner import train
 from meta_train.tasks import get_task
 
@@ -46,6 +50,11 @@ class SuiteSpec:
     seeds: int = 3
     in_distribution: bool = True
     axes: tuple[str, ...] = AXES
+    schedule: str = "constant"    # every baseline's LR schedule: "constant" or "cosine"
+    fixed_adamw: bool = True      # also report AdamW at its untuned default LR 1e-3
+    # μTransfer: on wider cells above this multiplier, μP baselines reuse the LR tuned at the
+    # widest cell at or below it, with a 3-point grid around it (0: tune every cell)
+    mutransfer_above: int = 0
 
 
 SUITES = {
@@ -53,7 +62,15 @@ SUITES = {
                        seeds=2, in_distribution=True),
     "quick": SuiteSpec(wider=(4, 8), deeper=5, longer=5, grid_points=6, seeds=3),
     "full": SuiteSpec(wider=(8, 16, 32), deeper=5, longer=25, grid_points=7, seeds=3,
-                      baselines=("adamw", "muadam", "muon", "modular", "prodigy")),
+                      baselines=("adamw", "adamw-cosine", "muadam", "muon", "modular",
+                                 "prodigy"), mutransfer_above=8),
+    # held-out cells only, for choosing between LO variants: for mulo-cpu's config (widest
+    # w128-d3, horizon 500) w1024-d3 / w128-d15 at 500 steps and w128-d3 at 5000 steps.
+    # 3-point grids: the middle of adamw's grid (3.1e-4..3.1e-3) holds its tuned LR on every
+    # held-out cell of the full suite (9.8e-4, checkpoints/eval-full); adamw-cosine's middle
+    # (9.5e-4..9.5e-3) sits ~3x higher. The report flags a tuned LR at a grid end (‡).
+    "dev": SuiteSpec(wider=(8,), deeper=5, longer=10, baselines=("adamw", "adamw-cosine"),
+                     grid_points=3, seeds=2, in_distribution=False, fixed_adamw=False),
     "paper": SuiteSpec(wider=(8, 16, 32, 64), deeper=5, longer=25, grid_points=9, seeds=5),
 }
 
@@ -97,9 +114,50 @@ def _grid(name: str, points: int) -> list[float]:
     return g[start:start + points]
 
 
+def _width(task: str) -> int | None:
+    m = re.search(r"-w(\d+)", task)
+    return int(m[1]) if m else None
+
+
+def baseline_grid(name: str, spec: SuiteSpec, cell: Cell, widest: int,
+                  tuned: dict[str, tuple[int, float]]) -> tuple[list[float], int | None]:
+    """The LR grid a baseline is tuned over in ``cell``, and the width its LR transfers from.
+
+    μTransfer (Yang et al., Tensor Programs V, arXiv 2203.03466): under μP the best LR does
+    not move with width, so on wider cells beyond ``spec.mutransfer_above`` x ``widest`` a μP
+    baseline searches only its LR tuned at the widest cell at or below that multiplier
+    (``tuned[name] = (width, lr)``) and its two neighbours on the baseline's grid spacing.
+    SP baselines and every other cell use the baseline's centered grid.
+    """
+    grid = _grid(name, spec.grid_points)
+    width = _width(cell.task)
+    if (cell.axis != "wider" or not spec.mutransfer_above or width is None
+            or width <= spec.mutransfer_above * widest or name not in tuned
+            or BASELINES[name].parametrization != "mup"):
+        return grid, None
+    full = BASELINES[name].lr_grid
+    ratio = full[1] / full[0]
+    src, lr = tuned[name]
+    return [float(f"{lr / ratio:.3g}"), lr, float(f"{lr * ratio:.3g}")], src
+
+
 def _final(losses: np.ndarray) -> float:
     k = max(1, int(round(0.05 * losses.shape[-1])))
     return float(np.mean(losses[..., -k:]))
+
+
+# A run whose final loss is above 1.5x its initial loss has moved away from every solution,
+# not merely stalled: a stalled run ends at ~1x (e.g. ln 10 = 2.303 for a zero readout), and
+# the final loss (mean of the last 5% of steps) of a stalled run varies by a few percent.
+DIVERGED_RATIO = 1.5
+
+
+def blew_up(initial, final) -> np.ndarray:
+    """Per run: the final loss is non-finite or above ``DIVERGED_RATIO`` x the initial loss."""
+    initial = np.asarray(initial, np.float64)
+    final = np.asarray(final, np.float64)
+    with np.errstate(invalid="ignore"):
+        return ~np.isfinite(final) | (final > DIVERGED_RATIO * initial)
 
 
 def speedup(reference: np.ndarray, candidate: np.ndarray) -> float:
@@ -145,6 +203,17 @@ def load_los(specs: list[str]) -> list[LearnedOpt]:
     return out
 
 
+def make_lo(theta, config, roles, num_steps: int):
+    """The one place the suite builds a learned optimizer: from its stored config, on a task's
+    role tree, told the run's total step count when its factory takes ``num_steps`` (as
+    optax schedules are told; LOs without time-to-go features ignore it)."""
+    import inspect
+    kwargs = {}
+    if "num_steps" in inspect.signature(lopt.make_from_config).parameters:
+        kwargs["num_steps"] = int(num_steps)
+    return lopt.make_from_config(theta, config, roles=roles, **kwargs)
+
+
 def variant(task: str, parametrization: str) -> str:
     """The task name in a parametrization: ``-sp`` added for "sp", removed for "mup"."""
     base = re.sub(r"-sp(?=-|$)", "", task)
@@ -173,13 +242,19 @@ class Runner:
         tmp.replace(f)
         return res, False
 
-    def run_baseline(self, task_name: str, name: str, steps: int, lrs, seeds) -> dict:
+    def run_baseline(self, task_name: str, name: str, steps: int, lrs, seeds,
+                     schedule: str | None = None) -> dict:
+        """``schedule``: None runs the baseline's own schedule (constant except for entries
+        like ``adamw-cosine``); "cosine" runs any baseline with warmup and cosine decay."""
         b = BASELINES[name]
         key = {"task": task_name, "opt": name, "steps": steps, "lrs": list(lrs),
                "seeds": list(seeds)}
+        if (schedule or b.schedule) != "constant":   # constant runs keep their old cache keys
+            key["schedule"] = schedule or b.schedule
         return self._cached(key, lambda: self._compute(
-            task_name, lambda lr, task: b.make(lr, task.roles), steps, lrs, seeds,
-            b.needs_activations))[0]
+            task_name, lambda lr, task: b.build(lr, task.roles, num_steps=steps,
+                                                schedule=schedule),
+            steps, lrs, seeds, b.needs_activations))[0]
 
     def run_lo(self, task_name: str, lo: LearnedOpt, steps: int, seeds, untrained=False):
         key = {"task": task_name, "opt": "lo-init" if untrained else "lo", "steps": steps,
@@ -190,7 +265,7 @@ class Runner:
             theta = lopt.init_theta(jax.random.split(jax.random.PRNGKey(seed), 3)[0],
                                     lo.config)
         return self._cached(key, lambda: self._compute(
-            task_name, lambda lr, task: lopt.make_from_config(theta, lo.config, roles=task.roles),
+            task_name, lambda lr, task: make_lo(theta, lo.config, task.roles, steps),
             steps, [0.0], seeds, False))[0]
 
     def _compute(self, task_name, make, steps, lrs, seeds, needs_activations):
@@ -239,13 +314,26 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
     unknown = [n for n in names if n not in BASELINES]
     if unknown:
         raise SystemExit(f"error: unknown baseline(s) {unknown}; choose from {sorted(BASELINES)}")
+    if spec.schedule not in SCHEDULES:
+        raise SystemExit(f"error: unknown schedule {spec.schedule!r}; choose from "
+                         f"{', '.join(SCHEDULES)}")
+    schedule = None if spec.schedule == "constant" else spec.schedule
+    labels = {n: row_label(n, spec.schedule) for n in names}
+    if len(set(labels.values())) < len(labels):
+        raise SystemExit(f"error: with schedule {spec.schedule!r} the baselines {list(names)} "
+                         "name the same optimizer twice; list each once")
     cells = cells_for(meta_cfg, spec)
+    if not cells:
+        raise SystemExit(f"error: suite {suite!r} has no cells on axes {', '.join(spec.axes)} "
+                         f"for {los[0].path}")
     runner = Runner(out)
     report_seeds = list(range(1, spec.seeds + 1))
-    per_cell = 2 * len(names) + 1 + len(los)
+    per_cell = 2 * len(names) + int(spec.fixed_adamw) + len(los)
     total = len(cells) * per_cell + sum(len(los) for c in cells if c.axis == "in-distribution")
     bar = tqdm(total=total, desc=f"eval {suite}", unit="group", disable=not progress)
     results = []
+    widest = max([_width(t) or 0 for t in meta_cfg["tasks"]])
+    tuned: dict[str, tuple[int, float]] = {}      # μP baseline -> (width, LR) for μTransfer
     for cell in cells:
         entry = {"axis": cell.axis, "task": variant(cell.task, "mup"), "steps": cell.steps,
                  "optimizers": {}}
@@ -261,27 +349,37 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
                     runner.run_lo(task, lo, cell.steps, report_seeds, untrained=True), 0,
                     task=task)
                 bar.update(1)
-        task = variant(cell.task, "sp")
-        fixed = _summary(runner.run_baseline(task, "adamw", cell.steps, [1e-3], report_seeds),
-                         0, lr=1e-3, task=task)
-        bar.update(1)
+        fixed = None
+        if spec.fixed_adamw:
+            task = variant(cell.task, "sp")
+            fixed = _summary(runner.run_baseline(task, "adamw", cell.steps, [1e-3],
+                                                 report_seeds), 0, lr=1e-3, task=task)
+            bar.update(1)
         # matrix-function baselines last: an interrupted cell keeps its cheap rows
         for name in sorted(names, key=lambda n: BASELINES[n].matrix_functions):
             task = variant(cell.task, BASELINES[name].parametrization)
-            grid = _grid(name, spec.grid_points)
-            tune = runner.run_baseline(task, name, cell.steps, grid, [0])
+            grid, transfer = baseline_grid(name, spec, cell, widest, tuned)
+            tune = runner.run_baseline(task, name, cell.steps, grid, [0], schedule=schedule)
             finals = [_final(np.asarray(l[0])) for l in tune["losses"]]
             finals = [f if np.isfinite(f) else np.inf for f in finals]
             best = grid[int(np.argmin(finals))]
+            w = _width(cell.task)
+            if (cell.axis in ("in-distribution", "wider") and w and not transfer
+                    and w <= spec.mutransfer_above * widest and w > tuned.get(name, (0,))[0]):
+                tuned[name] = (w, best)
             bar.update(1)
-            rep = runner.run_baseline(task, name, cell.steps, [best], report_seeds)
-            entry["optimizers"][name] = _summary(rep, 0, lr=best, grid=grid, tune=finals,
-                                                 task=task)
+            rep = runner.run_baseline(task, name, cell.steps, [best], report_seeds,
+                                      schedule=schedule)
+            entry["optimizers"][labels[name]] = _summary(
+                rep, 0, lr=best, grid=grid, tune=finals, task=task,
+                **({"mutransfer_from_width": transfer} if transfer else {}),
+                schedule=schedule or BASELINES[name].schedule)
             bar.update(1)
-        entry["optimizers"] = {n: entry["optimizers"][n] for n in names}
-        entry["optimizers"]["adamw@1e-3"] = fixed
+        entry["optimizers"] = {labels[n]: entry["optimizers"][labels[n]] for n in names}
+        if fixed is not None:
+            entry["optimizers"]["adamw@1e-3"] = fixed
         entry["optimizers"].update(lo_rows)
-        ref = entry["optimizers"].get("adamw")
+        ref = entry["optimizers"].get("adamw", entry["optimizers"].get("adamw-cosine"))
         for o in entry["optimizers"].values():
             if ref is not None:
                 o["speedup_vs_adamw"] = speedup(ref["mean_curve"], o["mean_curve"])
@@ -293,6 +391,14 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
                      "meta_config": lo.meta.get("config")} for lo in los],
             "spec": dataclasses.asdict(spec), "baselines": list(names),
             "report_seeds": report_seeds, "cells": results, "host": host_info()}
+
+
+def row_label(name: str, schedule: str) -> str:
+    """A baseline's row in the results: its name, with ``-<schedule>`` when the suite runs it
+    under a schedule other than its own (``adamw`` under "cosine" is ``adamw-cosine``)."""
+    if schedule == "constant" or BASELINES[name].schedule == schedule:
+        return name
+    return f"{name}-{schedule}"
 
 
 def host_info() -> dict:
@@ -314,10 +420,13 @@ def _summary(group: dict, lr_index: int, **extra) -> dict:
     losses = np.asarray(group["losses"][lr_index], np.float64)     # [seeds, steps]
     finals = np.array([_final(l) for l in losses])
     return {"final_train_loss": finals.tolist(),
+            "initial_train_loss": losses[:, 0].tolist(),
             "final_mean": float(np.mean(finals)), "final_std": float(np.std(finals)),
             "test_loss": group["test_loss"][lr_index],
             "test_accuracy": group["test_accuracy"][lr_index],
-            "diverged": any(group["diverged"][lr_index]),
+            # the run's own non-finite flag, or a final loss far above the initial one
+            "diverged": bool(any(group["diverged"][lr_index])
+                             or blew_up(losses[:, 0], finals).any()),
             "mean_curve": np.mean(np.minimum(losses, 1e3), 0).tolist(),
             # compile excluded; the runs of a group are vmapped, so this is per run-step
             "wall_s_per_step": group["wall_s"] / (group["runs"] * group["steps"]), **extra}

@@ -3,6 +3,8 @@
 A registry ``BASELINES``: name -> :class:`Baseline` (factory ``make(lr, roles)``, default
 log LR grid for tuning, one-line description with its reference). Built from optax blocks;
 the norm-based ones add a duality map from :mod:`lopt.dualize` between momentum and step.
+``Baseline.build(lr, roles, num_steps=T, schedule="cosine")`` runs any of them with linear
+warmup and cosine decay (:func:`warmup_cosine`); ``adamw-cosine`` always does.
 
 References: Bernstein & Newhouse, "Old Optimizer, New Norm: An Anthology", arXiv 2409.20325.
 """
@@ -22,10 +24,34 @@ from lopt.riemannian import riemannian_lowrank
 from lopt.roles import fan_in
 from lopt.schatten import adaptive_schatten
 
+SCHEDULES = ("constant", "cosine")
+# warmup_cosine's shape: linear warmup over this fraction of the run, then cosine decay to
+# this fraction of the peak (the common LLM recipe, e.g. Hoffmann et al., arXiv 2203.15556)
+WARMUP_FRACTION = 0.05
+FINAL_FRACTION = 0.1
+
+
+def warmup_cosine(lr: float | jax.Array, num_steps: int) -> optax.Schedule:
+    """LR ``lr`` with linear warmup from 0 over the first 5% of ``num_steps`` (at least one
+    step) and cosine decay to ``0.1 * lr`` at ``num_steps``; constant after that.
+
+    Composes ``optax.warmup_cosine_decay_schedule`` with a unit peak times ``lr``, so ``lr``
+    may be a traced value (the suite vmaps over its LR grid).
+    """
+    if int(num_steps) < 2:
+        raise ValueError(f"a warmup-cosine schedule needs num_steps >= 2, got {num_steps}")
+    unit = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=1.0,
+        warmup_steps=max(1, int(round(WARMUP_FRACTION * num_steps))),
+        decay_steps=int(num_steps), end_value=FINAL_FRACTION)
+    return lambda count: lr * unit(count)
+
 
 @dataclasses.dataclass(frozen=True)
 class Baseline:
-    make: Callable[[float, Any], optax.GradientTransformation]  # (lr, roles) -> optimizer
+    # (lr, roles) -> optimizer, at a constant LR; ``build`` adds the schedule. With
+    # ``takes_schedule`` the factory also accepts an optax schedule as ``lr``.
+    make: Callable[[Any, Any], optax.GradientTransformation]
     lr_grid: tuple[float, ...]
     description: str
     # update() wants extra_args ``activations`` (layer inputs, see Task.activations)
@@ -35,6 +61,36 @@ class Baseline:
     # each step computes a matrix function (Newton-Schulz, SVD, eigendecomposition) per weight:
     # cost ~ width^3, 10-20x an elementwise update at width 1024 on CPU
     matrix_functions: bool = False
+    # the LR schedule this entry runs with unless ``build`` is told otherwise
+    schedule: str = "constant"
+    # ``make`` accepts an optax schedule as ``lr``; if not, ``build`` multiplies its updates by
+    # the unit schedule (the same thing for updates linear in the LR)
+    takes_schedule: bool = True
+
+    def build(self, lr: float | jax.Array, roles: Any, *, num_steps: int | None = None,
+              schedule: str | None = None) -> optax.GradientTransformation:
+        """The optimizer at (peak) LR ``lr``.
+
+        Args:
+          lr: the LR, or the peak LR of a schedule.
+          roles: the μP role tree of the parameters.
+          num_steps: the run's total step count; required by the cosine schedule.
+          schedule: "constant" or "cosine" (:func:`warmup_cosine`); None: the entry's own.
+
+        Returns:
+          An ``optax.GradientTransformation``.
+        """
+        schedule = schedule or self.schedule
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
+        if schedule == "constant":
+            return self.make(lr, roles)
+        if num_steps is None:
+            raise ValueError("the cosine schedule needs num_steps, the run's total step count")
+        if self.takes_schedule:
+            return self.make(warmup_cosine(lr, num_steps), roles)
+        return optax.chain(self.make(lr, roles),
+                           optax.scale_by_schedule(warmup_cosine(1.0, num_steps)))
 
 
 def _log_grid(lo, hi, per_decade=2):
@@ -42,45 +98,42 @@ def _log_grid(lo, hi, per_decade=2):
     return tuple(float(f"{x:.3g}") for x in np.logspace(np.log10(lo), np.log10(hi), n))
 
 
-def adamw(lr: float, roles: Any = None, weight_decay: float = 0.0):
+def adamw(lr: optax.ScalarOrSchedule, roles: Any = None, weight_decay: float = 0.0):
     """optax.adamw (Loshchilov & Hutter, arXiv 1711.05101)."""
     del roles
     return optax.adamw(lr, weight_decay=weight_decay)
 
 
-def muadam(lr: float, roles: Any):
+def muadam(lr: optax.ScalarOrSchedule, roles: Any):
     """Adam with μP per-role LR multipliers: hidden weights 1/fan_in, others 1
     (Yang et al., Tensor Programs V, arXiv 2203.03466, Table 3)."""
-    def init_fn(params):
-        return optax.scale_by_adam().init(params)
-
-    def update_fn(updates, state, params=None):
-        upd, state = optax.scale_by_adam().update(updates, state, params)
-        upd = jax.tree.map(lambda u, r: u * (-lr / fan_in(u.shape) if r == "hidden" else -lr),
-                           upd, roles)
-        return upd, state
-
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.chain(
+        optax.scale_by_adam(),
+        map_leaves(lambda u, r: u / fan_in(u.shape) if r == "hidden" else u, roles),
+        optax.scale_by_learning_rate(lr))
 
 
-def sgdm(lr: float, roles: Any = None):
+def sgdm(lr: optax.ScalarOrSchedule, roles: Any = None):
     """SGD with heavy-ball momentum 0.9."""
     del roles
     return optax.sgd(lr, momentum=0.9)
 
 
-def signum(lr: float, roles: Any = None):
+def signum(lr: optax.ScalarOrSchedule, roles: Any = None):
     """Sign descent with momentum 0.9 (Bernstein et al., arXiv 1802.04434)."""
     del roles
     return optax.signum(lr, beta=0.9)
 
 
-def muon(lr: float, roles: Any, adam_lr: float | None = None):
+def muon(lr: optax.ScalarOrSchedule, roles: Any, adam_lr: float | None = None):
     """Muon (Jordan et al.) via optax.contrib.muon on hidden matrices only; input, readout and
-    non-matrix leaves go to AdamW with LR ``adam_lr`` (default lr / 10)."""
+    non-matrix leaves go to AdamW with LR ``adam_lr`` (default lr / 10, following ``lr``'s
+    schedule)."""
     dims = jax.tree.map(lambda r: optax.contrib.MuonDimensionNumbers() if r == "hidden"
                         else None, roles)
-    return optax.contrib.muon(lr, adam_learning_rate=adam_lr if adam_lr else lr / 10,
+    if not adam_lr:
+        adam_lr = (lambda count: lr(count) / 10) if callable(lr) else lr / 10
+    return optax.contrib.muon(lr, adam_learning_rate=adam_lr,
                               muon_weight_dimension_numbers=dims, nesterov=True, beta=0.95)
 
 
@@ -94,7 +147,8 @@ def map_leaves(fn: Callable[[jax.Array, str], jax.Array], roles: Any):
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
-def spectral(lr: float, roles: Any = None, momentum: float = 0.9, svd_max: int = 1024):
+def spectral(lr: optax.ScalarOrSchedule, roles: Any = None, momentum: float = 0.9,
+             svd_max: int = 1024):
     """Spectral descent = Shampoo with accumulation off: every matrix steps along ``U V^T`` of
     its momentum (exact SVD when min(fan_in, fan_out) <= svd_max, else Muon's Newton-Schulz);
     vectors and scalars take sign steps (Adam with EMAs off). arXiv 2409.20325, sec. 3."""
@@ -104,14 +158,17 @@ def spectral(lr: float, roles: Any = None, momentum: float = 0.9, svd_max: int =
             return jnp.sign(u)
         m = dualize.as_matrix(u)
         return dualize.orthogonalize(u, "svd" if min(m.shape) <= svd_max else "newton-schulz")
-    return optax.chain(optax.trace(momentum), map_leaves(direction, roles), optax.scale(-lr))
+    return optax.chain(optax.trace(momentum), map_leaves(direction, roles),
+                       optax.scale_by_learning_rate(lr))
 
 
-def prodigy(lr: float, roles: Any = None):
+def prodigy(lr: optax.ScalarOrSchedule, roles: Any = None):
     """Prodigy (optax.contrib): Adam with an estimated step size; ``lr`` multiplies the
-    estimate (1 is the default). Mishchenko & Defazio, arXiv 2306.06101."""
+    estimate (1 is the default). Under a schedule it runs with ``safeguard_warmup`` (the LR
+    leaves the D estimate's denominator), as the paper advises for warmup: a warmup from LR 0
+    makes that estimate 0/0. Mishchenko & Defazio, arXiv 2306.06101."""
     del roles
-    opt = optax.contrib.prodigy(learning_rate=lr)
+    opt = optax.contrib.prodigy(learning_rate=lr, safeguard_warmup=callable(lr))
 
     def update_fn(updates, state, params=None, **extra):
         # prodigy promotes bf16 updates and its scalar state to f32; cast back so params and
@@ -128,7 +185,7 @@ def prodigy(lr: float, roles: Any = None):
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def modular(lr: float, roles: Any, momentum: float = 0.9, readout: str = "row",
+def modular(lr: optax.ScalarOrSchedule, roles: Any, momentum: float = 0.9, readout: str = "row",
             ortho: str = "newton-schulz", constrained: bool = False):
     """Modular-norm steepest descent: per-role duality maps of the momentum.
 
@@ -150,12 +207,15 @@ def modular(lr: float, roles: Any, momentum: float = 0.9, readout: str = "row",
     chain = [optax.trace(momentum), map_leaves(direction, roles)]
     if constrained:
         chain.append(optax.add_decayed_weights(1.0))
-    return optax.chain(*chain, optax.scale(-lr))
+    return optax.chain(*chain, optax.scale_by_learning_rate(lr))
 
 
 BASELINES: dict[str, Baseline] = {
     "adamw": Baseline(adamw, _log_grid(1e-4, 3e-2), "AdamW (optax), arXiv 1711.05101",
                       parametrization="sp"),
+    "adamw-cosine": Baseline(adamw, _log_grid(3e-4, 3e-2),
+                             "AdamW (optax) with linear warmup (5%) and cosine decay to 0.1x",
+                             parametrization="sp", schedule="cosine"),
     "muadam": Baseline(muadam, _log_grid(1e-3, 3e-1),
                        "Adam with μP LR multipliers (hidden 1/fan_in), arXiv 2203.03466"),
     "sgdm": Baseline(sgdm, _log_grid(1e-3, 1.0), "SGD, momentum 0.9", parametrization="sp"),
@@ -174,9 +234,11 @@ BASELINES: dict[str, Baseline] = {
     "schatten": Baseline(adaptive_schatten, _log_grid(1e-3, 3e-1),
                          "adaptive Schatten-p descent, p per layer from gradient and input "
                          "activations, arXiv 2605.19781", needs_activations=True,
-                         matrix_functions=True),
+                         matrix_functions=True, takes_schedule=False),
     "riemannian": Baseline(riemannian_lowrank,
                            _log_grid(1e-2, 3.0),
                            "Riemannian fixed-rank descent on factored W = A B^T, AdamW "
-                           "elsewhere, arXiv 2606.02328", matrix_functions=True),
+                           "elsewhere, arXiv 2606.02328", matrix_functions=True,
+                           # its LR enters the retraction; a schedule scales the factor steps
+                           takes_schedule=False),
 }

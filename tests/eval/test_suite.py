@@ -157,7 +157,8 @@ def test_report_names_where_a_run_departs_from_its_suite():
     doc = {"suite": "full", "spec": json.loads(json.dumps(spec)), "baselines": ["adamw"]}
     assert _overrides(doc) == ["- departs from the `full` suite: wider = 8 (suite default "
                                "8, 16, 32); seeds = 2 (suite default 3); baselines = adamw "
-                               "(suite default adamw, muadam, muon, modular, prodigy)"]
+                               "(suite default adamw, adamw-cosine, muadam, muon, modular, "
+                               "prodigy)"]
     same = {"suite": "full", "spec": dataclasses.asdict(S.SUITES["full"]),
             "baselines": list(S.SUITES["full"].baselines)}
     assert _overrides(same) == []
@@ -184,3 +185,201 @@ def test_tuned_lr_at_the_end_of_its_grid_is_flagged(smoke_eval):
     o["lr"] = 1e-2
     line = [l for l in markdown(doc, []).splitlines() if l.startswith("Tuned learning rates")][0]
     assert "adamw=0.01," in line or "adamw=0.01;" in line or line.endswith("adamw=0.01")
+
+
+def test_dev_suite_holds_the_held_out_cells_and_both_adamw_forms():
+    spec = S.SUITES["dev"]
+    assert [(c.axis, c.task, c.steps) for c in S.cells_for(_META, spec)] == [
+        ("wider", "mlp-fmnist8-w1024-d3", 500), ("deeper", "mlp-fmnist8-w128-d15", 500),
+        ("longer", "mlp-fmnist8-w128-d3", 5000)]
+    assert spec.baselines == ("adamw", "adamw-cosine") and spec.seeds == 2
+    assert not spec.fixed_adamw
+    # the middle 3 of adamw's grid hold its tuned LR on the full suite's held-out cells
+    assert S._grid("adamw", spec.grid_points)[0] < 9.79e-4 < S._grid("adamw", 3)[-1]
+    assert S._grid("adamw-cosine", spec.grid_points)[-1] >= 9e-3
+    assert "adamw-cosine" in S.SUITES["full"].baselines
+
+
+def _group(curves):
+    """A cached group of one LR: curves [seeds, steps]."""
+    curves = np.asarray(curves, np.float64)
+    return {"losses": [curves.tolist()], "test_loss": [[0.0] * len(curves)],
+            "test_accuracy": [[0.0] * len(curves)], "diverged": [[False] * len(curves)],
+            "wall_s": 1.0, "runs": len(curves), "steps": curves.shape[1]}
+
+
+def test_a_run_ending_far_above_its_initial_loss_is_marked_diverged():
+    t = np.linspace(0, 1, 200)
+    good = 2.3 - 1.8 * t                        # 2.3 -> 0.5
+    stalled = np.full(200, 2.303)               # never leaves the zero-readout loss
+    blown = 2.3 + 201.4 * t                     # 2.3 -> 203.7
+    assert not S._summary(_group([good, stalled]), 0)["diverged"]
+    row = S._summary(_group([good, blown]), 0)
+    assert row["diverged"] and row["initial_train_loss"] == [2.3, 2.3]
+    assert S._summary(_group([good, np.r_[good[:-1], np.nan]]), 0)["diverged"]
+    np.testing.assert_array_equal(S.blew_up([2.3, 2.3, 2.3, 2.3], [3.4, 3.5, np.inf, np.nan]),
+                                  [False, True, True, True])
+    # the report marks it, also for documents written before initial losses were stored
+    from eval.report import diverged
+    old = {k: v for k, v in row.items() if k != "initial_train_loss"}
+    assert diverged(dict(old, diverged=False))
+    assert not diverged(S._summary(_group([good, good]), 0))
+
+
+def _doc(rows_per_cell, axes=None):
+    """A results document from {cell task: {optimizer: (final curve end, curve)}}."""
+    cells = []
+    for i, (task, opts) in enumerate(rows_per_cell.items()):
+        cells.append({"axis": (axes or {}).get(task, "wider"), "task": task, "steps": 100,
+                      "optimizers": {n: dict(S._summary(_group([c, c]), 0), task=task)
+                                     for n, c in opts.items()}})
+    return {"suite": "dev", "los": [{"label": "μLO", "path": "x", "config": {"mup": True},
+                                     "meta_step": 1, "digest": "d", "meta_config": {}}],
+            "baselines": ["adamw", "adamw-cosine"], "report_seeds": [1, 2], "cells": cells,
+            "commit": "c", "command": "cmd"}
+
+
+def _curve(end, steps=100):
+    return 2.3 * (end / 2.3) ** np.linspace(0, 1, steps)    # geometric decay 2.3 -> end
+
+
+def test_lo_is_judged_against_the_better_adamw_form_per_cell():
+    from eval.report import against_adamw, markdown
+    doc = _doc({
+        # constant AdamW is better here, and the LO beats only cosine
+        "mlp-a-w1024-d3": {"adamw": _curve(0.40), "adamw-cosine": _curve(0.45),
+                           "μLO": _curve(0.42)},
+        # cosine is better here and the LO beats it
+        "mlp-a-w128-d15": {"adamw": _curve(0.60), "adamw-cosine": _curve(0.50),
+                           "μLO": _curve(0.45)},
+        # the better form diverged: the other one counts; a diverged LO loses
+        "mlp-a-w128-d3": {"adamw": _curve(0.30), "adamw-cosine": 2.3 + np.linspace(0, 200, 100),
+                          "μLO": 2.3 + np.linspace(0, 5, 100)},
+    })
+    rows = against_adamw(doc)
+    assert [(r["adamw"], r["win"]) for r in rows] == [
+        ("adamw", False), ("adamw-cosine", True), ("adamw", False)]
+    assert rows[2]["lo_diverged"]
+    a, lo = (doc["cells"][1]["optimizers"][n]["mean_curve"] for n in ("adamw-cosine", "μLO"))
+    assert rows[1]["speedup"] == pytest.approx(S.speedup(a, lo)) and rows[1]["speedup"] > 1
+    md = markdown(doc, [])
+    r = rows[1]
+    assert (f"| μLO | wider | mlp-a-w128-d15 | 100 | {r['lo_final']:.3f} | adamw-cosine "
+            f"{r['adamw_final']:.3f} | win |") in md
+    assert "- **μLO**: wins 1 of 3 cells against the better tuned AdamW; geometric-mean " \
+           "speedup 0.00 (0: on some cell it never reaches AdamW's final loss)" in md
+    assert rows[2]["lo_final"] > 1.5 * 2.3
+    assert (f"| μLO | wider | mlp-a-w128-d3 | 100 | {rows[2]['lo_final']:.3f} † | adamw "
+            f"{rows[2]['adamw_final']:.3f} | loss |") in md
+
+
+def test_each_optimizer_has_one_color_in_every_panel(tmp_path, monkeypatch):
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    from eval import report as R
+    seen = {}                       # label -> {color}, over every line and bar of every figure
+    real = Figure.savefig
+
+    def record(fig, fname, *a, **k):
+        for ax in fig.axes:
+            for line in ax.get_lines():
+                seen.setdefault(line.get_label(), set()).add(
+                    matplotlib.colors.to_hex(line.get_color()))
+            for bars in ax.containers:
+                seen.setdefault(bars.get_label(), set()).add(
+                    matplotlib.colors.to_hex(bars.patches[0].get_facecolor()))
+        for leg in fig.legends:
+            for h, t in zip(leg.legend_handles, leg.get_texts()):
+                seen.setdefault(t.get_text(), set()).add(matplotlib.colors.to_hex(h.get_color()))
+        return real(fig, fname, *a, **k)
+    monkeypatch.setattr(Figure, "savefig", record)
+    # the in-distribution panel has untrained rows that the wider panel lacks, and the
+    # panels list their optimizers in different orders: the old color cycle shifted here
+    doc = _doc({"mlp-a-w32-d3": {"adamw": _curve(0.5), "μLO": _curve(0.45),
+                                 "μLO (untrained)": _curve(2.0), "SP LO": _curve(0.5),
+                                 "SP LO (untrained)": _curve(2.2)},
+                "mlp-a-w256-d3": {"SP LO": _curve(0.9), "μLO": _curve(0.4),
+                                  "adamw": _curve(0.42)},
+                "mlp-a-w32-d15": {"μLO": _curve(0.9), "adamw": _curve(0.6), "SP LO": _curve(1)}},
+               axes={"mlp-a-w32-d3": "in-distribution", "mlp-a-w32-d15": "deeper"})
+    for c in doc["cells"]:
+        for o in c["optimizers"].values():
+            o["speedup_vs_adamw"] = 1.0
+    plots = R._plots(doc, tmp_path)
+    assert plots == ["loss_curves.png", "final_loss_vs_width.png", "final_loss_vs_depth.png",
+                     "speedup.png"]
+    names = {"adamw", "μLO", "μLO (untrained)", "SP LO", "SP LO (untrained)"}
+    assert names <= set(seen)
+    for name in names:
+        assert len(seen[name]) == 1, (name, seen[name])
+    colors = [next(iter(seen[n])) for n in names]
+    assert len(set(colors)) == len(names)          # and no two optimizers share one
+
+
+def test_make_lo_passes_the_step_count(monkeypatch):
+    got = {}
+
+    def factory(theta, config, *, roles=None, num_steps=None, **kw):
+        got.update(num_steps=num_steps, roles=roles)
+        return "opt"
+    monkeypatch.setattr(S.lopt, "make_from_config", factory)
+    assert S.make_lo("theta", "cfg", {"w": "hidden"}, 5000) == "opt"
+    assert got == {"num_steps": 5000, "roles": {"w": "hidden"}}
+
+
+def test_cosine_schedule_tunes_every_baseline_under_its_own_name(smoke_eval):
+    root, doc, _ = smoke_eval
+    cos = S.run_suite([str(root / "run")], "smoke", root / "ev", progress=False,
+                      overrides={"schedule": "cosine", "axes": ("wider",)},
+                      baselines=("adamw", "muadam"))
+    opts = cos["cells"][0]["optimizers"]
+    assert list(opts)[:3] == ["adamw-cosine", "muadam-cosine", "adamw@1e-3"]
+    assert opts["adamw-cosine"]["schedule"] == "cosine"
+    assert opts["adamw-cosine"]["grid"] == S._grid("adamw", 2)
+    const = [c for c in doc["cells"] if c["axis"] == "wider"][0]["optimizers"]
+    # the fixed-LR row is shared with the constant run's cache; the scheduled rows are not
+    assert opts["adamw@1e-3"]["final_mean"] == const["adamw@1e-3"]["final_mean"]
+    assert opts["adamw-cosine"]["final_mean"] != const["adamw"]["final_mean"]
+    seen = [json.loads(f.read_text())["key"] for f in (root / "ev" / "cells").glob("*.json")]
+    assert any(k.get("schedule") == "cosine" and k["opt"] == "muadam" for k in seen)
+    with pytest.raises(SystemExit, match="same optimizer twice"):
+        S.run_suite([str(root / "run")], "smoke", root / "ev", progress=False,
+                    overrides={"schedule": "cosine"}, baselines=("adamw", "adamw-cosine"))
+
+
+def test_mutransfer_reuses_the_lr_tuned_at_the_widest_affordable_cell():
+    spec = S.SUITES["full"]
+    assert spec.mutransfer_above == 8
+    cells = {(c.axis, c.task): c for c in S.cells_for(_META, spec)}
+    w1024, w2048 = cells["wider", "mlp-fmnist8-w1024-d3"], cells["wider", "mlp-fmnist8-w2048-d3"]
+    tuned = {"muadam": (1024, 0.0959), "muon": (1024, 0.0306)}
+    # up to 8x: the full grid, and nothing transfers
+    assert S.baseline_grid("muadam", spec, w1024, 128, tuned) == (S._grid("muadam", 7), None)
+    # 16x, 32x: three points around the 8x LR on the baseline's grid spacing (~10^0.5)
+    grid, src = S.baseline_grid("muadam", spec, w2048, 128, tuned)
+    assert src == 1024 and grid[1] == 0.0959 and len(grid) == 3
+    np.testing.assert_allclose([grid[0] * 10 ** 0.5, grid[2] / 10 ** 0.5], 0.0959, rtol=0.02)
+    assert S.baseline_grid("muon", spec, cells["wider", "mlp-fmnist8-w4096-d3"], 128,
+                           tuned)[1] == 1024
+    # SP AdamW keeps its full grid; other axes and a baseline without a tuned LR are tuned
+    assert S.baseline_grid("adamw", spec, w2048, 128, {"adamw": (1024, 1e-3)})[1] is None
+    assert S.baseline_grid("modular", spec, w2048, 128, tuned)[1] is None
+    deep = cells["deeper", "mlp-fmnist8-w128-d15"]
+    assert S.baseline_grid("muadam", spec, deep, 128, tuned)[1] is None
+    # off in suites that do not ask for it
+    quick = S.SUITES["quick"]
+    assert S.baseline_grid("muadam", quick, w2048, 128, tuned)[1] is None
+
+
+def test_mutransfer_runs_end_to_end_and_the_report_says_so(smoke_eval):
+    from eval.report import markdown
+    root, _, _ = smoke_eval
+    doc = S.run_suite([str(root / "run")], "smoke", root / "ev", progress=False,
+                      baselines=("muadam",), overrides={"wider": (2, 4), "mutransfer_above": 2,
+                                                       "axes": ("wider",)})
+    two, four = (c["optimizers"]["muadam"] for c in doc["cells"])
+    assert "mutransfer_from_width" not in two and two["grid"] == S._grid("muadam", 2)
+    assert four["mutransfer_from_width"] == 32 and four["grid"][1] == two["lr"]
+    md = markdown(dict(doc, commit="c", command="c"), [])
+    assert "(μTransfer from w32)" in md and "μTransfer: on wider cells above 2x" in md

@@ -8,7 +8,8 @@ import optax
 import pytest
 
 from lopt import dualize
-from lopt.baselines import BASELINES, adamw, modular, muon, sgdm, signum, spectral
+from lopt.baselines import (BASELINES, adamw, modular, muon, sgdm, signum, spectral,
+                            warmup_cosine)
 from lopt.riemannian import factored_pairs, riemannian_lowrank, tangent_step
 from lopt.schatten import adaptive_schatten, chosen_p, criterion
 from meta_train.inner import train
@@ -243,21 +244,23 @@ def test_every_baseline_descends_at_its_best_grid_lr(name):
                                            else ""))
     b = BASELINES[name]
     grid = jnp.asarray(b.lr_grid[1::2], jnp.float32)
-    fn = jax.jit(jax.vmap(lambda lr: train(task, b.make(lr, task.roles), key=jax.random.PRNGKey(0),
-                                           num_steps=60, extra_args=_extra(task, b)).losses))
+    fn = jax.jit(jax.vmap(lambda lr: train(task, b.build(lr, task.roles, num_steps=60),
+                                           key=jax.random.PRNGKey(0), num_steps=60,
+                                           extra_args=_extra(task, b)).losses))
     losses = np.asarray(fn(grid))
     finals = np.mean(losses[:, -5:], 1)
     finals = np.where(np.isfinite(finals), finals, np.inf)
     assert np.min(finals) < 0.6 * losses[0, 0], (name, finals)
 
 
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
 @pytest.mark.parametrize("name", sorted(BASELINES))
-def test_baselines_keep_shapes_dtypes_and_do_not_recompile(name):
+def test_baselines_keep_shapes_dtypes_and_do_not_recompile(name, schedule):
     shapes = dict(SHAPES, attn={"a": (16, 4), "b": (12, 4)})
     roles = dict(ROLES, attn={"a": "hidden", "b": "hidden"})
     params = _tree(0, shapes)
     params["layer_1"]["b"] = params["layer_1"]["b"].astype(jnp.bfloat16)
-    opt = BASELINES[name].make(0.01, roles)
+    opt = BASELINES[name].build(0.01, roles, num_steps=40, schedule=schedule)
     state = opt.init(params)
     upd_fn = jax.jit(opt.update)
     for i in range(2):
@@ -269,3 +272,74 @@ def test_baselines_keep_shapes_dtypes_and_do_not_recompile(name):
             assert bool(jnp.all(jnp.isfinite(u.astype(jnp.float32))))
         params = optax.apply_updates(params, upd)
     assert upd_fn._cache_size() == 1
+
+
+def test_warmup_cosine_matches_its_formula():
+    lr, steps = 3e-3, 400
+    warm = 20                                       # 5% of 400
+    s = warmup_cosine(lr, steps)
+    assert float(s(0)) == 0.0
+    np.testing.assert_allclose(float(s(warm // 2)), lr / 2, rtol=1e-6)
+    np.testing.assert_allclose(float(s(warm)), lr, rtol=1e-6)
+    for t in (warm, 100, 210, 333, steps):          # cosine from lr down to 0.1 lr
+        frac = (t - warm) / (steps - warm)
+        want = lr * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * frac)))
+        np.testing.assert_allclose(float(s(t)), want, rtol=1e-5)
+    np.testing.assert_allclose(float(s(steps)), 0.1 * lr, rtol=1e-6)
+    np.testing.assert_allclose(float(s(steps + 50)), 0.1 * lr, rtol=1e-6)
+    assert float(warmup_cosine(1.0, 10)(1)) == 1.0   # warmup is at least one step
+    # a traced peak LR (the suite vmaps over its grid) gives the same values
+    np.testing.assert_allclose(jax.vmap(lambda p: warmup_cosine(p, steps)(100))(
+        jnp.array([lr, 2 * lr])), [float(s(100)), 2 * float(s(100))], rtol=1e-6)
+    with pytest.raises(ValueError, match="num_steps >= 2"):
+        warmup_cosine(lr, 1)
+
+
+# the LR multiplies the whole step of these, so a schedule scales the constant-LR update
+# exactly; Prodigy's step-size estimate and the Riemannian retraction see the LR itself
+LINEAR_IN_LR = sorted(set(BASELINES) - {"prodigy", "riemannian"})
+
+
+@pytest.mark.parametrize("name", LINEAR_IN_LR)
+def test_cosine_schedule_scales_each_step_by_its_lr(name):
+    b = BASELINES[name]
+    steps, lr = 40, 0.01
+    extra = {}
+    if b.needs_activations:
+        extra = {"activations": jax.tree.map(lambda s: None, ROLES)}
+    const = b.build(lr, ROLES, num_steps=steps, schedule="constant")
+    cos = b.build(lr, ROLES, num_steps=steps, schedule="cosine")
+    unit = warmup_cosine(1.0, steps)
+    params = _tree(0)
+    sc, ss = const.init(params), cos.init(params)
+    for t in range(4):
+        g = _tree(10 + t)
+        uc, sc = const.update(g, sc, params, **extra)
+        us, ss = cos.update(g, ss, params, **extra)
+        for a, c in zip(jax.tree.leaves(us), jax.tree.leaves(uc)):
+            np.testing.assert_allclose(np.asarray(a), float(unit(t)) * np.asarray(c),
+                                       rtol=2e-5, atol=1e-9)
+
+
+def test_adamw_cosine_is_registered_and_needs_the_step_count():
+    b = BASELINES["adamw-cosine"]
+    assert b.schedule == "cosine" and b.parametrization == "sp"
+    assert b.lr_grid[0] <= 1e-3 and b.lr_grid[-1] >= 1e-2
+    with pytest.raises(ValueError, match="num_steps"):
+        b.build(1e-3, ROLES)
+    with pytest.raises(ValueError, match="unknown schedule 'linear'"):
+        b.build(1e-3, ROLES, num_steps=10, schedule="linear")
+    # adamw-cosine == adamw under the cosine schedule: the first step is 0, the second
+    # takes the full peak LR (warmup of one step at 20 steps)
+    opt = b.build(1e-3, ROLES, num_steps=20)
+    params = _tree(0)
+    state = opt.init(params)
+    u0, state = opt.update(_tree(10), state, params)
+    u1, state = opt.update(_tree(11), state, params)
+    ref = optax.adamw(1e-3, weight_decay=0.0)
+    rs = ref.init(params)
+    _, rs = ref.update(_tree(10), rs, params)
+    r1, _ = ref.update(_tree(11), rs, params)
+    assert all(float(jnp.max(jnp.abs(x))) == 0.0 for x in jax.tree.leaves(u0))
+    for a, c in zip(jax.tree.leaves(u1), jax.tree.leaves(r1)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(c), rtol=1e-6)
