@@ -21,9 +21,12 @@ idx   name                            definition
 25-27 fac_m                           Adafactor-normalized momenta
 ====  ==============================  =====================================================
 
-Tensors of rank < 2 use the unfactored second moment at the three Adafactor decays in
-place of the row/column features. Every feature is second-moment normalized over the
-whole tensor; 11 time features ``tanh(t / tau - 1)`` are appended un-normalized.
+Tensors of rank < 2 use the unfactored second moment ``diag`` (of ``g^2 + 1e-30``) at the
+three Adafactor decays in place of the row/column features (rows 13-24 are ``diag, diag,
+rsqrt(diag + 1e-8), rsqrt(diag + 1e-8)``), with ``fac_g = g * rsqrt(diag + 1e-9)`` and
+``fac_m = m * diag^-1/2`` (no epsilon, as in learned_optimization 0.0.1). Every feature
+is second-moment normalized over the whole tensor; 11 time features
+``tanh(t / tau - 1)`` are appended un-normalized.
 
 Rows 13-24 of a factored tensor are constant along one axis, so the update evaluates
 their first-layer contribution on the small row/column arrays and broadcasts the result
@@ -103,6 +106,9 @@ def init_accumulators(p: jax.Array) -> Accumulators:
     return Accumulators(z(shape + (3,)), z(shape + (1,)), z(row), z(col), z((0,)))
 
 
+_TINY = float(np.finfo(np.float32).tiny)
+
+
 def _safe_rsqrt(x):
     return jax.lax.rsqrt(jnp.maximum(x, 1e-9))
 
@@ -123,7 +129,11 @@ def update_accumulators(acc: Accumulators, g: jax.Array, mom_decay, rms_decay, f
     if fd is None:
         diag = fd_ * acc.diag + (1 - fd_) * g2
         fac_g = gf * _safe_rsqrt(diag + 1e-9)
-        fac_m = m * (diag + 1e-6) ** -0.5
+        # No epsilon, as in learned_optimization 0.0.1 (later versions add 1e-6, which moves
+        # the update by up to ~30% of a step where |g| is small). diag >= (1 - decay) * 1e-30
+        # is normal in float32 unless decay is within ~1e-8 of 1; the floor at the smallest
+        # normal only acts where diag underflows (where the reference gives inf or NaN).
+        fac_m = m * jnp.maximum(diag, _TINY) ** -0.5
         return Accumulators(m, v, acc.row, acc.col, diag), fac_g, fac_m
     d1, d0 = fd
     row = fd_ * acc.row + (1 - fd_) * jnp.mean(g2, axis=d0)
