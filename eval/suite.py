@@ -205,13 +205,11 @@ def load_los(specs: list[str]) -> list[LearnedOpt]:
 
 def make_lo(theta, config, roles, num_steps: int):
     """The one place the suite builds a learned optimizer: from its stored config, on a task's
-    role tree, told the run's total step count when its factory takes ``num_steps`` (as
-    optax schedules are told; LOs without time-to-go features ignore it)."""
-    import inspect
-    kwargs = {}
-    if "num_steps" in inspect.signature(lopt.make_from_config).parameters:
-        kwargs["num_steps"] = int(num_steps)
-    return lopt.make_from_config(theta, config, roles=roles, **kwargs)
+    role tree, told the run's total step count (as optax schedules are told; LOs without
+    fraction-of-training features or a schedule ignore it). The suite's tasks carry μP in
+    the model (readout x 1/fan_in), hence ``mup_in="model"``."""
+    return lopt.make_from_config(theta, config, roles=roles, mup_in="model",
+                                 num_steps=int(num_steps))
 
 
 def variant(task: str, parametrization: str) -> str:

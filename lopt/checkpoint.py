@@ -8,7 +8,7 @@ It lives as ``lopt.json`` in a shipped checkpoint directory, and as the ``lopt``
 (``<step>/lopt/metadata``) of every orbax checkpoint that meta-training writes, so
 :func:`load` accepts any of:
 
-* a shipped checkpoint name (``"mulo-fmnist"``, see ``checkpoints/``) or its directory;
+* a shipped checkpoint name (``"mulo-cpu"``, see ``checkpoints/``) or its directory;
 * a meta-training run directory (takes the newest complete checkpoint, falling back to
   older ones with a warning if the newest is unreadable);
 * one orbax step directory, or a ``lopt.json`` file.
@@ -152,13 +152,19 @@ def load_theta(path: str | os.PathLike):
 
 
 def load(path: str | os.PathLike, *, roles: Any = None,
-         role_overrides: Mapping[str, str] | None = None):
+         role_overrides: Mapping[str, str] | None = None, mup_in: str = "optimizer",
+         num_steps: int | None = None):
     """Loads a trained learned optimizer as an ``optax.GradientTransformationExtraArgs``.
 
     Args:
       path: shipped checkpoint name, run directory, step directory or ``lopt.json``.
       roles: optional μP role tree of the optimizee (inferred if None).
       role_overrides: ``{regex: role}`` overrides for the inference.
+      mup_in: ``"optimizer"`` (plain models; default) or ``"model"`` (models with a
+        ``1/fan_in`` readout multiplier); see :func:`lopt.make`.
+      num_steps: the run's total number of updates, for optimizers whose config needs it
+        (``LOConfig.needs_num_steps``; e.g. fraction-of-training features).
     """
     theta, config, _ = load_theta(path)
-    return make_from_config(theta, config, roles=roles, role_overrides=role_overrides)
+    return make_from_config(theta, config, roles=roles, role_overrides=role_overrides,
+                            mup_in=mup_in, num_steps=num_steps)

@@ -205,3 +205,20 @@ def dense_features(p, g, acc: Accumulators, fac_g, fac_m, step) -> jax.Array:
     full = full.reshape(n, NUM_TENSOR_FEATURES) * scale
     tf = jnp.broadcast_to(time_features(step), (n, len(TIMESCALES)))
     return jnp.concatenate([full, tf], -1)
+
+
+# VeLO's fraction-of-training embedding (Metz et al., arXiv 2211.09760, hyper_v2
+# ``_fractional_tanh_embed``): tanh(10 (t/T - c)) at these offsets c.
+FRACTION_OFFSETS = (0.03, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1)
+
+
+def fraction_features(step, num_steps) -> jax.Array:
+    """``tanh(10 (step / num_steps - c))`` for the 9 offsets; shape [9]."""
+    frac = jnp.asarray(step, jnp.float32) / jnp.maximum(jnp.asarray(num_steps, jnp.float32), 1.0)
+    return jnp.tanh(10.0 * (frac - jnp.asarray(FRACTION_OFFSETS, jnp.float32)))
+
+
+def num_inputs(time_features: str = "tau") -> int:
+    """Input width of the per-parameter MLP for a time-feature variant."""
+    extra = len(FRACTION_OFFSETS) if time_features == "fraction" else 0
+    return NUM_INPUTS + extra

@@ -7,6 +7,26 @@ parameters (39 -> 32 -> 32 -> 2, ReLU) that outputs a direction ``d`` and magnit
 * SP LO: ``lr_mult = 1``, ``step_mult = 1e-3`` (learned_optimization default).
 * μLO:   ``lr_mult = 1/fan_in`` for hidden weights, 1 otherwise; ``step_mult = 1e-2``.
 
+Where μP lives (``mup_in``): μLO was meta-trained on models that multiply their readout
+by ``1/fan_in`` in the forward pass. A plain model (Flax ``nn.Dense`` readout) has no such
+multiplier; with ``mup_in="optimizer"`` (the default) the optimizer applies it instead, by
+the abc-reparametrization of Tensor Programs V: it shows the LO the readout as the μP model
+would hold it (``P = p * fan_in``, ``dL/dP = g / fan_in``) and maps the step back
+(``dp = dP / fan_in``). On a plain model with the readout scaled by ``1/fan_in`` at init
+(:func:`lopt.mup_init_params` zeroes it) this reproduces the μP model's trajectory
+exactly. ``mup_in="model"`` is for models that carry the multiplier themselves (this
+project's tasks).
+
+Optional variants (``LOConfig``; the defaults are the classic μLO_M / AdafacMLPLOpt):
+
+* ``time_features="fraction"`` adds VeLO's fraction-of-training features
+  ``tanh(10 (t/T - c))`` at 9 offsets ``c``; ``tau_clamp`` holds the 11 classic time
+  features at ``min(t, tau_clamp)`` so they stay in their meta-training range;
+* ``schedule="cosine"`` multiplies the step by ``0.1 + 0.9 (1 + cos(pi t/T)) / 2``.
+
+Both need the run's total step count ``T``: ``make(theta, num_steps=T)`` (like an optax
+schedule's ``decay_steps``), or per call ``opt.update(g, s, p, num_steps=T)``.
+
 References: Thérien et al., μLO, arXiv 2406.00153; Metz et al., small_fc_lopt,
 arXiv 2203.11860.
 """
@@ -27,6 +47,9 @@ from lopt import roles as R
 INITIAL_MOMENTUM_DECAYS = (0.9, 0.99, 0.999)
 INITIAL_RMS_DECAYS = (0.999,)
 INITIAL_ADAFACTOR_DECAYS = (0.9, 0.99, 0.999)
+TIME_FEATURES = ("tau", "fraction")
+SCHEDULES = ("none", "cosine")
+MUP_IN = ("optimizer", "model")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,12 +62,38 @@ class LOConfig:
       hidden_layers: number of hidden layers of the MLP.
       exp_mult: scale of the magnitude output inside ``exp``.
       step_mult: output scale; None means 1e-2 for μLO and 1e-3 for SP.
+      time_features: "tau" (the 11 classic features) or "fraction" (those plus 9
+        fraction-of-training features; needs the total step count).
+      tau_clamp: > 0 holds the classic time features at ``min(t, tau_clamp)``.
+      schedule: "none" or "cosine" (step x cosine decay 1 -> 0.1 over the run; needs the
+        total step count).
     """
     mup: bool = True
     hidden_size: int = 32
     hidden_layers: int = 2
     exp_mult: float = 1e-3
     step_mult: float | None = None
+    time_features: str = "tau"
+    tau_clamp: int = 0
+    schedule: str = "none"
+
+    def __post_init__(self):
+        if self.time_features not in TIME_FEATURES:
+            raise ValueError(f"time_features={self.time_features!r}: must be one of "
+                             f"{TIME_FEATURES}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule={self.schedule!r}: must be one of {SCHEDULES}")
+        if self.hidden_size < 1 or self.hidden_layers < 1:
+            raise ValueError("hidden_size and hidden_layers must be >= 1")
+
+    @property
+    def needs_num_steps(self) -> bool:
+        """Whether the optimizer must be told the run's total step count."""
+        return self.time_features == "fraction" or self.schedule != "none"
+
+    @property
+    def num_inputs(self) -> int:
+        return F.num_inputs(self.time_features)
 
     @property
     def resolved_step_mult(self) -> float:
@@ -89,13 +138,13 @@ def init_theta(key: jax.Array, config: LOConfig = MULO) -> dict:
 
     Args:
       key: PRNG key.
-      config: architecture; only hidden_size / hidden_layers matter here.
+      config: architecture; hidden_size / hidden_layers / time_features matter here.
 
     Returns:
       theta: ``{"momentum_decays": [3], "rms_decays": [1], "adafactor_decays": [3],
       "nn": {"w0", "b0", ...}}``, all float32.
     """
-    sizes = [F.NUM_INPUTS] + [config.hidden_size] * config.hidden_layers + [2]
+    sizes = [config.num_inputs] + [config.hidden_size] * config.hidden_layers + [2]
     nn = {}
     keys = jax.random.split(key, len(sizes) - 1)
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -107,6 +156,33 @@ def init_theta(key: jax.Array, config: LOConfig = MULO) -> dict:
         "adafactor_decays": jnp.zeros((len(INITIAL_ADAFACTOR_DECAYS),), jnp.float32),
         "nn": nn,
     }
+
+
+def extend_theta(theta, source: LOConfig, target: LOConfig) -> dict:
+    """Meta-parameters of ``source`` as a starting point for architecture ``target``.
+
+    The MLP sizes must agree; inputs that ``target`` adds (the fraction-of-training
+    features, which come last) get zero first-layer weights, so the extended optimizer
+    computes exactly what the source did until meta-training moves them.
+
+    Raises:
+      ValueError: the hidden sizes differ, or ``target`` has fewer inputs.
+    """
+    if (source.hidden_size, source.hidden_layers) != (target.hidden_size, target.hidden_layers):
+        raise ValueError(
+            f"cannot start a hidden_size={target.hidden_size}, hidden_layers="
+            f"{target.hidden_layers} optimizer from one with hidden_size={source.hidden_size}"
+            f", hidden_layers={source.hidden_layers}")
+    extra = target.num_inputs - source.num_inputs
+    if extra < 0:
+        raise ValueError(f"target has {target.num_inputs} inputs, fewer than the source's "
+                         f"{source.num_inputs}")
+    nn = dict(theta["nn"])
+    w0 = jnp.asarray(nn["w0"], jnp.float32)
+    nn["w0"] = jnp.concatenate([w0, jnp.zeros((extra, w0.shape[1]), jnp.float32)])
+    out = {k: jnp.asarray(v, jnp.float32) for k, v in theta.items() if k != "nn"}
+    out["nn"] = {k: jnp.asarray(v, jnp.float32) for k, v in nn.items()}
+    return out
 
 
 def decays(theta) -> dict:
@@ -129,17 +205,21 @@ def check_theta(theta, config: LOConfig = MULO) -> None:
     if got != want:
         raise ValueError(
             f"theta does not match the learned-optimizer architecture "
-            f"(hidden_size={config.hidden_size}, hidden_layers={config.hidden_layers}): "
+            f"(hidden_size={config.hidden_size}, hidden_layers={config.hidden_layers}, "
+            f"time_features={config.time_features!r}): "
             f"expected shapes {want}, got {got}")
 
 
-def _mlp_direction_magnitude(nn, elem, row, col, scale, step, shape):
-    """Runs the shared MLP on one tensor's features; returns (direction, magnitude) [S]."""
+def _mlp_direction_magnitude(nn, elem, row, col, scale, time_in, shape):
+    """Runs the shared MLP on one tensor's features; returns (direction, magnitude) [S].
+
+    ``time_in`` holds the features that are the same for every element (time features):
+    they enter as one ``[k] x [k, H]`` product folded into the first bias.
+    """
     w0 = nn["w0"]
     w0s = w0[:F.NUM_TENSOR_FEATURES] * scale[:, None]      # normalization folded into W0
     hid = w0.shape[1]
-    # The time features are the same for every element: one [11] x [11, H] product.
-    bias0 = F.time_features(step) @ w0[F.NUM_TENSOR_FEATURES:] + nn["b0"]
+    bias0 = time_in @ w0[F.NUM_TENSOR_FEATURES:] + nn["b0"]
     n = int(np.prod(shape))
     h = elem.reshape(n, -1) @ w0s[F.ELEM_ROWS]
     if col is None:
@@ -170,9 +250,19 @@ def _as_tensor(x):
     return x.reshape(1) if np.ndim(x) == 0 else x
 
 
+class NumStepsError(ValueError):
+    """A learned optimizer that needs the run's total step count was not given one."""
+
+
+def _cosine(frac):
+    # Cosine decay 1 -> 0.1 over the run (the decay floor of the scheduled baselines).
+    return 0.1 + 0.45 * (1.0 + jnp.cos(jnp.pi * jnp.clip(frac, 0.0, 1.0)))
+
+
 def make(theta: Any, *, mup: bool = True, step_mult: float | None = None,
          exp_mult: float = 1e-3, roles: Any = None,
-         role_overrides: Mapping[str, str] | None = None
+         role_overrides: Mapping[str, str] | None = None, mup_in: str = "optimizer",
+         num_steps: int | None = None, config: LOConfig | None = None
          ) -> optax.GradientTransformationExtraArgs:
     """Turns meta-parameters into an optax optimizer.
 
@@ -183,42 +273,83 @@ def make(theta: Any, *, mup: bool = True, step_mult: float | None = None,
       exp_mult: magnitude scale inside ``exp``.
       roles: optional role tree (see :func:`lopt.infer_roles`); inferred if None.
       role_overrides: ``{regex: role}`` patterns applied when inferring.
+      mup_in: where the readout's μP multiplier ``1/fan_in`` lives: ``"optimizer"`` (plain
+        models, e.g. Flax ``nn.Dense`` readouts; the default) or ``"model"`` (models that
+        multiply their readout themselves, like this project's μP tasks). Ignored for SP.
+      num_steps: total number of updates of the run, for variants that need it
+        (``config.needs_num_steps``); ``update(..., num_steps=T)`` overrides it per call.
+      config: the architecture variant (time features, schedule); default classic μLO_M.
+        ``mup``, ``step_mult`` and ``exp_mult`` above take precedence over its fields.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; ``update`` requires ``params``.
+
+    Raises:
+      ValueError: unknown ``mup_in``; NumStepsError (at the first update) when the variant
+      needs ``num_steps`` and none was given.
     """
-    sm = LOConfig(mup=mup, step_mult=step_mult).resolved_step_mult
+    if mup_in not in MUP_IN:
+        raise ValueError(f"mup_in={mup_in!r}: must be 'optimizer' (plain models) or 'model' "
+                         "(models with a 1/fan_in readout multiplier)")
+    config = dataclasses.replace(config or MULO, mup=mup, step_mult=step_mult,
+                                 exp_mult=exp_mult)
+    sm = config.resolved_step_mult
     dec = decays(theta)
+    if num_steps is not None and int(num_steps) < 1:
+        raise NumStepsError(f"num_steps={num_steps}: must be >= 1")
 
     def init_fn(params):
         return LOState(acc=jax.tree.map(lambda p: F.init_accumulators(_as_tensor(p)), params),
                        count=jnp.zeros([], jnp.int32))
 
-    def update_fn(updates, state, params=None, **extra_args):
+    def time_inputs(count, total):
+        t = count if config.tau_clamp <= 0 else jnp.minimum(count, config.tau_clamp)
+        parts = [F.time_features(t)]
+        if config.time_features == "fraction":
+            parts.append(F.fraction_features(count, total))
+        return jnp.concatenate(parts)
+
+    def update_fn(updates, state, params=None, *, num_steps=num_steps, **extra_args):
         del extra_args
         if params is None:
             raise ValueError("the learned optimizer needs the parameters: call "
                              "opt.update(grads, state, params)")
+        if config.needs_num_steps and num_steps is None:
+            raise NumStepsError(
+                f"this learned optimizer (time_features={config.time_features!r}, "
+                f"schedule={config.schedule!r}) needs the run's total step count: "
+                "lopt.load(..., num_steps=T) or lopt.make(..., num_steps=T)")
         role_tree = R.resolve_roles(params, roles, role_overrides)
-        mults = R.lr_multipliers(params, role_tree, mup)
+        mults = R.lr_multipliers(params, role_tree, config.mup)
+        # Optimizer-side μP: the readout's forward multiplier the μP model would carry.
+        convs = R.readout_multipliers(params, role_tree, config.mup and mup_in == "optimizer")
+        time_in = time_inputs(state.count, num_steps)
+        sched = _cosine(state.count / num_steps) if config.schedule == "cosine" else 1.0
         p_leaves, treedef = jax.tree.flatten(params)
         g_leaves = treedef.flatten_up_to(updates)
         a_leaves = treedef.flatten_up_to(state.acc)
         m_leaves = treedef.flatten_up_to(mults)
+        c_leaves = treedef.flatten_up_to(convs)
         out_u, out_a = [], []
-        for p, g, acc, mult in zip(p_leaves, g_leaves, a_leaves, m_leaves):
+        for p, g, acc, mult, c in zip(p_leaves, g_leaves, a_leaves, m_leaves, c_leaves):
             if np.size(p) == 0:
                 out_u.append(jnp.zeros_like(g))
                 out_a.append(acc)
                 continue
-            pt, gt = _as_tensor(p), _as_tensor(g)
+            pt, gt = _as_tensor(p).astype(jnp.float32), _as_tensor(g).astype(jnp.float32)
+            # One bad element must not poison the tensor: its normalizers and accumulators
+            # are shared by every element. Non-finite entries count as 0; |g| <= 1e8 keeps
+            # the squared features finite in float32.
+            gt = jnp.clip(jnp.nan_to_num(gt, nan=0.0, posinf=0.0, neginf=0.0), -1e8, 1e8)
+            if c != 1.0:
+                pt, gt = pt / c, gt * c
             acc, fac_g, fac_m = F.update_accumulators(
                 acc, gt, dec["momentum"], dec["rms"], dec["adafactor"])
             elem, row, col, scale = F.feature_parts(pt, gt, acc, fac_g, fac_m)
-            d, a = _mlp_direction_magnitude(theta["nn"], elem, row, col, scale, state.count,
+            d, a = _mlp_direction_magnitude(theta["nn"], elem, row, col, scale, time_in,
                                             tuple(pt.shape))
-            step = d * jnp.exp(a * exp_mult) * sm
-            out_u.append((-mult * step).reshape(np.shape(p)).astype(jnp.result_type(g)))
+            step = d * jnp.exp(a * config.exp_mult) * (sm * sched)
+            out_u.append((-(mult * c) * step).reshape(np.shape(p)).astype(jnp.result_type(g)))
             out_a.append(acc)
         new_state = LOState(acc=jax.tree.unflatten(treedef, out_a), count=state.count + 1)
         return jax.tree.unflatten(treedef, out_u), new_state
@@ -227,8 +358,10 @@ def make(theta: Any, *, mup: bool = True, step_mult: float | None = None,
 
 
 def make_from_config(theta: Any, config: LOConfig, *, roles: Any = None,
-                     role_overrides: Mapping[str, str] | None = None):
+                     role_overrides: Mapping[str, str] | None = None,
+                     mup_in: str = "optimizer", num_steps: int | None = None):
     """:func:`make` with the variant and constants of a stored :class:`LOConfig`."""
     check_theta(theta, config)
     return make(theta, mup=config.mup, step_mult=config.resolved_step_mult,
-                exp_mult=config.exp_mult, roles=roles, role_overrides=role_overrides)
+                exp_mult=config.exp_mult, roles=roles, role_overrides=role_overrides,
+                mup_in=mup_in, num_steps=num_steps, config=config)

@@ -24,13 +24,14 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from lopt.roles import fan_in, path_str, resolve_roles
+from lopt.roles import fan_in, leaf_fan_in, path_str, resolve_roles
 
 _GAIN_NAMES = ("scale", "gain", "gamma")
 
 
 def init_leaf(key: jax.Array, shape, role: str, *, dtype=jnp.float32, gain: bool = False,
-              mup: bool = True) -> jax.Array:
+              mup: bool = True, std_mult: float = 1.0, fan_in_: int | None = None
+              ) -> jax.Array:
     """Initializes one parameter of the given role.
 
     Args:
@@ -40,13 +41,18 @@ def init_leaf(key: jax.Array, shape, role: str, *, dtype=jnp.float32, gain: bool
       dtype: parameter dtype.
       gain: for vectors, initialize to ones (norm scales) instead of zeros.
       mup: μP (zero readout) or standard parametrization (fan-in init everywhere).
+      std_mult: multiplies the ``1/sqrt(fan_in)`` standard deviation of input/hidden
+        kernels (e.g. He's sqrt(2) for ReLU); the SP readout keeps ``1/sqrt(fan_in)``.
+      fan_in_: the kernel's fan-in if not ``prod(shape[:-1])`` (see ``leaf_fan_in``).
     """
     shape = tuple(shape)
     if role == "vector":
         return (jnp.ones if gain else jnp.zeros)(shape, dtype)
     if role == "output" and mup:
         return jnp.zeros(shape, dtype)
-    std = fan_in(shape) ** -0.5
+    std = (fan_in_ or fan_in(shape)) ** -0.5
+    if role != "output":
+        std = std * std_mult
     return (std * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
 
 
@@ -74,7 +80,9 @@ def mup_init_params(key: jax.Array, params: Any, roles: Any = None,
     """Re-initializes any parameter tree (e.g. from ``model.init``) per the μP table.
 
     Vectors whose path ends in scale/gain/gamma become ones, other vectors zeros.
-    Forward multipliers (``output_mult / fan_in`` on the readout) remain the model's job.
+    With a learned optimizer made with ``mup_in="optimizer"`` (the default), a plain model
+    re-initialized this way trains exactly as the μP model with a ``1/fan_in`` readout
+    multiplier would; models that carry that multiplier use ``mup_in="model"``.
     """
     roles = resolve_roles(params, roles, role_overrides)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
@@ -83,5 +91,6 @@ def mup_init_params(key: jax.Array, params: Any, roles: Any = None,
     out = []
     for k, (path, p), role in zip(keys, leaves, role_leaves):
         name = path_str(path).rsplit("/", 1)[-1].lower()
-        out.append(init_leaf(k, p.shape, role, dtype=p.dtype, gain=name in _GAIN_NAMES))
+        out.append(init_leaf(k, p.shape, role, dtype=p.dtype, gain=name in _GAIN_NAMES,
+                             fan_in_=leaf_fan_in(path_str(path), p.shape)))
     return jax.tree_util.tree_unflatten(treedef, out)

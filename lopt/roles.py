@@ -6,19 +6,27 @@ arXiv 2203.03466, Table 3):
 * ``input``  -- maps the fixed-size input to the width (first Dense kernel, embeddings);
 * ``hidden`` -- both dimensions scale with the width;
 * ``output`` -- readout to a fixed-size output (last Dense kernel, LM head);
-* ``vector`` -- biases, norm scales/gains, scalars (one dimension or none).
+* ``vector`` -- biases, norm scales/gains, scalars (one dimension or none, or any leaf
+  named bias/scale/gamma/beta/gain).
 
 Roles are inferred from leaf paths and shapes, so ordinary Flax linen / nnx models work
 without annotation: names first (``embed`` -> input, ``head``/``readout``/``logits`` ->
 output), then position in natural path order (first matrix input, last output, the rest
 hidden). Users override any of it with ``{regex: role}`` patterns matched against the
-``/``-joined path, and can check the result with :func:`describe_roles`.
+``/``-joined path, and can check the result with :func:`describe_roles`. A positional
+guess is announced once per leaf (a warning naming the override that pins it).
+
+Fan-in is the product of a kernel's contracted (input) axes: ``prod(shape[:-1])`` for
+Dense ``[in, out]`` and Conv ``[*window, in, out]`` kernels; for Flax ``DenseGeneral``
+attention kernels, ``d`` for q/k/v ``[d, heads, head_dim]`` and ``heads * head_dim`` for
+the output ``[heads, head_dim, d]`` (:func:`leaf_fan_in`).
 """
 
 from __future__ import annotations
 
 import math
 import re
+import warnings
 from typing import Any, Mapping
 
 import jax
@@ -26,7 +34,15 @@ import numpy as np
 
 ROLES = ("input", "hidden", "output", "vector")
 
-_INPUT_NAMES = re.compile(r"(^|/)(embed|embedding|wte|wpe|tok_emb|pos_emb)[^/]*", re.I)
+_INPUT_NAMES = re.compile(
+    r"(^|/)(embed|embedding|wte|wpe|tok_emb|pos_emb|pos|pos_embed|position_embedding)"
+    r"(/|$|_[^/]*)", re.I)
+# Flax attention q/k/v DenseGeneral kernels [d, heads, head_dim] (contract axis 0 only).
+_QKV_NAMES = re.compile(r"(^|/)(query|key|value|q_proj|k_proj|v_proj|q|k|v)(/|$)", re.I)
+# Biases and norm parameters are vectors whatever their rank (DenseGeneral biases are
+# [heads, head_dim]).
+_VECTOR_NAMES = re.compile(r"(^|/)(bias|scale|gamma|beta|gain)$", re.I)
+_warned: set[str] = set()
 _OUTPUT_NAMES = re.compile(r"(^|/)(head|lm_head|readout|logits|unembed|classifier)[^/]*",
                            re.I)
 
@@ -60,6 +76,22 @@ def fan_in(shape) -> int:
     return max(1, int(math.prod(shape[:-1])))
 
 
+def leaf_fan_in(path: str, shape) -> int:
+    """Fan-in of the leaf at ``path``: :func:`fan_in`, except Flax attention q/k/v
+    ``DenseGeneral`` kernels ``[d, heads, head_dim]``, whose contracted axis is ``d``."""
+    shape = tuple(shape)
+    if len(shape) == 3 and _QKV_NAMES.search(path):
+        return max(1, int(shape[0]))
+    return fan_in(shape)
+
+
+def fan_ins(params: Any) -> Any:
+    """A tree like ``params`` with the fan-in (Python int) of every leaf."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    return jax.tree_util.tree_unflatten(
+        treedef, [leaf_fan_in(path_str(p), np.shape(x)) for p, x in leaves])
+
+
 def infer_roles(params: Any, overrides: Mapping[str, str] | None = None) -> Any:
     """Infers the μP role of every leaf.
 
@@ -87,7 +119,7 @@ def infer_roles(params: Any, overrides: Mapping[str, str] | None = None) -> Any:
     for i, (path, (_, leaf)) in enumerate(zip(paths, leaves)):
         if roles[i] is not None:
             continue
-        if np.ndim(leaf) < 2:
+        if np.ndim(leaf) < 2 or _VECTOR_NAMES.search(path):
             roles[i] = "vector"
         elif _INPUT_NAMES.search(path):
             roles[i] = "input"
@@ -101,9 +133,20 @@ def infer_roles(params: Any, overrides: Mapping[str, str] | None = None) -> Any:
         roles[i] = "hidden"
     if order and "input" not in named:
         roles[order[0]] = "input"
+        _warn_positional(paths[order[0]], "input", "first")
     if len(order) > 1 and "output" not in named:
         roles[order[-1]] = "output"
+        _warn_positional(paths[order[-1]], "output", "last")
     return jax.tree_util.tree_unflatten(treedef, roles)
+
+
+def _warn_positional(path: str, role: str, where: str) -> None:
+    if path in _warned:
+        return
+    _warned.add(path)
+    warnings.warn(f"μP role of {path!r} guessed from its position ({where} matrix) as "
+                  f"{role!r}; if that is wrong pass role_overrides={{{re.escape(path)!r}: "
+                  f"'<role>'}} (roles: {', '.join(ROLES)})", stacklevel=3)
 
 
 def resolve_roles(params: Any, roles: Any = None, overrides: Mapping[str, str] | None = None):
@@ -127,11 +170,20 @@ def lr_multipliers(params: Any, roles: Any, mup: bool = True) -> Any:
 
     Returns a pytree of Python floats (static constants, never traced).
     """
-    def one(p, role):
-        if mup and role == "hidden":
-            return 1.0 / fan_in(np.shape(p))
-        return 1.0
-    return jax.tree.map(one, params, roles)
+    def one(role, fi):
+        return 1.0 / fi if (mup and role == "hidden") else 1.0
+    return jax.tree.map(one, roles, fan_ins(params))
+
+
+def readout_multipliers(params: Any, roles: Any, mup: bool = True) -> Any:
+    """The μP forward multiplier ``1/fan_in`` of every output leaf (1 elsewhere, and
+    everywhere when ``mup`` is False): what optimizer-side μP applies for a plain model.
+
+    Returns a pytree of Python floats.
+    """
+    def one(role, fi):
+        return 1.0 / fi if (mup and role == "output") else 1.0
+    return jax.tree.map(one, roles, fan_ins(params))
 
 
 def describe_roles(params: Any, roles: Any = None,

@@ -7,6 +7,8 @@ Presets (``PRESETS``):
   Fashion-MNIST MLPs of width 32 and 64.
 * ``cpu``: a real run on a 2-core machine (~25 min alone): μLO_M over widths 32/64/128,
   horizons 50-500 in truncations of 20.
+* ``cpu-frac``: the ``cpu`` μLO continued with fraction-of-training features, a cosine
+  step schedule, horizons 100-2000 and a depth-6 task (~1 h on 2 cores).
 * ``paper``: the published GPU-scale μLO recipe (Thérien et al., arXiv 2406.00153): PES,
   K=50, sigma=0.01, 8 pairs per task, widths 128/512/1024 (depth 3), AdamW
   warmup-cosine 3e-10 -> 3e-3 -> 1e-3, global-norm clip 1, 5000 outer steps.
@@ -48,6 +50,9 @@ class MetaTrainConfig:
       validate_task: held-out task for validation ("" = the first training task).
       validate_steps: inner steps of each validation run.
       validate_seeds: validation runs (fixed held-out seeds) averaged.
+      init_from: start theta from this learned optimizer (shipped name, run or checkpoint
+        directory) instead of a random init; inputs the new architecture adds start at zero
+        weight (``lopt.extend_theta``). "" = random init.
     """
     tasks: tuple[str, ...] = ("mlp-fmnist8-w32-d3", "mlp-fmnist8-w64-d3")
     lo: LOConfig = LOConfig()
@@ -65,6 +70,7 @@ class MetaTrainConfig:
     validate_task: str = ""
     validate_steps: int = 200
     validate_seeds: int = 2
+    init_from: str = ""
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -75,7 +81,7 @@ class MetaTrainConfig:
     def from_dict(cls, d: dict) -> "MetaTrainConfig":
         d = dict(d)
         d["tasks"] = tuple(d["tasks"])
-        d["lo"] = LOConfig(**d["lo"])
+        d["lo"] = LOConfig.from_dict(d["lo"])
         d["es"] = ESConfig(**d["es"])
         return cls(**d)
 
@@ -103,6 +109,18 @@ PRESETS: dict[str, MetaTrainConfig] = {
         outer_steps=1000, warmup_steps=100, meta_lr=3e-3, final_lr=1e-3,
         checkpoint_every=100, validate_every=250, validate_task="mlp-fmnist8-w256-d3",
         validate_steps=500),
+    # μLO told the run's length: VeLO's fraction-of-training features, the classic time
+    # features held at their meta-training range (t <= 500), a cosine step schedule, horizons
+    # 100-2000 and a deeper task; starts from the shipped mulo-cpu (62 min of the `cpu`
+    # recipe), whose behaviour it reproduces exactly at outer step 0 on short runs.
+    "cpu-frac": MetaTrainConfig(
+        tasks=("mlp-fmnist8-w32-d3", "mlp-fmnist8-w64-d6", "mlp-fmnist8-w128-d3"),
+        lo=LOConfig(time_features="fraction", tau_clamp=500, schedule="cosine"),
+        es=ESConfig(method="pes", num_pairs=8, sigma=0.01, unroll_length=20, min_horizon=100,
+                    max_horizon=2000),
+        outer_steps=800, warmup_steps=50, meta_lr=1e-3, final_lr=3e-4,
+        checkpoint_every=50, validate_every=200, validate_task="mlp-fmnist8-w256-d3",
+        validate_steps=2000, init_from="mulo-cpu"),
     "paper": MetaTrainConfig(
         tasks=("mlp-fmnist28-w128-d3", "mlp-fmnist28-w512-d3", "mlp-fmnist28-w1024-d3"),
         es=ESConfig(method="pes", num_pairs=8, sigma=0.01, unroll_length=50, min_horizon=100,

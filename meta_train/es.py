@@ -10,7 +10,8 @@ Each of ``num_pairs`` pairs holds a positive and a negative particle. Every trun
   ceiling and NaN/inf-replaced by it, so diverging runs push the estimate the right way.
 * Inner runs restart when they reach their horizon (log-uniform in ``[h_min, h_max]``);
   a run's first horizon is uniform in ``[K, horizon]`` so the population does not reset in
-  lock-step. A run whose loss goes non-finite is restarted at the next step.
+  lock-step. When a particle's loss goes non-finite, its pair restarts jointly at the next
+  step (the two particles of a pair always stand at the same step of the same run).
 * **Truncated ES**: ``g = mean_i (L+_i - L-_i) eps_i / (2 sigma^2)``; both particles start
   every truncation from the same inner state (the positive particle's).
 * **PES**: ``g = mean_i (A_i xi_i + B_i eps_i) / (2 sigma^2)``, where ``A_i`` / ``B_i`` are the
@@ -43,8 +44,9 @@ class InnerProblem(NamedTuple):
     """What the estimators need from an inner problem.
 
     init_run(theta, key) -> core: a fresh inner run (e.g. (params, opt_state)).
-    step(theta, core, data, key, t) -> (core, loss): one inner update at step ``t`` of the
-      run; ``loss`` is the normalized meta-loss of that step (before clipping).
+    step(theta, core, data, key, t, horizon) -> (core, loss): one inner update at step ``t``
+      of a run of ``horizon`` steps; ``loss`` is the normalized meta-loss of that step
+      (before clipping).
 
     Both are static (hashable); the data pytree is passed to :func:`es_gradient` as an
     argument so large arrays never become compiled constants.
@@ -134,23 +136,27 @@ def init_es_state(problem: InnerProblem, theta, key, cfg: ESConfig) -> ESState:
 
 
 def _unroll(problem: InnerProblem, thetas, runs: RunState, data, cfg: ESConfig):
-    """K inner steps of the whole population (leading axis P on thetas and runs).
+    """K inner steps of a population of antithetic pairs.
 
-    Returns (runs, clipped losses [P, K], reset flags [P, K]).
+    ``thetas`` and ``runs`` have a leading axis ``2P``: rows ``i`` and ``P + i`` are the
+    positive and negative particle of pair ``i``. A pair restarts jointly: when either
+    particle's loss or state goes non-finite, both end their run and start fresh at the
+    next step, so the two particles always stand at the same step of runs of the same
+    horizon and their loss difference measures the perturbation only.
+
+    Returns (runs, clipped losses [2P, K], reset flags [2P, K]).
     """
     fresh = jax.vmap(lambda th, k: _fresh_run(problem, th, jax.random.fold_in(k, 1), cfg,
                                               False))
+    num_pairs = runs.t.shape[0] // 2
 
     def step_one(theta, run):
         k_step = jax.random.fold_in(run.key, run.t + 2)
-        core, loss = problem.step(theta, run.core, data, k_step, run.t)
+        core, loss = problem.step(theta, run.core, data, k_step, run.t, run.horizon)
         finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
             [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(core)]))
         loss = jnp.where(jnp.isfinite(loss), jnp.minimum(loss, cfg.loss_clip), cfg.loss_clip)
-        # A run that blew up restarts at the next step; its remaining losses are the ceiling.
-        core = jax.tree.map(lambda a, b: jnp.where(finite, a, b), core, run.core)
-        t = jnp.where(finite, run.t + 1, run.horizon)
-        return RunState(core, t, run.horizon, run.key), loss
+        return core, loss, finite
 
     def body(runs, _):
         dead = runs.t >= runs.horizon
@@ -160,11 +166,26 @@ def _unroll(problem: InnerProblem, thetas, runs: RunState, data, cfg: ESConfig):
         new = jax.lax.cond(jnp.any(dead), lambda: fresh(thetas, runs.key), lambda: runs)
         runs = jax.tree.map(
             lambda a, b: jnp.where(dead.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, runs)
-        runs, loss = jax.vmap(step_one)(thetas, runs)
-        return runs, (loss, dead)
+        core, loss, finite = jax.vmap(step_one)(thetas, runs)
+        pair_ok = finite[:num_pairs] & finite[num_pairs:]
+        ok = jnp.concatenate([pair_ok, pair_ok])
+        # A pair that blew up restarts at the next step; its remaining losses are the ceiling
+        # (the particle that stayed finite keeps its own loss for this step).
+        core = jax.tree.map(lambda a, b: jnp.where(ok.reshape((-1,) + (1,) * (a.ndim - 1)),
+                                                   a, b), core, runs.core)
+        t = jnp.where(ok, runs.t + 1, runs.horizon)
+        return RunState(core, t, runs.horizon, runs.key), (loss, dead)
 
     runs, (loss, dead) = jax.lax.scan(body, runs, None, length=cfg.unroll_length)
     return runs, (loss.T, dead.T)
+
+
+def _cat(a, b):
+    return jax.tree.map(lambda x, y: jnp.concatenate([x, y]), a, b)
+
+
+def _half(tree, i, n):
+    return jax.tree.map(lambda x: x[i * n:(i + 1) * n], tree)
 
 
 @partial(jax.jit, static_argnames=("problem", "cfg"))
@@ -184,14 +205,15 @@ def es_gradient(theta, state: ESState, key, data, *, problem: InnerProblem, cfg:
     """
     flat, unravel = ravel_pytree(theta)
     m = mesh()
-    eps = cfg.sigma * jax.random.normal(key, (cfg.num_pairs, flat.size), flat.dtype)
+    n = cfg.num_pairs
+    eps = cfg.sigma * jax.random.normal(key, (n, flat.size), flat.dtype)
     eps = _shard(eps, m)
 
-    thetas_pos = jax.vmap(lambda e: unravel(flat + e))(eps)
-    thetas_neg = jax.vmap(lambda e: unravel(flat - e))(eps)
-    pos, (lp, reset) = _unroll(problem, thetas_pos, state.pos, data, cfg)
-    neg, (ln, _) = _unroll(problem, thetas_neg,
-                           state.neg if cfg.method == "pes" else state.pos, data, cfg)
+    thetas = jax.vmap(lambda e: unravel(flat + e))(jnp.concatenate([eps, -eps]))
+    start_neg = state.neg if cfg.method == "pes" else state.pos
+    runs, (losses, resets) = _unroll(problem, thetas, _cat(state.pos, start_neg), data, cfg)
+    pos, neg = _half(runs, 0, n), _half(runs, 1, n)
+    lp, ln, reset = losses[:n], losses[n:], resets[:n]   # resets are joint per pair
 
     def pair(eps_i, lp, ln, reset, xi_i):
         diff = lp - ln
@@ -206,13 +228,13 @@ def es_gradient(theta, state: ESState, key, data, *, problem: InnerProblem, cfg:
             xi_new = xi_i
         return g, xi_new, 0.5 * (jnp.mean(lp) + jnp.mean(ln)), jnp.sum(reset)
 
-    g, xi, loss, resets = jax.vmap(pair)(eps, lp, ln, reset, state.xi)
+    g, xi, loss, nresets = jax.vmap(pair)(eps, lp, ln, reset, state.xi)
     if cfg.method != "pes":
         neg = pos
     grad = jnp.mean(g, 0)
     new_state = _shard(ESState(pos, neg, xi), m)
     metrics = {"meta_loss": jnp.mean(loss), "grad_norm": jnp.linalg.norm(grad),
-               "resets": jnp.sum(resets).astype(jnp.float32),
+               "resets": jnp.sum(nresets).astype(jnp.float32),
                "mean_inner_step": jnp.mean(pos.t.astype(jnp.float32))}
     return unravel(grad), new_state, metrics
 
@@ -227,12 +249,13 @@ def lo_problem(task, make_opt: Callable[[Any], Any]) -> InnerProblem:
         params = task.init(key)
         return params, make_opt(theta).init(params)
 
-    def step(theta, core, data, key, t):
+    def step(theta, core, data, key, t, horizon):
         del t
         params, opt_state = core
         batch = task.sample(data, key, "train")
         loss, grads = jax.value_and_grad(task.loss)(params, batch)
-        upd, opt_state = make_opt(theta).update(grads, opt_state, params)
+        # The run's horizon is its total step count, for LOs that are told it.
+        upd, opt_state = make_opt(theta).update(grads, opt_state, params, num_steps=horizon)
         params = jax.tree.map(lambda p, u: p + u, params, upd)
         return (params, opt_state), loss / task.normalizer
 

@@ -81,8 +81,8 @@ def _mlp_params(width, din=16, dout=10):
             "Dense_2": {"kernel": jax.random.normal(k[2], (width, dout)), "bias": jnp.zeros(dout)}}
 
 
-def _step_sizes(width, mup):
-    opt = lopt.make(constant_theta(), mup=mup)
+def _step_sizes(width, mup, mup_in="model"):
+    opt = lopt.make(constant_theta(), mup=mup, mup_in=mup_in)
     params = _mlp_params(width)
     grads = jax.tree.map(jnp.ones_like, params)
     u, _ = opt.update(grads, opt.init(params), params)
@@ -102,6 +102,19 @@ def test_mup_hidden_step_scales_with_fan_in_and_sp_does_not():
         for a, b, sm in [(mu64, mu1024, 1e-2), (sp64, sp1024, 1e-3)]:
             np.testing.assert_allclose(a[layer][name], b[layer][name], rtol=1e-5)
             np.testing.assert_allclose(a[layer][name], sm, rtol=1e-5)
+
+
+def test_optimizer_side_mup_scales_only_the_readout_step_by_fan_in():
+    # Plain model (mup_in="optimizer", the default): the readout's step carries the 1/fan_in
+    # that a μP model's forward multiplier would apply; every other leaf is unchanged.
+    for width in (64, 1024):
+        plain, model = _step_sizes(width, True, "optimizer"), _step_sizes(width, True)
+        np.testing.assert_allclose(plain["Dense_2"]["kernel"], 1e-2 / width, rtol=1e-5)
+        for layer, name in [("Dense_0", "kernel"), ("Dense_1", "kernel"), ("Dense_2", "bias")]:
+            np.testing.assert_allclose(plain[layer][name], model[layer][name], rtol=1e-6)
+    # The SP LO has no μP anywhere.
+    np.testing.assert_allclose(_step_sizes(64, False, "optimizer")["Dense_2"]["kernel"], 1e-3,
+                               rtol=1e-5)
 
 
 def _features_for(p, g, steps=3):
@@ -149,7 +162,7 @@ def test_fast_first_layer_equals_dense_features(shape):
         h = h @ nn[f"w{i}"] + nn[f"b{i}"]
         h = jax.nn.relu(h) if i < 2 else h
     elem, row, col, scale = F.feature_parts(p, g, acc, fac_g, fac_m)
-    d, a = _mlp_direction_magnitude(nn, elem, row, col, scale, 11, shape)
+    d, a = _mlp_direction_magnitude(nn, elem, row, col, scale, F.time_features(11), shape)
     np.testing.assert_allclose(d.ravel(), h[:, 0], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(a.ravel(), h[:, 1], rtol=1e-4, atol=1e-5)
 

@@ -6,6 +6,7 @@ import pytest
 
 import lopt
 from lopt.checkpoint import shipped_dir
+from meta_train.data import fashion_mnist_dir
 from meta_train.inner import train
 from meta_train.tasks import get_task
 
@@ -25,16 +26,20 @@ def test_shipped_names_and_cards():
         np.testing.assert_array_equal(same["nn"]["w0"], theta["nn"]["w0"])
 
 
+@pytest.mark.skipif(fashion_mnist_dir() is None,
+                    reason="28x28 Fashion-MNIST needs dataset-fashion-mnist")
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_shipped_lo_trains_a_width_2048_fmnist28_mlp(name):
+    # The README's claim: at 16x its widest meta-training width, on 28x28 inputs, μLO reaches
+    # loss ~0.50 / ~78% test accuracy in 100 steps; the SP LO stays finite but at chance.
     task = get_task("mlp-fmnist28-w2048-d3" + ("" if SHIPPED[name] else "-sp"))
     assert task.num_params() > 9_000_000
-    res = jax.jit(lambda k: train(task, lopt.load(name, roles=task.roles), key=k,
-                                  num_steps=20))(jax.random.PRNGKey(0))
+    opt = lopt.load(name, roles=task.roles, mup_in="model")   # the task carries μP itself
+    res = jax.jit(lambda k: train(task, opt, key=k, num_steps=100))(jax.random.PRNGKey(0))
     losses = np.asarray(res.losses)
     assert not bool(res.diverged) and np.all(np.isfinite(losses))
+    final, acc = float(np.mean(losses[-10:])), float(res.test_accuracy[-1])
     if SHIPPED[name]:
-        assert np.mean(losses[-5:]) < 0.8 * losses[0], losses
-    # The SP LO stays finite but does not learn at 16x its widest meta-training width (its
-    # loss spikes to ~30-40 and is at chance after 100 steps): the failure μP fixes. Only
-    # "no divergence" is required of it here.
+        assert final < 0.6 and acc > 0.72, (final, acc)
+    else:
+        assert acc < 0.2, (final, acc)

@@ -19,8 +19,8 @@ def quadratic_problem(noise=0.0):
         del theta, key
         return x0
 
-    def step(theta, x, data, key, t):
-        del data, key, t
+    def step(theta, x, data, key, t, horizon=None):
+        del data, key, t, horizon
         loss = 0.5 * jnp.sum(H * x ** 2) / f0
         x = x - jnp.exp(theta["log_lr"]) * H * x
         return x, loss
@@ -92,7 +92,7 @@ def test_pes_accumulator_resets_with_the_inner_run():
 
 
 def test_antithetic_estimate_is_exactly_zero_for_constant_objective():
-    def step(theta, x, data, key, t):
+    def step(theta, x, data, key, t, horizon):
         return x, jnp.float32(0.7)
     prob = ES.InnerProblem(lambda th, k: jnp.zeros(2), step)
     for method in ("pes", "tes"):
@@ -106,7 +106,7 @@ def test_antithetic_estimate_is_exactly_zero_for_constant_objective():
 
 
 def test_nan_inner_run_leaves_estimate_and_state_finite():
-    def step(theta, x, data, key, t):
+    def step(theta, x, data, key, t, horizon):
         # blows up after a few steps whenever the perturbed lr is large
         x = x * (1.0 + 50.0 * jnp.exp(theta["log_lr"][0]))
         return x, jnp.where(t > 3, jnp.nan, jnp.sum(x))
@@ -120,3 +120,66 @@ def test_nan_inner_run_leaves_estimate_and_state_finite():
         assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(g))
         assert np.isfinite(float(m["meta_loss"]))
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state.pos.core))
+
+
+def test_pes_unbiased_with_a_reset_in_the_middle_of_a_truncation():
+    # Horizon 15, truncations of 10: the second truncation holds the end of one run (5
+    # steps) and the start of the next (5 steps). Three truncations are exactly two runs, so
+    # the summed PES estimate is the gradient of twice one run's total loss (over K=10).
+    true = 2 * jax.grad(lambda th: true_mean_loss(th, 15) / 10)(THETA)["log_lr"]
+    cfg = ES.ESConfig(method="pes", num_pairs=2048, sigma=0.01, unroll_length=10,
+                      min_horizon=15, max_horizon=15, stagger=False, loss_clip=10.0)
+    prob = quadratic_problem()
+    state = ES.init_es_state(prob, THETA, jax.random.PRNGKey(0), cfg)
+    total = np.zeros(4)
+    for i in range(3):
+        g, state, m = ES.es_gradient(THETA, state, jax.random.PRNGKey(100 + i), None,
+                                     problem=prob, cfg=cfg)
+        total += np.asarray(g["log_lr"])
+        if i == 1:
+            assert float(m["resets"]) == cfg.num_pairs       # the reset fell inside it
+    err = float(np.linalg.norm(total - true) / np.linalg.norm(true))
+    assert _cos(total, true) > 0.95 and err < 0.15
+
+
+def _one_sided_problem():
+    """The quadratic, except that while ``data`` is True a particle whose first coordinate
+    is perturbed upwards blows up (NaN) at step 3: one particle of every pair diverges."""
+    base = quadratic_problem()
+
+    def step(theta, x, data, key, t, horizon):
+        x, loss = base.step(theta, x, None, key, t, horizon)
+        up = theta["log_lr"][0] > THETA["log_lr"][0]
+        return x, jnp.where(data & up & (t == 3), jnp.nan, loss)
+
+    return ES.InnerProblem(base.init_run, step)
+
+
+def test_pes_pair_restarts_jointly_after_one_sided_divergence():
+    cfg = ES.ESConfig(method="pes", num_pairs=2048, sigma=0.01, unroll_length=10,
+                      min_horizon=20, max_horizon=20, stagger=False, loss_clip=10.0)
+    prob = _one_sided_problem()
+    state = ES.init_es_state(prob, THETA, jax.random.PRNGKey(0), cfg)
+    g, state, _ = ES.es_gradient(THETA, state, jax.random.PRNGKey(5), jnp.bool_(True),
+                                 problem=prob, cfg=cfg)
+    # Both particles of every pair stand at the same step of their runs, and the pairs that
+    # diverged restarted their accumulated perturbation together (xi = eps).
+    np.testing.assert_array_equal(np.asarray(state.pos.t), np.asarray(state.neg.t))
+    # Every pair diverges on one side at step 3 of each run, so within these 10 steps it
+    # restarted twice (steps 4 and 8) and both particles stand 2 steps into a fresh run,
+    # with the accumulated perturbation reset to this truncation's.
+    np.testing.assert_array_equal(np.asarray(state.pos.t), 2)
+    np.testing.assert_array_equal(np.asarray(state.neg.t), 2)
+    eps = 0.01 * np.asarray(jax.random.normal(jax.random.PRNGKey(5), (2048, 4)))
+    np.testing.assert_allclose(np.asarray(state.xi), eps, rtol=1e-6)
+    # The next two truncations finish that run (steps 2-19) and start the next (0-1): with
+    # the pairs in phase, their summed estimate is the gradient of one whole run's loss.
+    true = jax.grad(lambda th: true_mean_loss(th, 20) / 10)(THETA)["log_lr"]
+    total = np.zeros(4)
+    for i in range(2):
+        g, state, _ = ES.es_gradient(THETA, state, jax.random.PRNGKey(50 + i),
+                                     jnp.bool_(False), problem=prob, cfg=cfg)
+        np.testing.assert_array_equal(np.asarray(state.pos.t), np.asarray(state.neg.t))
+        total += np.asarray(g["log_lr"])
+    err = float(np.linalg.norm(total - true) / np.linalg.norm(true))
+    assert _cos(total, true) > 0.95 and err < 0.2
