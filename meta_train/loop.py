@@ -56,18 +56,27 @@ class MetaTrainer:
         self.cfg = cfg
         self.tasks = [get_task(n) for n in cfg.tasks]
         lo_cfg = cfg.lo
-        self.make_opt = lambda th: lopt.make(th, mup=lo_cfg.mup,
-                                             step_mult=lo_cfg.resolved_step_mult,
-                                             exp_mult=lo_cfg.exp_mult)
-        self.problems = [ES.lo_problem(t, self.make_opt) for t in self.tasks]
+        self.problems = [ES.lo_problem(t, self.opt_factory(t)) for t in self.tasks]
         self.meta_opt = meta_optimizer(cfg)
         self._apply = jax.jit(lambda th, st, g: _apply(self.meta_opt, th, st, g))
         self._val = None
+
+    def opt_factory(self, task):
+        """``(theta, num_steps=None) -> optimizer`` for ``task``: its declared roles (equal to
+        the inferred ones, tests/lopt/test_roles_layers.py) and μP in the model, as the
+        tasks multiply their readout by 1/fan_in."""
+        lo_cfg = self.cfg.lo
+        return lambda th, num_steps=None: lopt.make(
+            th, mup=lo_cfg.mup, step_mult=lo_cfg.resolved_step_mult, exp_mult=lo_cfg.exp_mult,
+            config=lo_cfg, roles=task.roles, mup_in="model", num_steps=num_steps)
 
     def init_state(self) -> dict:
         key = jax.random.PRNGKey(self.cfg.seed)
         k_theta, k_es, k_run = jax.random.split(key, 3)
         theta = lopt.init_theta(k_theta, self.cfg.lo)
+        if self.cfg.init_from:
+            start, start_cfg, _ = lopt.load_theta(self.cfg.init_from)
+            theta = lopt.extend_theta(start, start_cfg, self.cfg.lo)
         es_states = [ES.init_es_state(p, theta, jax.random.fold_in(k_es, i), self.cfg.es)
                      for i, p in enumerate(self.problems)]
         return {"step": jnp.int32(0), "theta": theta, "opt_state": self.meta_opt.init(theta),
@@ -104,8 +113,9 @@ class MetaTrainer:
         cfg = self.cfg
         if self._val is None:
             task = get_task(cfg.validate_task or cfg.tasks[0])
-            fn = jax.jit(lambda th, key: inner_train(task, self.make_opt(th), key=key,
-                                                     num_steps=cfg.validate_steps))
+            make_opt = self.opt_factory(task)
+            fn = jax.jit(lambda th, key: inner_train(
+                task, make_opt(th, cfg.validate_steps), key=key, num_steps=cfg.validate_steps))
             self._val = (task, fn)
         task, fn = self._val
         res = [fn(theta, jax.random.PRNGKey(10_000 + i)) for i in range(cfg.validate_seeds)]

@@ -7,7 +7,8 @@ compiled code), the μP ``roles``, and ``normalizer`` (``log(num_classes)``) for
 Names describe the thing: ``mlp-fmnist8-w128-d3`` (MLP on 8x8 Fashion-MNIST, width 128,
 3 hidden layers), ``mlp-fmnist28-w2048-d3``, ``mlp-digits8-w64-d2``, add ``-sp`` for the
 standard parametrization, ``-b256`` for another batch size, ``-tanh`` for another
-activation; ``lm-fortunes-d128-l2`` (char transformer, d_model 128, 2 layers;
+activation, ``-lecun`` for N(0, 1/fan_in) kernels instead of the default He init;
+``lm-fortunes-d128-l2`` (char transformer, d_model 128, 2 layers;
 ``-h4`` heads, ``-c64`` context, ``-r8`` rank-factored attention);
 ``rf-s1.0-n256`` (random-feature regression). Any name of these families works with
 :func:`get_task`; :data:`TASKS` lists the registered ones.
@@ -85,10 +86,10 @@ def _classification_fns(apply):
 
 def mlp_task(data: str = "fmnist", resolution: int = 8, width: int = 128, depth: int = 3,
              batch_size: int = 128, activation: str = "relu", mup: bool = True,
-             name: str | None = None) -> Task:
+             init: str = "he", name: str | None = None) -> Task:
     ds = D.image_dataset(data, resolution)
     spec = MLPSpec(in_dim=resolution * resolution, width=width, depth=depth,
-                   num_classes=ds.num_classes, activation=activation, mup=mup)
+                   num_classes=ds.num_classes, activation=activation, mup=mup, init_scheme=init)
 
     loss, metrics = _classification_fns(spec.apply)
 
@@ -152,7 +153,7 @@ def rf_task(s: float = 1.0, num_features: int = 256, latent_dim: int = 4096,
                 spec.roles(), norm, batch_size, spec, "synthetic")
 
 
-_MLP_RE = re.compile(r"^mlp-(fmnist|digits)(\d+)-w(\d+)-d(\d+)((?:-(?:sp|b\d+|relu|gelu|tanh|silu))*)$")
+_MLP_RE = re.compile(r"^mlp-(fmnist|digits)(\d+)-w(\d+)-d(\d+)((?:-(?:sp|b\d+|relu|gelu|tanh|silu|lecun))*)$")
 _LM_RE = re.compile(r"^lm-(fortunes|stdlib)-d(\d+)-l(\d+)((?:-(?:sp|h\d+|c\d+|r\d+|b\d+))*)$")
 _RF_RE = re.compile(r"^rf-s([0-9.]+)-n(\d+)((?:-(?:m\d+|b\d+|noise[0-9.]+|seed\d+))*)$")
 
@@ -168,6 +169,8 @@ def parse_task(name: str) -> Task:
         for o in _opts(m[5]):
             if o == "sp":
                 kw["mup"] = False
+            elif o == "lecun":
+                kw["init"] = "lecun"
             elif o[0] == "b":
                 kw["batch_size"] = int(o[1:])
             else:
