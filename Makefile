@@ -14,8 +14,8 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 demo: $(BIN)/.installed
-	$(BIN)/python -m meta_train --preset quick --out runs/quick --resume
-	$(BIN)/python -m meta_train --preset quick-sp --out runs/quick-sp --resume
+	$(BIN)/python -m meta_train --preset quick --out runs/quick --resume-or-start
+	$(BIN)/python -m meta_train --preset quick-sp --out runs/quick-sp --resume-or-start
 	$(BIN)/python -m eval --suite quick --lo runs/quick --lo runs/quick-sp --out runs/quick-eval
 	$(BIN)/python -m eval.summary runs/quick-eval
 

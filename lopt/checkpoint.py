@@ -98,7 +98,7 @@ def save(path: str | os.PathLike, theta: Any, config: LOConfig,
 def _read(file: Path):
     try:
         doc = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:   # ValueError: bad JSON or bytes that are not UTF-8
         raise CheckpointError(f"{file}: unreadable checkpoint ({type(e).__name__})") from None
     return from_json(doc, str(file))
 

@@ -4,17 +4,22 @@ Each step directory holds three items: ``state`` (theta, meta-optimizer state, e
 states, PRNG key, step), ``lopt`` (theta + LOConfig as JSON, what ``lopt.load`` reads) and
 ``config``. Orbax writes to a temporary directory and renames it on commit, so a
 half-written checkpoint is never listed; a committed one that fails to restore (corrupt
-files) is skipped with a warning and the previous one is used.
+files) is skipped with a warning and the previous one is used; the skipped one is moved
+aside to ``<step>.unusable`` (orbax would otherwise never save a step at or below it), so
+training rewrites its step when it gets there again.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
+
+from lopt.checkpoint import CheckpointError
 
 
 class Checkpointer:
@@ -34,8 +39,25 @@ class Checkpointer:
     def has_checkpoints(self) -> bool:
         return self.dir.is_dir() and any(p.name.isdigit() for p in self.dir.iterdir())
 
+    def saved_config(self) -> dict | None:
+        """The run config stored with the newest checkpoint whose ``config`` item reads as
+        JSON (None when there is none); reads files only, without orbax."""
+        if not self.dir.is_dir():
+            return None
+        steps = sorted((p for p in self.dir.iterdir() if p.name.isdigit()),
+                       key=lambda p: int(p.name), reverse=True)
+        for step in steps:
+            try:
+                doc = json.loads((step / "config" / "metadata").read_text())
+            except (OSError, ValueError):   # ValueError: bad JSON or bad UTF-8
+                continue
+            if isinstance(doc, dict):
+                return doc
+        return None
+
     def save(self, step: int, state: dict, lopt_doc: dict, config: dict,
              force: bool = False) -> None:
+        """Saves ``step`` and waits until it is on disk; a step already saved is kept."""
         if step in self.mngr.all_steps():
             return
         self.mngr.save(step, args=ocp.args.Composite(
@@ -44,7 +66,11 @@ class Checkpointer:
         self.mngr.wait_until_finished()
 
     def restore(self, like: dict) -> dict:
-        """Restores the newest restorable checkpoint into the structure of ``like``."""
+        """Restores the newest restorable checkpoint into the structure of ``like``.
+
+        Raises:
+          CheckpointError: no checkpoint restores (the message names each one and why).
+        """
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _payload(like))
         errors = []
         for step in sorted(self.mngr.all_steps(), reverse=True):
@@ -54,13 +80,29 @@ class Checkpointer:
                 out = _unpayload(out, like)
             except Exception as e:  # orbax raises many types for damaged files
                 msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-                errors.append(f"step {step}: {msg[:200]}")
+                errors.append(f"{self.dir / str(step)}: {msg[:200]}")
                 continue
             if errors:
+                moved = self._set_aside(step)
                 warnings.warn(f"checkpoint(s) unusable, resumed from step {step} instead: "
-                              + "; ".join(errors))
+                              + "; ".join(errors) + f" (moved to {', '.join(moved)})")
             return out
-        raise SystemExit(f"error: no restorable checkpoint in {self.dir}: " + "; ".join(errors))
+        raise CheckpointError(f"no restorable checkpoint in {self.dir}: " + "; ".join(errors))
+
+    def _set_aside(self, good: int) -> list[str]:
+        """Renames the step directories newer than ``good`` to ``<step>.unusable[.n]``."""
+        moved = []
+        for step in self.mngr.all_steps():
+            if step > good:
+                src, n = self.dir / str(step), 0
+                dst = src.with_name(f"{step}.unusable")
+                while dst.exists():
+                    n += 1
+                    dst = src.with_name(f"{step}.unusable.{n}")
+                src.rename(dst)
+                moved.append(dst.name)
+        self.mngr.reload()
+        return moved
 
     def close(self) -> None:
         if self._mngr is not None:

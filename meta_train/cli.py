@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from meta_train.config import PRESETS, field_help, override
+from meta_train.config import PRESETS, apply_overrides, field_help
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,12 +17,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="config overrides (any field, dotted, e.g. --es.num_pairs 16 --lo.mup false):\n"
                + "\n".join(f"  --{n:24s} {t:6s} default {v!r}" for n, t, v in field_help()))
-    ap.add_argument("--preset", default="quick", choices=sorted(PRESETS),
-                    help="named config: smoke (seconds, tests), quick (minutes on 2 cores), "
-                         "cpu (~25 min on 2 cores), paper (GPU-scale μLO recipe); the -sp twins train an SP LO on SP tasks")
+    ap.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                    help="named config (default quick): smoke (seconds, tests), quick (minutes "
+                         "on 2 cores), cpu (~25 min on 2 cores), paper (GPU-scale μLO recipe); "
+                         "the -sp twins train an SP LO on SP tasks")
     ap.add_argument("--out", default=None, help="run directory (default runs/<preset>)")
     ap.add_argument("--resume", action="store_true",
-                    help="continue the run in --out from its newest complete checkpoint")
+                    help="continue the run in --out from its newest complete checkpoint; "
+                         "without --preset or overrides the config is read from the run; "
+                         "fails when --out holds no run")
+    ap.add_argument("--resume-or-start", action="store_true",
+                    help="like --resume when --out holds a run, else start a new one there")
     ap.add_argument("--stop-after", type=int, default=None,
                     help="stop after this many outer steps in this invocation (checkpointed)")
     ap.add_argument("--no-progress", action="store_true",
@@ -34,18 +39,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse(argv=None):
+    """Returns (args, config). With ``--resume`` (or ``--resume-or-start`` on a run) and
+    neither ``--preset`` nor overrides, the config is the run's own (None when ``--out``
+    holds no run: :func:`main` reports that)."""
     ap = build_parser()
     args, rest = ap.parse_known_args(argv)
-    cfg = PRESETS[args.preset]
+    # --key=value as well as --key value
+    rest = [part for a in rest
+            for part in (a.split("=", 1) if a.startswith("--") and "=" in a else [a])]
     if len(rest) % 2:
         ap.error(f"option {rest[-1]} needs a value")
+    pairs = []
     for flag, value in zip(rest[::2], rest[1::2]):
         if not flag.startswith("--"):
             ap.error(f"unexpected argument {flag!r}")
+        pairs.append((flag[2:].replace("-", "_"), value))
+    if args.out is None:
+        args.out = f"runs/{args.preset or 'quick'}"
+    from meta_train.loop import RunDirError, load_run_config, saved_config
+    resuming = args.resume or (args.resume_or_start and saved_config(args.out) is not None)
+    args.resume = resuming
+    if resuming and args.preset is None and not pairs:
         try:
-            cfg = override(cfg, flag[2:].replace("-", "_"), value)
-        except ValueError as e:
-            ap.error(str(e))
+            return args, load_run_config(args.out)
+        except RunDirError as e:
+            ap.exit(2, f"error: {e}\n")
+    try:
+        cfg = apply_overrides(PRESETS[args.preset or "quick"], pairs)
+    except ValueError as e:
+        ap.error(str(e))
     return args, cfg
 
 
@@ -54,8 +76,9 @@ def main(argv=None):
     if args.print_config:
         print(cfg.to_json())
         return 0
+    from lopt.checkpoint import CheckpointError
     from meta_train.data import DataNotFoundError
-    from meta_train.loop import RunDirError, check_run_dir, run
+    from meta_train.loop import Interrupted, RunDirError, check_run_dir, resume_command, run
     from meta_train.tasks import get_task
     for name in cfg.tasks + ((cfg.validate_task,) if cfg.validate_task else ()):
         try:
@@ -63,20 +86,19 @@ def main(argv=None):
         except (ValueError, DataNotFoundError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-    out = args.out or f"runs/{args.preset}"
+    out = args.out
     try:
         check_run_dir(cfg, out, resume=args.resume)
         # only commands that run are recorded (the model card quotes them)
         _record_invocation(out, argv)
         res = run(cfg, out, resume=args.resume, progress=not args.no_progress,
                   stop_after=args.stop_after)
-    except RunDirError as e:
+    except (RunDirError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"stopped; continue with: python -m meta_train --preset {args.preset} "
-              f"--out {out} --resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"stopped; continue with: {resume_command(out)}", file=sys.stderr)
+        return 128 + e.signum if isinstance(e, Interrupted) else 130
     m = res["metrics"]
     print(f"done: step {res['step']}, meta-loss {m.get('meta_loss', float('nan')):.4f}; "
           f"checkpoint in {out}/checkpoints (load with lopt.load({str(out)!r}))")

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any
 
 from lopt.learned import LOConfig
-from meta_train.es import ESConfig
+from meta_train.es import ESConfig, check_fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +73,26 @@ class MetaTrainConfig:
     validate_seeds: int = 2
     init_from: str = ""
 
+    def __post_init__(self):
+        """Raises ValueError (one line, naming the field) on values the loop cannot use."""
+        check_fields(self)
+        if not isinstance(self.lo, LOConfig) or not isinstance(self.es, ESConfig):
+            raise ValueError("lo and es must be LOConfig and ESConfig")
+        if not (isinstance(self.tasks, tuple) and self.tasks
+                and all(isinstance(t, str) and t for t in self.tasks)):
+            raise ValueError(f"tasks must be a non-empty list of task names, got {self.tasks!r}")
+        for name, lo in (("outer_steps", 1), ("checkpoint_every", 1), ("keep_checkpoints", 1),
+                         ("warmup_steps", 0), ("validate_every", 0), ("validate_steps", 1),
+                         ("validate_seeds", 1)):
+            if getattr(self, name) < lo:
+                raise ValueError(f"{name} must be >= {lo}, got {getattr(self, name)}")
+        for name in ("meta_lr", "clip_norm"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
+        for name in ("final_lr", "weight_decay"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["tasks"] = list(self.tasks)
@@ -79,11 +100,21 @@ class MetaTrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "MetaTrainConfig":
-        d = dict(d)
-        d["tasks"] = tuple(d["tasks"])
-        d["lo"] = LOConfig.from_dict(d["lo"])
-        d["es"] = ESConfig(**d["es"])
-        return cls(**d)
+        """Inverse of :meth:`to_dict`; raises ValueError on missing, unknown or mistyped
+        fields (a damaged ``config.json``)."""
+        try:
+            d = dict(d)
+            if not isinstance(d["tasks"], (list, tuple)):
+                raise ValueError(f"tasks must be a list, got {d['tasks']!r}")
+            d["tasks"] = tuple(d["tasks"])
+            for name, make in (("lo", LOConfig.from_dict), ("es", lambda x: ESConfig(**x))):
+                try:
+                    d[name] = make(d[name])
+                except ValueError as e:
+                    raise ValueError(f"{name}.{e}") from None
+            return cls(**d)
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"not a meta-training config ({type(e).__name__}: {e})") from None
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -160,19 +191,49 @@ def _convert(value: str, current: Any):
 
 def override(config: MetaTrainConfig, key: str, value: str) -> MetaTrainConfig:
     """Returns config with dotted field ``key`` (e.g. ``es.sigma``) set from a string."""
-    head, _, rest = key.partition(".")
-    fields = {f.name for f in dataclasses.fields(config)}
-    if head not in fields:
-        raise ValueError(f"unknown option {key!r}; valid: {sorted(fields)}")
-    cur = getattr(config, head)
-    if rest:
-        if not dataclasses.is_dataclass(cur):
-            raise ValueError(f"option {head!r} has no field {rest!r}")
-        return dataclasses.replace(config, **{head: override(cur, rest, value)})
-    try:
-        return dataclasses.replace(config, **{head: _convert(value, cur)})
-    except ValueError as e:
-        raise ValueError(f"bad value for {key}: {e}") from None
+    return apply_overrides(config, [(key, value)])
+
+
+def apply_overrides(config: MetaTrainConfig, pairs) -> MetaTrainConfig:
+    """Returns config with every ``(dotted key, string value)`` of ``pairs`` set, validated once
+    at the end (so ``--es.min_horizon 2000 --es.max_horizon 4000`` works in either order).
+
+    Raises:
+      ValueError: unknown field, unparsable value, or a value the config refuses (one line
+        naming the dotted field).
+    """
+    d = dataclasses.asdict(config)
+    for key, value in pairs:
+        parts, obj, node = key.split("."), config, d
+        for i, part in enumerate(parts):
+            if not dataclasses.is_dataclass(obj):
+                raise ValueError(f"option {'.'.join(parts[:i])!r} has no field {part!r}")
+            fields = {f.name for f in dataclasses.fields(obj)}
+            if part not in fields:
+                raise ValueError(f"unknown option {key!r}; valid: {sorted(fields)}")
+            obj = getattr(obj, part)
+            if i < len(parts) - 1:
+                node = node[part]
+        if dataclasses.is_dataclass(obj):
+            raise ValueError(f"option {key!r} is a group; set one of its fields "
+                             f"({key}.{dataclasses.fields(obj)[0].name}, ...)")
+        try:
+            node[parts[-1]] = _convert(value, obj)
+        except ValueError as e:
+            raise ValueError(f"bad value for {key}: {e}") from None
+    return MetaTrainConfig.from_dict(d)
+
+
+def config_diff(saved: dict, requested: dict, _prefix: str = "") -> list[str]:
+    """``["es.num_pairs: 2 in the run, 4 requested", ...]`` for two ``to_dict()`` results."""
+    out = []
+    for k in sorted(set(saved) | set(requested)):
+        a, b = saved.get(k, "(absent)"), requested.get(k, "(absent)")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_diff(a, b, _prefix + k + ".")
+        elif a != b:
+            out.append(f"{_prefix + k}: {a!r} in the run, {b!r} requested")
+    return out
 
 
 def field_help() -> list[tuple[str, str, Any]]:

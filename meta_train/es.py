@@ -77,6 +77,38 @@ class ESConfig:
     loss_clip: float = 1.5
     stagger: bool = True
 
+    def __post_init__(self):
+        """Raises ValueError (one line, naming the field) on a value the estimators cannot
+        use: they would otherwise run silently wrong (an unknown method ran truncated ES,
+        sigma = 0 gave NaN estimates, num_pairs = 0 a NaN meta-loss)."""
+        check_fields(self)
+        for name, lo in (("num_pairs", 1), ("unroll_length", 1), ("min_horizon", 1)):
+            if getattr(self, name) < lo:
+                raise ValueError(f"{name} must be >= {lo}, got {getattr(self, name)}")
+        if self.method not in ("pes", "tes"):
+            raise ValueError(f"method must be 'pes' or 'tes', got {self.method!r}")
+        if not (math.isfinite(self.sigma) and self.sigma > 0):
+            raise ValueError(f"sigma must be a finite number > 0, got {self.sigma}")
+        if not (math.isfinite(self.loss_clip) and self.loss_clip > 0):
+            raise ValueError(f"loss_clip must be a finite number > 0, got {self.loss_clip}")
+        if self.max_horizon < self.min_horizon:
+            raise ValueError(f"max_horizon ({self.max_horizon}) must be >= min_horizon "
+                             f"({self.min_horizon})")
+
+
+_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def check_fields(cfg) -> None:
+    """Raises ValueError naming the first field of dataclass ``cfg`` whose value does not have
+    its annotated type (``int``, ``float``, ``bool``, ``str``; ``bool`` is no number here), so a
+    config read from JSON with ``"num_pairs": "8"`` fails where it is read."""
+    for f in dataclasses.fields(cfg):
+        want = _TYPES.get(f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""))
+        v = getattr(cfg, f.name)
+        if want and (not isinstance(v, want) or (isinstance(v, bool) and bool not in want)):
+            raise ValueError(f"{f.name} must be of type {f.type}, got {v!r}")
+
 
 class RunState(NamedTuple):
     """One particle's inner run (leading axis: pairs)."""

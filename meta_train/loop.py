@@ -15,11 +15,15 @@ Run directory layout::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shlex
 import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -33,7 +37,7 @@ import optax
 import lopt
 from lopt.checkpoint import to_json as lopt_to_json
 from meta_train import es as ES
-from meta_train.config import MetaTrainConfig
+from meta_train.config import MetaTrainConfig, config_diff
 from meta_train.inner import train as inner_train
 from meta_train.progress import progress_bar
 from meta_train.tasks import get_task
@@ -137,8 +141,102 @@ def _apply(meta_opt, theta, opt_state, grad):
 
 
 class RunDirError(ValueError):
-    """The run directory cannot take this run: it holds another run (and no ``resume``), or
-    its saved config differs from the requested one."""
+    """The run directory cannot take this run: it holds another run (and no ``resume``), no
+    run to resume, or a run whose saved config differs from the requested one."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP stopped :func:`run`, after it saved a checkpoint.
+
+    Attributes:
+      signum: the signal number (a CLI exits with ``128 + signum``).
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP")
+                      if hasattr(signal, n))
+
+
+class _StopSignals:
+    """While entered (in the main thread): the first SIGINT/SIGTERM/SIGHUP raises
+    :class:`Interrupted`, at once or, inside :meth:`deferred`, when the block ends; a second
+    one exits the process at once with ``128 + signum`` (orbax commits a checkpoint by a
+    rename, so an exit mid-save leaves only a temporary directory)."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._depth = 0
+        self._old: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in _STOP_SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            os.write(2, f"\n{signal.Signals(signum).name} again: exiting without saving\n"
+                     .encode())
+            os._exit(128 + signum)
+        self.received = signum
+        if self._depth == 0:
+            raise Interrupted(signum)
+
+    @contextlib.contextmanager
+    def deferred(self):
+        """A block that a first signal does not cut short; it raises when the block ends."""
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+        if self.received is not None and self._depth == 0:
+            raise Interrupted(self.received)
+
+
+def saved_config(out: str | os.PathLike) -> dict | None:
+    """The config of the run in ``out`` as a dict: ``config.json``, or where that is missing
+    or unreadable, the config stored with its newest checkpoint; None when neither exists."""
+    from meta_train.checkpointing import Checkpointer
+
+    try:
+        doc = json.loads((Path(out) / "config.json").read_text())
+        if isinstance(doc, dict):
+            return doc
+    except (OSError, ValueError):   # missing, bad JSON or bytes that are not UTF-8
+        pass
+    return Checkpointer(Path(out) / "checkpoints").saved_config()
+
+
+def load_run_config(out: str | os.PathLike) -> MetaTrainConfig:
+    """The :class:`MetaTrainConfig` of the run in ``out``.
+
+    Raises:
+      RunDirError: ``out`` holds no run, or its saved config is not a valid config.
+    """
+    saved = saved_config(out)
+    if saved is None:
+        raise RunDirError(f"{out} holds no run to resume (no config.json or checkpoint); "
+                          "check --out, or drop --resume to start a new run")
+    try:
+        return MetaTrainConfig.from_dict(saved)
+    except ValueError as e:
+        raise RunDirError(f"{out}: saved config is invalid ({e})") from None
+
+
+def resume_command(out: str | os.PathLike) -> str:
+    """The command that continues the run in ``out`` (its config comes from the run)."""
+    return f"python -m meta_train --out {shlex.quote(str(out))} --resume"
 
 
 def check_run_dir(cfg: MetaTrainConfig, out: str | os.PathLike, *, resume: bool) -> None:
@@ -146,24 +244,52 @@ def check_run_dir(cfg: MetaTrainConfig, out: str | os.PathLike, *, resume: bool)
     from meta_train.checkpointing import Checkpointer
 
     out = Path(out)
-    if not resume and Checkpointer(out / "checkpoints").has_checkpoints():
-        raise RunDirError(f"{out} already holds a run; pass --resume to continue it or "
-                          "choose another --out")
-    if resume and (out / "config.json").is_file():
-        saved = json.loads((out / "config.json").read_text())
-        if saved != json.loads(cfg.to_json()):
-            raise RunDirError(f"{out}/config.json differs from the requested config; resume "
-                              "with the same options (or none besides --resume)")
+    if not resume:
+        if Checkpointer(out / "checkpoints").has_checkpoints():
+            raise RunDirError(f"{out} already holds a run; pass --resume to continue it or "
+                              "choose another --out")
+        return
+    saved = saved_config(out)
+    if saved is None:
+        raise RunDirError(f"{out} holds no run to resume (no config.json or checkpoint); "
+                          "check --out, or drop --resume to start a new run")
+    diff = config_diff(saved, json.loads(cfg.to_json()))
+    if diff:
+        raise RunDirError(f"{out}/config.json differs from the requested config in "
+                          f"{'; '.join(diff)}; resume with: {resume_command(out)}")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drops the lines of steps after ``step`` (written after the checkpoint a run resumes
+    from), so ``metrics.jsonl`` holds each step once."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue   # a line cut short by a kill
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
 
 
 def run(cfg: MetaTrainConfig, out: str | os.PathLike, *, resume: bool = False,
         progress: bool = True, stop_after: int | None = None) -> dict:
     """Meta-trains per ``cfg`` into run directory ``out``.
 
+    SIGINT, SIGTERM and SIGHUP abandon the outer step in progress (or end the bookkeeping
+    of a finished one), save a checkpoint and raise :class:`Interrupted`; a second signal
+    exits at once. Nothing is written into ``out`` before the config has been checked
+    against the run there and its checkpoint has been restored.
+
     Args:
       cfg: resolved config.
       out: run directory (created).
-      resume: continue from the newest complete checkpoint in ``out``.
+      resume: continue the run in ``out`` from its newest complete checkpoint (from step 0
+        when it was stopped before its first checkpoint).
       progress: show progress (a bar on a terminal, one line per ~5% of the run otherwise).
       stop_after: stop (with a checkpoint) after this many outer steps in this call.
 
@@ -171,21 +297,41 @@ def run(cfg: MetaTrainConfig, out: str | os.PathLike, *, resume: bool = False,
       {"theta", "step", "metrics": last metrics, "out": path}.
 
     Raises:
-      RunDirError: ``out`` holds another run (without ``resume``) or another config.
+      RunDirError: ``out`` holds another run (without ``resume``), no run (with ``resume``)
+        or a run of another config.
+      lopt.CheckpointError: no checkpoint of the run restores.
+      Interrupted: a signal stopped the run (after the checkpoint was saved).
     """
     from meta_train.checkpointing import Checkpointer
 
     out = Path(out)
-    check_run_dir(cfg, out, resume=resume)
-    ckpt = Checkpointer(out / "checkpoints", keep=cfg.keep_checkpoints)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(cfg.to_json())
+    with _StopSignals() as sig:
+        check_run_dir(cfg, out, resume=resume)
+        ckpt = Checkpointer(out / "checkpoints", keep=cfg.keep_checkpoints)
+        try:
+            trainer = MetaTrainer(cfg)
+            state = trainer.init_state()
+            if resume and ckpt.has_checkpoints():
+                state = ckpt.restore(state)
+                print(f"resumed from step {int(state['step'])}", file=sys.stderr)
+            elif resume:
+                print("no checkpoint yet: starting from step 0", file=sys.stderr)
+            start = int(state["step"])
+            with sig.deferred():
+                out.mkdir(parents=True, exist_ok=True)
+                (out / "config.json").write_text(cfg.to_json())
+                _truncate_metrics(out / "metrics.jsonl", start)
+            return _loop(cfg, out, trainer, state, ckpt, sig, progress, stop_after)
+        finally:
+            ckpt.close()
 
-    trainer = MetaTrainer(cfg)
-    state = trainer.init_state()
-    if resume and ckpt.has_checkpoints():
-        state = ckpt.restore(state)
-        print(f"resumed from step {int(state['step'])}", file=sys.stderr)
+
+def _loop(cfg, out, trainer, state, ckpt, sig, progress, stop_after):
+    def save(step, state, force=False):
+        ckpt.save(step, state, lopt_to_json(state["theta"], cfg.lo,
+                                            {"step": step, "config": cfg.to_dict()}),
+                  cfg.to_dict(), force=force)
+
     tb = TBWriter(out / "tb")
     start = int(state["step"])
     end = cfg.outer_steps if stop_after is None else min(cfg.outer_steps, start + stop_after)
@@ -194,39 +340,36 @@ def run(cfg: MetaTrainConfig, out: str | os.PathLike, *, resume: bool = False,
     t_last = time.time()
     try:
         while int(state["step"]) < end:
-            state, mets = trainer.outer_step(state)
-            step = int(state["step"])
+            # a signal during the computation abandons this step: state is untouched
+            new_state, new_mets = trainer.outer_step(state)
+            step = int(new_state["step"])
             now = time.time()
-            mets["outer_steps_per_s"] = 1.0 / max(now - t_last, 1e-9)
-            mets["inner_steps_per_s"] = (mets["outer_steps_per_s"] * len(trainer.tasks)
-                                         * 2 * cfg.es.num_pairs * cfg.es.unroll_length)
-            t_last = now
+            new_mets["outer_steps_per_s"] = 1.0 / max(now - t_last, 1e-9)
+            new_mets["inner_steps_per_s"] = (new_mets["outer_steps_per_s"] * len(trainer.tasks)
+                                             * 2 * cfg.es.num_pairs * cfg.es.unroll_length)
             if cfg.validate_every and (step % cfg.validate_every == 0 or step == cfg.outer_steps):
-                mets.update(trainer.validate(state["theta"]))
-                t_last = time.time()
-            tb.scalars(step, mets)
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps({"step": step, "time": now, **mets}) + "\n")
-            if step % cfg.checkpoint_every == 0 or step == end:
-                ckpt.save(step, state, lopt_to_json(state["theta"], cfg.lo,
-                                                    {"step": step, "config": cfg.to_dict()}),
-                          cfg.to_dict())
-            bar.set_postfix(meta_loss=f"{mets['meta_loss']:.4f}",
-                            **({"val": f"{mets['val/meta_loss']:.4f}"}
-                               if "val/meta_loss" in mets else {}))
-            bar.update(1)
+                new_mets.update(trainer.validate(new_state["theta"]))
+            t_last = time.time() if "val/meta_loss" in new_mets else now
+            with sig.deferred():   # the bookkeeping of a finished step is done whole
+                state, mets = new_state, new_mets
+                tb.scalars(step, mets)
+                with open(out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps({"step": step, "time": now, **mets}) + "\n")
+                if step % cfg.checkpoint_every == 0 or step == end:
+                    save(step, state)
+                bar.set_postfix(meta_loss=f"{mets['meta_loss']:.4f}",
+                                **({"val": f"{mets['val/meta_loss']:.4f}"}
+                                   if "val/meta_loss" in mets else {}))
+                bar.update(1)
     except KeyboardInterrupt:
         step = int(state["step"])
         print(f"\ninterrupted: saving checkpoint at step {step}", file=sys.stderr)
         if step > 0:
-            ckpt.save(step, state, lopt_to_json(state["theta"], cfg.lo,
-                                                {"step": step, "config": cfg.to_dict()}),
-                      cfg.to_dict(), force=True)
+            save(step, state, force=True)
         raise
     finally:
         bar.close()
         tb.close()
-        ckpt.close()
     return {"theta": state["theta"], "step": int(state["step"]), "metrics": mets, "out": out}
 
 
