@@ -40,6 +40,7 @@ def write_all(doc: dict, out: Path, command: str) -> dict:
     for c in doc["cells"]:
         for name, o in c["optimizers"].items():
             rows.append({"axis": c["axis"], "task": o.get("task", c["task"]),
+                         "source": c.get("source", ""),
                          "steps": c["steps"], "optimizer": name, "lr": o.get("lr", ""),
                          "final_train_loss_mean": o["final_mean"],
                          "final_train_loss_std": o["final_std"],
@@ -73,6 +74,23 @@ def _overrides(doc: dict) -> list[str]:
         diffs.append(f"baselines = {_fmt(doc['baselines'])} (suite default "
                      f"{_fmt(default['baselines'])})")
     return [f"- departs from the `{doc['suite']}` suite: " + "; ".join(diffs)] if diffs else []
+
+
+def _data_line(doc: dict) -> list[str]:
+    """The header line naming the data the cells trained on (``Task.source``), with the
+    cells of each source when there is more than one; none for documents without sources."""
+    by_source: dict[str, list[str]] = {}
+    for c in doc["cells"]:
+        if c.get("source"):
+            tasks = by_source.setdefault(c["source"], [])
+            if c["task"] not in tasks:
+                tasks.append(c["task"])
+    if not by_source:
+        return []
+    if len(by_source) == 1:
+        return [f"- data: {next(iter(by_source))} (every cell)"]
+    return ["- data: " + "; ".join(f"{src} ({', '.join(tasks)})"
+                                   for src, tasks in by_source.items())]
 
 
 def _fmt(v) -> str:
@@ -158,6 +176,7 @@ def markdown(doc: dict, plots: list[str]) -> str:
                      f", meta-step {lo['meta_step']}, theta digest {lo['digest']}); meta-trained "
                      f"on {', '.join(mc.get('tasks', []))}, horizons "
                      f"{mc.get('es', {}).get('min_horizon')}-{mc.get('es', {}).get('max_horizon')}")
+    lines += _data_line(doc)
     lines += [f"- commit `{doc['commit']}`; command: `{doc['command']}`",
               f"- baselines ({', '.join(doc['baselines'])}) tuned on seed 0 over a log LR grid; "
               f"everything reported on seeds {doc['report_seeds']}: mean ± std of the final "

@@ -257,7 +257,7 @@ def bootstrap_alpha(n_values, per_seed, reps=1000, seed=0):
 
 
 def run_study(variant: str, out: Path, lo_paths=(), progress=True) -> dict:
-    from tqdm import tqdm
+    from meta_train.progress import progress_bar
     var = VARIANTS[variant]
     los = {}
     for p in lo_paths:
@@ -270,8 +270,8 @@ def run_study(variant: str, out: Path, lo_paths=(), progress=True) -> dict:
     names = list(OPTIMIZERS) + list(los)
     report_seeds = list(range(1, var.seeds + 1))
     raw = {}
-    bar = tqdm(total=len(var.s_values) * len(var.n_values) * len(names), desc="scaling",
-               disable=not progress)
+    bar = progress_bar(len(var.s_values) * len(var.n_values) * len(names), desc="scaling",
+                       unit="cell", enabled=progress)
     t0 = time.time()
     for s in var.s_values:
         probs = Problems(s, var)

@@ -13,12 +13,16 @@ optimizer is then reported on seeds 1..n. The LO gets no tuning. With ``schedule
 every baseline runs with linear warmup and cosine decay (``lopt.baselines.warmup_cosine``)
 and is tuned over its peak LR the same way. One compile per
 (task, optimizer): LR grids and seeds are ``vmap``-ed. Results are cached per group in
-``<out>/cells`` so an interrupted suite resumes and a re-run computes only what is missing.
+``<out>/cells`` so an interrupted suite resumes and a re-run computes only what is missing; a
+group's cache key holds everything its results depend on, the task's data source included
+(``Task.source``), so a cache made on other data is never reused. Every cell records its
+data source in the results.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import re
@@ -33,6 +37,7 @@ import numpy as np
 import lopt
 from lopt.baselines import BASELINES, SCHEDULES
 from meta_train.inner import train
+from meta_train.progress import progress_bar
 from meta_train.tasks import get_task
 
 
@@ -184,10 +189,27 @@ class LearnedOpt:
 
     @property
     def digest(self) -> str:
-        flat = np.concatenate([np.ravel(np.asarray(x, np.float32))
-                               for x in jax.tree.leaves(self.theta)])
-        return hashlib.sha1(flat.tobytes() + json.dumps(self.config.to_dict(), sort_keys=True)
-                            .encode()).hexdigest()[:16]
+        return lo_digest(self.theta, self.config)
+
+
+def lo_digest(theta, config) -> str:
+    """16 hex digits identifying a learned optimizer: the float32 values of every leaf of
+    ``theta`` (whose shapes its config fixes) and every field of its ``LOConfig``
+    (``to_dict``: all dataclass fields, e.g. time_features, tau_clamp and schedule, and the
+    resolved step_mult)."""
+    flat = np.concatenate([np.ravel(np.asarray(x, np.float32)) for x in jax.tree.leaves(theta)])
+    return hashlib.sha1(flat.tobytes() + json.dumps(config.to_dict(), sort_keys=True)
+                        .encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=None)
+def data_source(task_name: str) -> str:
+    """Where a task's data comes from (``Task.source``, e.g. "fashion-mnist 8x8 (packaged)").
+
+    Raises:
+      meta_train.data.DataNotFoundError: the task's data is not on this machine.
+    """
+    return get_task(task_name).source
 
 
 def load_los(specs: list[str]) -> list[LearnedOpt]:
@@ -245,9 +267,9 @@ class Runner:
         """``schedule``: None runs the baseline's own schedule (constant except for entries
         like ``adamw-cosine``); "cosine" runs any baseline with warmup and cosine decay."""
         b = BASELINES[name]
-        key = {"task": task_name, "opt": name, "steps": steps, "lrs": list(lrs),
-               "seeds": list(seeds)}
-        if (schedule or b.schedule) != "constant":   # constant runs keep their old cache keys
+        key = {"task": task_name, "source": data_source(task_name), "opt": name,
+               "steps": steps, "lrs": list(lrs), "seeds": list(seeds)}
+        if (schedule or b.schedule) != "constant":   # constant runs: no schedule entry
             key["schedule"] = schedule or b.schedule
         return self._cached(key, lambda: self._compute(
             task_name, lambda lr, task: b.build(lr, task.roles, num_steps=steps,
@@ -255,13 +277,16 @@ class Runner:
             steps, lrs, seeds, b.needs_activations))[0]
 
     def run_lo(self, task_name: str, lo: LearnedOpt, steps: int, seeds, untrained=False):
-        key = {"task": task_name, "opt": "lo-init" if untrained else "lo", "steps": steps,
-               "lrs": [0.0], "seeds": list(seeds), "lo_digest": lo.digest}
+        """The cache key holds the digest of the theta that runs (the initial one when
+        ``untrained``) and of the full LO config, and the task's data source."""
         theta = lo.theta
         if untrained:   # the same LO before meta-training (its run's seed's init)
             seed = int(lo.meta.get("config", {}).get("seed", 0))
             theta = lopt.init_theta(jax.random.split(jax.random.PRNGKey(seed), 3)[0],
                                     lo.config)
+        key = {"task": task_name, "source": data_source(task_name),
+               "opt": "lo-init" if untrained else "lo", "steps": steps, "lrs": [0.0],
+               "seeds": list(seeds), "lo_digest": lo_digest(theta, lo.config)}
         return self._cached(key, lambda: self._compute(
             task_name, lambda lr, task: make_lo(theta, lo.config, task.roles, steps),
             steps, [0.0], seeds, False))[0]
@@ -300,8 +325,6 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
     its own parametrization (μP for μLO, μAdam, Muon; SP for SP LO, AdamW, SGD, Prodigy).
     Returns the results document.
     """
-    from tqdm import tqdm
-
     spec = dataclasses.replace(SUITES[suite], **(overrides or {}))
     los = load_los([lo_paths] if isinstance(lo_paths, str) else list(lo_paths))
     meta_cfg = los[0].meta.get("config")
@@ -324,17 +347,19 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
     if not cells:
         raise SystemExit(f"error: suite {suite!r} has no cells on axes {', '.join(spec.axes)} "
                          f"for {los[0].path}")
+    # every cell's data first, so missing data stops the suite before any training
+    sources = {c: data_source(variant(c.task, "mup")) for c in cells}
     runner = Runner(out)
     report_seeds = list(range(1, spec.seeds + 1))
     per_cell = 2 * len(names) + int(spec.fixed_adamw) + len(los)
     total = len(cells) * per_cell + sum(len(los) for c in cells if c.axis == "in-distribution")
-    bar = tqdm(total=total, desc=f"eval {suite}", unit="group", disable=not progress)
+    bar = progress_bar(total, desc=f"eval {suite}", unit="group", enabled=progress, every=1)
     results = []
     widest = max([_width(t) or 0 for t in meta_cfg["tasks"]])
     tuned: dict[str, tuple[int, float]] = {}      # μP baseline -> (width, LR) for μTransfer
     for cell in cells:
         entry = {"axis": cell.axis, "task": variant(cell.task, "mup"), "steps": cell.steps,
-                 "optimizers": {}}
+                 "source": sources[cell], "optimizers": {}}
         # LOs first: they are the point of the suite, so an interrupted run has them cached
         lo_rows = {}
         for lo in los:

@@ -383,3 +383,109 @@ def test_mutransfer_runs_end_to_end_and_the_report_says_so(smoke_eval):
     assert four["mutransfer_from_width"] == 32 and four["grid"][1] == two["lr"]
     md = markdown(dict(doc, commit="c", command="c"), [])
     assert "(μTransfer from w32)" in md and "μTransfer: on wider cells above 2x" in md
+
+
+def test_every_cell_records_its_data_source_in_results_report_and_summary(smoke_eval):
+    import csv
+
+    from eval.summary import load, summary
+    root, doc, _ = smoke_eval
+    assert [c["source"] for c in doc["cells"]] == ["sklearn-digits 8x8"] * len(doc["cells"])
+    back = json.loads((root / "ev" / "results.json").read_text())
+    assert {c["source"] for c in back["cells"]} == {"sklearn-digits 8x8"}
+    with open(root / "ev" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and {r["source"] for r in rows} == {"sklearn-digits 8x8"}
+    md = (root / "ev" / "report.md").read_text().splitlines()
+    assert "- data: sklearn-digits 8x8 (every cell)" in md[:md.index("## in-distribution")]
+    lines = summary(load(root / "ev"), root / "ev")
+    assert lines[1].startswith("Final train loss on sklearn-digits 8x8, mean of seeds 1,2")
+
+
+def test_report_names_each_data_source_with_its_cells():
+    from eval.report import _data_line
+    doc = {"cells": [{"task": "mlp-fmnist8-w32-d3", "source": "fashion-mnist 8x8 (packaged)"},
+                     {"task": "mlp-digits8-w64-d2", "source": "sklearn-digits 8x8"},
+                     {"task": "mlp-fmnist8-w64-d3", "source": "fashion-mnist 8x8 (packaged)"}]}
+    assert _data_line(doc) == ["- data: fashion-mnist 8x8 (packaged) (mlp-fmnist8-w32-d3, "
+                               "mlp-fmnist8-w64-d3); sklearn-digits 8x8 (mlp-digits8-w64-d2)"]
+    assert _data_line({"cells": [{"task": "t"}]}) == []     # results from before sources
+
+
+def test_missing_data_is_one_error_line_before_any_training(tmp_path, monkeypatch, capsys):
+    from eval.cli import main
+    from meta_train import data as D
+    # this machine without the packaged 8x8 arrays and without the Debian idx files
+    monkeypatch.setattr(D, "packaged_path", lambda resolution: tmp_path / "absent.npz")
+    monkeypatch.setattr(D, "fashion_mnist_dir", lambda: None)
+    D.image_dataset.cache_clear()
+    S.data_source.cache_clear()
+    try:
+        rc = main(["--lo", "mulo-cpu", "--suite", "smoke", "--out", str(tmp_path / "ev"),
+                   "--no-progress"])
+    finally:
+        D.image_dataset.cache_clear()
+        S.data_source.cache_clear()
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith("error: Fashion-MNIST 8x8 needs the Fashion-MNIST idx files")
+    assert "dataset-fashion-mnist" in err and "MULO_FASHION_MNIST_DIR" in err
+    assert not (tmp_path / "ev" / "cells").exists()
+
+
+def test_lo_digest_covers_theta_and_every_lo_config_field():
+    import jax
+
+    import lopt
+    base = lopt.LOConfig()
+    theta = lopt.init_theta(jax.random.PRNGKey(0), base)
+    # one other value per field: a new LOConfig field must be added here
+    other = {"mup": False, "hidden_size": 16, "hidden_layers": 3, "exp_mult": 2e-3,
+             "step_mult": 0.5, "time_features": "fraction", "tau_clamp": 100,
+             "schedule": "cosine"}
+    assert set(other) == {f.name for f in dataclasses.fields(lopt.LOConfig)}
+    digests = {S.lo_digest(theta, base)}
+    for field, value in other.items():
+        digests.add(S.lo_digest(theta, dataclasses.replace(base, **{field: value})))
+    nudged = jax.tree.map(lambda x: x, theta)
+    leaf = next(k for k, v in nudged.items() if getattr(v, "size", 0))
+    nudged[leaf] = nudged[leaf].at[(0,) * nudged[leaf].ndim].add(1e-6)
+    digests.add(S.lo_digest(nudged, base))
+    assert len(digests) == len(other) + 2
+    assert S.lo_digest(theta, base) == S.lo_digest(jax.tree.map(lambda x: x, theta), base)
+
+
+def test_cache_made_on_other_data_is_never_reused(tmp_path, monkeypatch):
+    import jax
+
+    import lopt
+    config = lopt.LOConfig()
+    lo = S.LearnedOpt("μLO", "x", lopt.init_theta(jax.random.PRNGKey(1), config), config,
+                      {"config": {"seed": 3}})
+    computed = []
+
+    def compute(self, task_name, make, steps, lrs, seeds, needs_activations):
+        computed.append(task_name)
+        return {"losses": [[[float(len(computed))] * steps] * len(seeds)] * len(lrs)}
+    monkeypatch.setattr(S.Runner, "_compute", compute)
+    source = {"mlp-fmnist8-w32-d3": "fashion-mnist 8x8 (packaged)",
+              "mlp-fmnist8-w32-d3-sp": "fashion-mnist 8x8 (packaged)"}
+    monkeypatch.setattr(S, "data_source", lambda task: source[task])
+    runner = S.Runner(tmp_path)
+    runs = {"lo": lambda: runner.run_lo("mlp-fmnist8-w32-d3", lo, 4, [1]),
+            "lo-init": lambda: runner.run_lo("mlp-fmnist8-w32-d3", lo, 4, [1], untrained=True),
+            "adamw": lambda: runner.run_baseline("mlp-fmnist8-w32-d3-sp", "adamw", 4, [1e-3],
+                                                 [1])}
+    first = {k: f()["losses"] for k, f in runs.items()}
+    assert len(computed) == 3
+    assert {k: f()["losses"] for k, f in runs.items()} == first and len(computed) == 3
+    keys = [json.loads(f.read_text())["key"] for f in (tmp_path / "cells").glob("*.json")]
+    assert {k["source"] for k in keys} == {"fashion-mnist 8x8 (packaged)"}
+    init = next(k for k in keys if k["opt"] == "lo-init")
+    assert init["lo_digest"] != lo.digest          # the untrained theta's own digest
+    # the same task names on other data: every group runs again
+    source.update({k: "sklearn-digits 8x8" for k in source})
+    again = {k: f()["losses"] for k, f in runs.items()}
+    assert len(computed) == 6 and all(again[k] != first[k] for k in runs)
+    assert len(list((tmp_path / "cells").glob("*.json"))) == 6
