@@ -100,7 +100,8 @@ def _invocation(run: Path):
 
 
 def write_card(run: Path, name: str, dest_root: Path, eval_dirs=None,
-               command: str | None = None, commit: str | None = None) -> Path:
+               command: str | None = None, commit: str | None = None, note: str = ""
+               ) -> Path:
     import lopt
     from eval.report import _commit
     theta, config, meta = lopt.load_theta(str(run))
@@ -125,15 +126,18 @@ def write_card(run: Path, name: str, dest_root: Path, eval_dirs=None,
     first, last = rows[0]["meta_loss"], float(np.mean([r["meta_loss"] for r in rows[-50:]]))
     variant = "μLO_M (μP)" if config.mup else "SP LO (standard parametrization)"
     md = [f"# `{name}`: {variant} learned optimizer", "",
-          "```python", "import lopt", f'opt = lopt.load("{name}")   # an optax '
-          "GradientTransformation", "```", "",
+          "```python", "import lopt",
+          (f'opt = lopt.load("{name}", num_steps=T)   # T: the run\'s total number of '
+           "updates; an optax GradientTransformation" if config.needs_num_steps else
+           f'opt = lopt.load("{name}")   # an optax GradientTransformation'),
+          "```", "",
           "## How it was made", "",
           f"- command: `{command}`",
           f"- commit: `{commit}` (card written at `{_commit()}`)",
           f"- hardware: {platform.machine()} CPU, {os.cpu_count()} cores, no accelerator "
           f"({platform.system()} {platform.release()}; Python {platform.python_version()})",
-          f"- meta-training wall time: {wall / 60:.1f} min for {rows[-1]['step']} outer steps "
-          "(sharing the machine with a second meta-training run of the same size)",
+          f"- meta-training wall time: {wall / 60:.1f} min for {rows[-1]['step']} outer steps"
+          + (f" ({note})" if note else ""),
           f"- tasks: {', '.join(cfg['tasks'])}; validation task `{cfg['validate_task']}`",
           f"- estimator: {cfg['es']['method'].upper()}, {cfg['es']['num_pairs']} antithetic "
           f"pairs per task, sigma {cfg['es']['sigma']}, truncations of "
@@ -166,6 +170,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m meta_train.card", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="finished meta-training run directory")
+    ap.add_argument("--note", default="", help="what else ran on the machine meanwhile, "
+                    "printed next to the wall time")
     ap.add_argument("--name", required=True, help="name of the shipped checkpoint")
     ap.add_argument("--eval", action="append", default=[],
                     help="eval output directory to summarize (repeat for several)")
@@ -179,7 +185,7 @@ def main(argv=None):
     import lopt
     try:
         d = write_card(Path(args.run), args.name, Path(args.dest),
-                       args.eval, args.command, args.commit)
+                       args.eval, args.command, args.commit, args.note)
     except (lopt.CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
