@@ -10,12 +10,12 @@ from meta_train.data import fashion_mnist_dir
 from meta_train.inner import train
 from meta_train.tasks import get_task
 
-SHIPPED = {"mulo-cpu": True, "sp-lo-cpu": False}     # name -> μP
+SHIPPED = {"mulo-cpu": True, "sp-lo-cpu": False}     # name -> μP (the `cpu` recipe pair)
 
 
 def test_shipped_names_and_cards():
     names = sorted(p.name for p in shipped_dir().glob("*") if (p / "lopt.json").is_file())
-    assert names == sorted(SHIPPED)
+    assert names == sorted([*SHIPPED, "mulo-frac-cpu"])
     for name, mup in SHIPPED.items():
         theta, config, meta = lopt.load_theta(name)
         assert config.mup is mup and meta["step"] == 1000
@@ -43,3 +43,20 @@ def test_shipped_lo_trains_a_width_2048_fmnist28_mlp(name):
         assert final < 0.6 and acc > 0.72, (final, acc)
     else:
         assert acc < 0.2, (final, acc)
+
+
+def test_mulo_frac_cpu_needs_the_run_length_and_trains():
+    theta, config, meta = lopt.load_theta("mulo-frac-cpu")
+    assert config.needs_num_steps and config.time_features == "fraction" and meta["step"] == 800
+    card = (shipped_dir() / "mulo-frac-cpu" / "MODEL_CARD.md").read_text()
+    assert "--preset cpu-frac" in card and 'num_steps=T' in card
+    task = get_task("mlp-fmnist8-w128-d3")
+    with pytest.raises(lopt.NumStepsError):
+        train(task, lopt.load("mulo-frac-cpu", roles=task.roles, mup_in="model"),
+              key=jax.random.PRNGKey(0), num_steps=2)
+    # 300 steps in distribution: it trains well past the loss mulo-cpu reaches (dev suite).
+    res = jax.jit(lambda k: train(task, lopt.load("mulo-frac-cpu", roles=task.roles,
+                                                  mup_in="model", num_steps=300),
+                                  key=k, num_steps=300))(jax.random.PRNGKey(1))
+    losses = np.asarray(res.losses)
+    assert not bool(res.diverged) and float(np.mean(losses[-10:])) < 0.2 * losses[0] + 0.1
