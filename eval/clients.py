@@ -190,8 +190,8 @@ def markdown(rows: list[dict]) -> str:
             "|---|---:|---:|---:|---:|---:|")
     lines = [head]
     for r in rows:
-        lines.append(f"| {r['client']} | {r['steps']} | {r['lo']:.3f} | {r['lo_plain_init']:.3f}"
-                     f" | {r['adamw_1e-3']:.3f} | {r['adamw_tuned']:.3f} "
+        lines.append(f"| {r['client']} | {r['steps']} | {r['lo']:.4f} | {r['lo_plain_init']:.4f}"
+                     f" | {r['adamw_1e-3']:.4f} | {r['adamw_tuned']:.4f} "
                      f"({r['adamw_tuned_lr']:g}) |")
     return "\n".join(lines)
 
