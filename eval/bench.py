@@ -77,7 +77,7 @@ def bench_es(name, tasks, es_cfg, outer=3):
     theta = lopt.init_theta(jax.random.PRNGKey(0))
     total = 0.0
     for t in ts:
-        prob = ES.lo_problem(t, lambda th: lopt.make(th))
+        prob = ES.lo_problem(t, lambda th, t=t: lopt.make(th, roles=t.roles, mup_in="model"))
         st = ES.init_es_state(prob, theta, jax.random.PRNGKey(1), es_cfg)
         g, st, _ = ES.es_gradient(theta, st, jax.random.PRNGKey(2), t.data, problem=prob,
                                   cfg=es_cfg)
@@ -118,7 +118,8 @@ def bench_optimizers(dims=(784, 1024, 256, 10), task_name="mlp-fmnist8-w512-d3",
     theta = lopt.init_theta(jax.random.PRNGKey(0))
     opts = {"adamw": (BASELINES["adamw"].make(1e-3, roles), False,
                       BASELINES["adamw"].make(1e-3, task.roles))}
-    opts["μLO"] = (lopt.make(theta, roles=roles), False, lopt.make(theta, roles=task.roles))
+    opts["μLO"] = (lopt.make(theta, roles=roles, mup_in="model"), False,
+                    lopt.make(theta, roles=task.roles, mup_in="model"))
     for name, b in BASELINES.items():
         if name != "adamw" and (names is None or name in names):
             opts[name] = (b.make(1e-3, roles), b.needs_activations, b.make(1e-3, task.roles))

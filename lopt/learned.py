@@ -259,8 +259,8 @@ def _cosine(frac):
     return 0.1 + 0.45 * (1.0 + jnp.cos(jnp.pi * jnp.clip(frac, 0.0, 1.0)))
 
 
-def make(theta: Any, *, mup: bool = True, step_mult: float | None = None,
-         exp_mult: float = 1e-3, roles: Any = None,
+def make(theta: Any, *, mup: bool | None = None, step_mult: float | None = None,
+         exp_mult: float | None = None, roles: Any = None,
          role_overrides: Mapping[str, str] | None = None, mup_in: str = "optimizer",
          num_steps: int | None = None, config: LOConfig | None = None
          ) -> optax.GradientTransformationExtraArgs:
@@ -268,9 +268,11 @@ def make(theta: Any, *, mup: bool = True, step_mult: float | None = None,
 
     Args:
       theta: meta-parameters from :func:`init_theta`, a checkpoint, or meta-training.
-      mup: μLO (hidden-weight LR multiplier 1/fan_in) or SP LO.
-      step_mult: output scale; None means 1e-2 (μLO) / 1e-3 (SP).
-      exp_mult: magnitude scale inside ``exp``.
+      mup: μLO (hidden-weight LR multiplier 1/fan_in) or SP LO; None: ``config.mup``
+        (True for the default config).
+      step_mult: output scale; None: ``config.step_mult``, whose None means 1e-2 (μLO) /
+        1e-3 (SP).
+      exp_mult: magnitude scale inside ``exp``; None: ``config.exp_mult`` (1e-3).
       roles: optional role tree (see :func:`lopt.infer_roles`); inferred if None.
       role_overrides: ``{regex: role}`` patterns applied when inferring.
       mup_in: where the readout's μP multiplier ``1/fan_in`` lives: ``"optimizer"`` (plain
@@ -279,7 +281,8 @@ def make(theta: Any, *, mup: bool = True, step_mult: float | None = None,
       num_steps: total number of updates of the run, for variants that need it
         (``config.needs_num_steps``); ``update(..., num_steps=T)`` overrides it per call.
       config: the architecture variant (time features, schedule); default classic μLO_M.
-        ``mup``, ``step_mult`` and ``exp_mult`` above take precedence over its fields.
+        ``mup``, ``step_mult`` and ``exp_mult`` above, when given, take precedence over its
+        fields.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; ``update`` requires ``params``.
@@ -291,8 +294,9 @@ def make(theta: Any, *, mup: bool = True, step_mult: float | None = None,
     if mup_in not in MUP_IN:
         raise ValueError(f"mup_in={mup_in!r}: must be 'optimizer' (plain models) or 'model' "
                          "(models with a 1/fan_in readout multiplier)")
-    config = dataclasses.replace(config or MULO, mup=mup, step_mult=step_mult,
-                                 exp_mult=exp_mult)
+    given = {"mup": mup, "step_mult": step_mult, "exp_mult": exp_mult}
+    config = dataclasses.replace(config or MULO,
+                                 **{k: v for k, v in given.items() if v is not None})
     sm = config.resolved_step_mult
     dec = decays(theta)
     if num_steps is not None and int(num_steps) < 1:
