@@ -255,7 +255,9 @@ class NumStepsError(ValueError):
 
 
 def _cosine(frac):
-    # Cosine decay 1 -> 0.1 over the run (the decay floor of the scheduled baselines).
+    # Cosine decay 1 -> 0.1 over the run (the decay floor of the scheduled baselines). Written
+    # out rather than optax.cosine_decay_schedule because meta-training passes each run's
+    # horizon as a traced value, which optax's constructor (it checks decay_steps > 0) refuses.
     return 0.1 + 0.45 * (1.0 + jnp.cos(jnp.pi * jnp.clip(frac, 0.0, 1.0)))
 
 
