@@ -10,7 +10,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-.PHONY: install demo test bench
+.PHONY: install demo test test-fast bench
 install: $(BIN)/.installed
 
 demo: $(BIN)/.installed
@@ -21,6 +21,10 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
+
+# the inner loop's tier (<= 5 min on 2 cores): everything but the tests marked slow
+test-fast: $(BIN)/.installed
+	$(BIN)/python -m pytest -m "not slow"
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m eval.bench

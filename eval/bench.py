@@ -4,12 +4,12 @@
 
 * the μLO update vs ``optax.adamw``'s on the same ~1M-parameter MLP tree;
 * the μLO update's achieved FLOP/s vs a plain float32 matmul of the LO's shape;
-* the μLO update on the 1.86M-parameter MLP of DESIGN section 8;
+* the μLO update on a 1.91M-parameter MLP tree (64-1024-1024-768-10);
 * every optimizer (μLO and each baseline of ``lopt.BASELINES``): update time on that tree and
   train-step time (forward + backward + update, compile excluded) on a task, both relative
   to AdamW, plus optimizer-state bytes and XLA's compiled peak temporary memory;
 * ES/PES meta-training throughput (inner steps/s across the population, outer steps/min)
-  for presets ``quick`` and ``cpu`` and for the reference configuration of DESIGN section 8
+  for presets ``quick`` and ``cpu`` and for a reference configuration
   (MLP 64-128-128-10 on 8x8 digits, batch 128, 8 pairs, K=50, horizons 100-1000).
 """
 

@@ -1,5 +1,6 @@
 """The generalization suite: train held-out tasks with a learned optimizer next to tuned
-baselines, and collect the metrics of DESIGN section 7.
+baselines, and collect final/best loss, test accuracy, loss curves, steps-to-target
+speedups and step times.
 
 Suites are defined relative to the LO's meta-training config (read from its checkpoint):
 in-distribution (the meta-training tasks at the meta-training horizon), wider (multiples of
@@ -39,6 +40,11 @@ from lopt.baselines import BASELINES, SCHEDULES
 from meta_train.inner import train
 from meta_train.progress import progress_bar
 from meta_train.tasks import get_task
+
+
+class SuiteError(ValueError):
+    """A suite request the suite cannot run (unknown baseline or schedule, no cells, an LO
+    without its meta-training config); the message names the problem and the fix."""
 
 
 AXES = ("in-distribution", "wider", "deeper", "longer")
@@ -329,23 +335,23 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
     los = load_los([lo_paths] if isinstance(lo_paths, str) else list(lo_paths))
     meta_cfg = los[0].meta.get("config")
     if not meta_cfg:
-        raise SystemExit(f"error: {los[0].path} carries no meta-training config; the suite "
+        raise SuiteError(f"{los[0].path} carries no meta-training config; the suite "
                          "needs one to define its axes")
     names = tuple(baselines) if baselines else spec.baselines
     unknown = [n for n in names if n not in BASELINES]
     if unknown:
-        raise SystemExit(f"error: unknown baseline(s) {unknown}; choose from {sorted(BASELINES)}")
+        raise SuiteError(f"unknown baseline(s) {unknown}; choose from {sorted(BASELINES)}")
     if spec.schedule not in SCHEDULES:
-        raise SystemExit(f"error: unknown schedule {spec.schedule!r}; choose from "
+        raise SuiteError(f"unknown schedule {spec.schedule!r}; choose from "
                          f"{', '.join(SCHEDULES)}")
     schedule = None if spec.schedule == "constant" else spec.schedule
     labels = {n: row_label(n, spec.schedule) for n in names}
     if len(set(labels.values())) < len(labels):
-        raise SystemExit(f"error: with schedule {spec.schedule!r} the baselines {list(names)} "
+        raise SuiteError(f"with schedule {spec.schedule!r} the baselines {list(names)} "
                          "name the same optimizer twice; list each once")
     cells = cells_for(meta_cfg, spec)
     if not cells:
-        raise SystemExit(f"error: suite {suite!r} has no cells on axes {', '.join(spec.axes)} "
+        raise SuiteError(f"suite {suite!r} has no cells on axes {', '.join(spec.axes)} "
                          f"for {los[0].path}")
     # every cell's data first, so missing data stops the suite before any training
     sources = {c: data_source(variant(c.task, "mup")) for c in cells}

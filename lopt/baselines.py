@@ -21,7 +21,7 @@ import optax
 
 from lopt import dualize
 from lopt.riemannian import riemannian_lowrank
-from lopt.roles import fan_in
+from lopt.roles import lr_multipliers, resolve_roles
 from lopt.schatten import adaptive_schatten
 
 SCHEDULES = ("constant", "cosine")
@@ -107,10 +107,13 @@ def adamw(lr: optax.ScalarOrSchedule, roles: Any = None, weight_decay: float = 0
 def muadam(lr: optax.ScalarOrSchedule, roles: Any):
     """Adam with μP per-role LR multipliers: hidden weights 1/fan_in, others 1
     (Yang et al., Tensor Programs V, arXiv 2203.03466, Table 3)."""
-    return optax.chain(
-        optax.scale_by_adam(),
-        map_leaves(lambda u, r: u / fan_in(u.shape) if r == "hidden" else u, roles),
-        optax.scale_by_learning_rate(lr))
+    def per_role(updates, params=None):
+        del params   # the multipliers are the μLO's own (lopt.roles), from the update's shapes
+        mults = lr_multipliers(updates, resolve_roles(updates, roles))
+        return jax.tree.map(lambda u, m: u * m, updates, mults)
+
+    return optax.chain(optax.scale_by_adam(), optax.stateless(per_role),
+                       optax.scale_by_learning_rate(lr))
 
 
 def sgdm(lr: optax.ScalarOrSchedule, roles: Any = None):

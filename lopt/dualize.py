@@ -14,11 +14,25 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from optax.contrib._muon import orthogonalize_via_newton_schulz
 
 # Muon's quintic Newton-Schulz coefficients (Jordan et al.; optax's default).
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 EPS = 1e-12
+
+
+def newton_schulz(m: jax.Array, steps: int = 5, coeffs=NS_COEFFS, eps: float = 1e-8):
+    """Muon's quintic Newton-Schulz iteration on a matrix: ``~ U V^T`` of ``m = U S V^T``
+    (singular values land in ~[0.7, 1.2]). Written here because optax exposes it only in a
+    private module; same iteration as ``optax.contrib.muon`` (Frobenius pre-scaling, the
+    smaller Gram side)."""
+    a, b, c = coeffs
+    wide = m.shape[0] <= m.shape[1]
+    x = m if wide else m.T
+    x = x / (jnp.linalg.norm(x) + eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x if wide else x.T
 
 
 def as_matrix(x: jax.Array) -> jax.Array:
@@ -43,7 +57,7 @@ def orthogonalize(g: jax.Array, method: str = "newton-schulz", ns_steps: int = 5
         u, _, vt = jnp.linalg.svd(m, full_matrices=False)
         out = u @ vt
     elif method == "newton-schulz":
-        out = orthogonalize_via_newton_schulz(m, jnp.asarray(NS_COEFFS), ns_steps)
+        out = newton_schulz(m, ns_steps)
     else:
         raise ValueError(f"unknown orthogonalization {method!r}; use 'svd' or 'newton-schulz'")
     return out.reshape(g.shape).astype(g.dtype)

@@ -101,10 +101,6 @@ class LOConfig:
             return float(self.step_mult)
         return 1e-2 if self.mup else 1e-3
 
-    @property
-    def name(self) -> str:
-        return "mulo" if self.mup else "sp-lo"
-
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["step_mult"] = self.resolved_step_mult

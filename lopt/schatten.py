@@ -77,9 +77,6 @@ def adaptive_schatten(lr: float, roles: Any, p_grid=DEFAULT_P_GRID, every: int =
         p_grid = (float(fixed_p),)
     adam = optax.adamw(adam_lr if adam_lr else lr / 10, weight_decay=0.0)
 
-    def hidden_only(tree, ref):
-        return jax.tree.map(lambda x, r: x if _is_hidden(x, r) else None, tree, ref)
-
     def others(tree):
         return jax.tree.map(lambda x, r: None if _is_hidden(x, r) else x, tree, roles)
 

@@ -12,7 +12,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -103,7 +102,7 @@ def write_card(run: Path, name: str, dest_root: Path, eval_dirs=None,
                command: str | None = None, commit: str | None = None, note: str = ""
                ) -> Path:
     import lopt
-    from eval.report import _commit
+    from lopt.provenance import commit as _commit, host
     theta, config, meta = lopt.load_theta(str(run))
     rows = _metrics(run)
     inv = _invocation(run)
@@ -134,8 +133,7 @@ def write_card(run: Path, name: str, dest_root: Path, eval_dirs=None,
           "## How it was made", "",
           f"- command: `{command}`",
           f"- commit: `{commit}` (card written at `{_commit()}`)",
-          f"- hardware: {platform.machine()} CPU, {os.cpu_count()} cores, no accelerator "
-          f"({platform.system()} {platform.release()}; Python {platform.python_version()})",
+          f"- hardware: {inv.get('host') or host() + ' (the machine that wrote this card)'}",
           f"- meta-training wall time: {wall / 60:.1f} min for {rows[-1]['step']} outer steps"
           + (f" ({note})" if note else ""),
           f"- tasks: {', '.join(cfg['tasks'])}; validation task `{cfg['validate_task']}`",

@@ -112,11 +112,11 @@ def _record_invocation(out, argv):
     import time
     from pathlib import Path
 
-    from eval.report import _commit
+    from lopt.provenance import commit as _commit, host
     Path(out).mkdir(parents=True, exist_ok=True)
     args = sys.argv[1:] if argv is None else list(argv)
     with open(Path(out) / "invocations.jsonl", "a") as f:
-        f.write(json.dumps({"time": time.time(), "commit": _commit(),
+        f.write(json.dumps({"time": time.time(), "commit": _commit(), "host": host(),
                             "command": "python -m meta_train " + " ".join(
                                 shlex.quote(a) for a in args)}) + "\n")
 

@@ -39,6 +39,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from meta_train.inner import all_finite, inner_step
+
 
 class InnerProblem(NamedTuple):
     """What the estimators need from an inner problem.
@@ -67,6 +69,10 @@ class ESConfig:
       min_horizon, max_horizon: inner-run horizons are log-uniform in this range.
       loss_clip: ceiling of the normalized per-step meta-loss (1.5 x the ~1.0 at init).
       stagger: cut each particle's first inner run short at random (desynchronizes resets).
+      loss_weight: how the per-step meta-losses of a run are weighted. "uniform": the mean
+        loss over training (the classic μLO objective). "linear": step ``t`` of a run of
+        ``T`` steps weighs ``2 (t + 1) / T`` (mean ~1), so the end of training, where the
+        final loss is decided, counts most.
     """
     method: str = "pes"
     num_pairs: int = 8
@@ -76,6 +82,7 @@ class ESConfig:
     max_horizon: int = 1000
     loss_clip: float = 1.5
     stagger: bool = True
+    loss_weight: str = "uniform"
 
     def __post_init__(self):
         """Raises ValueError (one line, naming the field) on a value the estimators cannot
@@ -87,6 +94,8 @@ class ESConfig:
                 raise ValueError(f"{name} must be >= {lo}, got {getattr(self, name)}")
         if self.method not in ("pes", "tes"):
             raise ValueError(f"method must be 'pes' or 'tes', got {self.method!r}")
+        if self.loss_weight not in ("uniform", "linear"):
+            raise ValueError(f"loss_weight must be 'uniform' or 'linear', got {self.loss_weight!r}")
         if not (math.isfinite(self.sigma) and self.sigma > 0):
             raise ValueError(f"sigma must be a finite number > 0, got {self.sigma}")
         if not (math.isfinite(self.loss_clip) and self.loss_clip > 0):
@@ -185,9 +194,10 @@ def _unroll(problem: InnerProblem, thetas, runs: RunState, data, cfg: ESConfig):
     def step_one(theta, run):
         k_step = jax.random.fold_in(run.key, run.t + 2)
         core, loss = problem.step(theta, run.core, data, k_step, run.t, run.horizon)
-        finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
-            [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(core)]))
+        finite = jnp.isfinite(loss) & all_finite(core)
         loss = jnp.where(jnp.isfinite(loss), jnp.minimum(loss, cfg.loss_clip), cfg.loss_clip)
+        if cfg.loss_weight == "linear":
+            loss = loss * (2.0 * (run.t + 1) / jnp.maximum(run.horizon, 1))
         return core, loss, finite
 
     def body(runs, _):
@@ -285,10 +295,9 @@ def lo_problem(task, make_opt: Callable[[Any], Any]) -> InnerProblem:
         del t
         params, opt_state = core
         batch = task.sample(data, key, "train")
-        loss, grads = jax.value_and_grad(task.loss)(params, batch)
         # The run's horizon is its total step count, for LOs that are told it.
-        upd, opt_state = make_opt(theta).update(grads, opt_state, params, num_steps=horizon)
-        params = jax.tree.map(lambda p, u: p + u, params, upd)
+        loss, params, opt_state = inner_step(task, make_opt(theta), params, opt_state, batch,
+                                             num_steps=horizon)
         return (params, opt_state), loss / task.normalizer
 
     return InnerProblem(init_run, step)

@@ -15,6 +15,27 @@ import optax
 from meta_train.tasks import Task
 
 
+def all_finite(tree: Any) -> jax.Array:
+    """True when every element of every leaf of ``tree`` is finite: the one non-finite guard
+    of inner runs (here and in the ES population) and of meta-updates."""
+    leaves = jax.tree.leaves(tree)
+    if not leaves:
+        return jnp.bool_(True)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def inner_step(task: Task, opt: optax.GradientTransformation, params: Any, opt_state: Any,
+               batch: Any, **update_args):
+    """One inner update, shared by eval runs and meta-training: loss and gradient on
+    ``batch``, then ``opt.update(grads, opt_state, params, **update_args)``.
+
+    Returns (loss before the update, new params, new optimizer state).
+    """
+    loss, grads = jax.value_and_grad(task.loss)(params, batch)
+    upd, opt_state = opt.update(grads, opt_state, params, **update_args)
+    return loss, optax.apply_updates(params, upd), opt_state
+
+
 class TrainResult(NamedTuple):
     losses: jax.Array       # [T] training loss at each step (before its update); inf after divergence
     eval_steps: jax.Array   # [E] steps at which test metrics were taken
@@ -61,13 +82,10 @@ def _train(task, opt, p0, k_data, k_test, num_steps, every, n_eval, eval_batches
     def step(carry, i):
         params, state, dead, dead_at = carry
         batch = task.sample(task.data, jax.random.fold_in(k_data, i), "train")
-        loss, grads = jax.value_and_grad(task.loss)(params, batch)
-        bad = ~jnp.isfinite(loss) | dead
         extra = extra_args(params, batch) if extra_args is not None else {}
-        upd, new_state = opt.update(grads, state, params, **extra)
-        new_params = optax.apply_updates(params, upd)
-        ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(new_params)]))
-        bad_after = bad | ~ok
+        loss, new_params, new_state = inner_step(task, opt, params, state, batch, **extra)
+        bad = ~jnp.isfinite(loss) | dead
+        bad_after = bad | ~all_finite(new_params)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(bad_after, b, a), new, old)
         carry = (keep(new_params, params), keep(new_state, state), bad_after,
                  jnp.where(bad_after & ~dead, i, dead_at))
@@ -88,9 +106,3 @@ def _train(task, opt, p0, k_data, k_test, num_steps, every, n_eval, eval_batches
     params, _, dead, dead_at = carry
     return TrainResult(losses, (jnp.arange(n_eval) + 1) * every, tl, ta, dead, dead_at, params)
 
-
-def train_jit(task: Task, opt: optax.GradientTransformation, *, num_steps: int,
-              eval_every: int = 0, eval_batches: int = 4):
-    """A jitted ``key -> TrainResult`` for one (task, optimizer, length)."""
-    return jax.jit(lambda key: train(task, opt, key=key, num_steps=num_steps,
-                                     eval_every=eval_every, eval_batches=eval_batches))

@@ -38,7 +38,7 @@ import lopt
 from lopt.checkpoint import to_json as lopt_to_json
 from meta_train import es as ES
 from meta_train.config import MetaTrainConfig, config_diff
-from meta_train.inner import train as inner_train
+from meta_train.inner import all_finite, train as inner_train
 from meta_train.progress import progress_bar
 from meta_train.tasks import get_task
 from meta_train.tblog import TBWriter
@@ -133,7 +133,7 @@ class MetaTrainer:
 
 def _apply(meta_opt, theta, opt_state, grad):
     """AdamW step on theta; a non-finite estimate is skipped so theta stays finite."""
-    ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(grad)]))
+    ok = all_finite(grad)
     upd, new_opt_state = meta_opt.update(grad, opt_state, theta)
     new_theta = optax.apply_updates(theta, upd)
     pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)

@@ -6,7 +6,8 @@ here only states the role of each of its parameters.
 * MLP classifier: ``depth`` hidden layers of ``width`` units, then a readout.
 * Pre-LayerNorm transformer LM: μP attention ``q.k / d_head`` (SP: ``/ sqrt(d_head)``),
   zero-init query and readout in μP; optional rank-factored attention ``W = A B^T``.
-* Random-feature regression: fixed random ReLU features of a latent Gaussian input.
+* Random-feature regression: fixed random linear (Gaussian) features of a latent Gaussian
+  input with a power-law spectrum; only the readout trains.
 
 Reference: Yang et al., Tensor Programs V, arXiv 2203.03466.
 """

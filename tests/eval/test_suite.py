@@ -343,7 +343,7 @@ def test_cosine_schedule_tunes_every_baseline_under_its_own_name(smoke_eval):
     assert opts["adamw-cosine"]["final_mean"] != const["adamw"]["final_mean"]
     seen = [json.loads(f.read_text())["key"] for f in (root / "ev" / "cells").glob("*.json")]
     assert any(k.get("schedule") == "cosine" and k["opt"] == "muadam" for k in seen)
-    with pytest.raises(SystemExit, match="same optimizer twice"):
+    with pytest.raises(S.SuiteError, match="same optimizer twice"):
         S.run_suite([str(root / "run")], "smoke", root / "ev", progress=False,
                     overrides={"schedule": "cosine"}, baselines=("adamw", "adamw-cosine"))
 

@@ -28,13 +28,13 @@ def quadratic_problem(noise=0.0):
     return ES.InnerProblem(init_run, step)
 
 
-def true_mean_loss(theta, steps, start_x=None):
+def true_mean_loss(theta, steps, start_x=None, weight=lambda t: 1.0):
     prob = quadratic_problem()
     x = prob.init_run(theta, None) if start_x is None else start_x
     total = 0.0
     for t in range(steps):
         x, loss = prob.step(theta, x, None, None, t)
-        total = total + loss
+        total = total + weight(t) * loss
     return total
 
 
@@ -46,9 +46,10 @@ def _cos(a, b):
     return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
-def _estimate(method, truncations, pairs=512, k=10, horizon=20, seed=0):
+def _estimate(method, truncations, pairs=512, k=10, horizon=20, seed=0, loss_weight="uniform"):
     cfg = ES.ESConfig(method=method, num_pairs=pairs, sigma=0.01, unroll_length=k,
-                      min_horizon=horizon, max_horizon=horizon, stagger=False, loss_clip=10.0)
+                      min_horizon=horizon, max_horizon=horizon, stagger=False, loss_clip=10.0,
+                      loss_weight=loss_weight)
     prob = quadratic_problem()
     state = ES.init_es_state(prob, THETA, jax.random.PRNGKey(seed), cfg)
     total = jnp.zeros(4)
@@ -76,6 +77,19 @@ def test_pes_unbiased_across_truncation_boundary_where_tes_is_biased():
     assert _cos(pes, true) > 0.95
     assert err(pes) < 0.15
     assert err(tes) > 3 * err(pes) and err(tes) > 0.15   # measured: ~0.21 vs ~0.04
+
+
+def test_pes_with_linear_loss_weight_estimates_the_late_weighted_objective():
+    # loss_weight="linear" weighs step t of a 20-step run by 2(t+1)/20: PES summed over the
+    # run's two truncations must follow that objective's gradient, which points elsewhere
+    # than the uniform one's (the late steps favour a different balance of the four rates).
+    w = lambda t: 2.0 * (t + 1) / 20
+    true_w = jax.grad(lambda th: true_mean_loss(th, 20, weight=w) / 10)(THETA)["log_lr"]
+    true_u = jax.grad(lambda th: true_mean_loss(th, 20) / 10)(THETA)["log_lr"]
+    pes, _ = _estimate("pes", 2, pairs=2048, loss_weight="linear")
+    err = lambda g, ref: float(np.linalg.norm(g - ref) / np.linalg.norm(ref))
+    assert err(pes, true_w) < 0.15
+    assert err(true_u, true_w) > 0.2 and err(pes, true_u) > 2 * err(pes, true_w)
 
 
 def test_pes_accumulator_resets_with_the_inner_run():
