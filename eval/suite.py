@@ -202,10 +202,19 @@ def lo_digest(theta, config) -> str:
     """16 hex digits identifying a learned optimizer: the float32 values of every leaf of
     ``theta`` (whose shapes its config fixes) and every field of its ``LOConfig``
     (``to_dict``: all dataclass fields, e.g. time_features, tau_clamp and schedule, and the
-    resolved step_mult)."""
+    resolved step_mult). Fields added to ``LOConfig`` later (``_LATER_FIELDS``) count only
+    when they differ from their default, so cells cached before they existed stay valid."""
     flat = np.concatenate([np.ravel(np.asarray(x, np.float32)) for x in jax.tree.leaves(theta)])
-    return hashlib.sha1(flat.tobytes() + json.dumps(config.to_dict(), sort_keys=True)
+    d = config.to_dict()
+    defaults = lopt.LOConfig()
+    for f in _LATER_FIELDS:
+        if d.get(f) == getattr(defaults, f):
+            d.pop(f, None)
+    return hashlib.sha1(flat.tobytes() + json.dumps(d, sort_keys=True)
                         .encode()).hexdigest()[:16]
+
+
+_LATER_FIELDS = ("mup_base", "depth_ref")
 
 
 @functools.lru_cache(maxsize=None)

@@ -21,7 +21,7 @@ import optax
 
 from lopt import dualize
 from lopt.riemannian import riemannian_lowrank
-from lopt.roles import lr_multipliers, resolve_roles
+from lopt.roles import lr_multipliers, readout_multipliers, resolve_roles
 from lopt.schatten import adaptive_schatten
 
 SCHEDULES = ("constant", "cosine")
@@ -104,13 +104,17 @@ def adamw(lr: optax.ScalarOrSchedule, roles: Any = None, weight_decay: float = 0
     return optax.adamw(lr, weight_decay=weight_decay)
 
 
-def muadam(lr: optax.ScalarOrSchedule, roles: Any):
+def muadam(lr: optax.ScalarOrSchedule, roles: Any, base: float = 1.0):
     """Adam with μP per-role LR multipliers: hidden weights 1/fan_in, others 1
-    (Yang et al., Tensor Programs V, arXiv 2203.03466, Table 3)."""
+    (Yang et al., Tensor Programs V, arXiv 2203.03466, Table 3), for models that carry the
+    readout's 1/fan_in. ``base``: μP base width b (hidden b/fan_in, readout LR x b, which for
+    Adam equals a b/fan_in readout multiplier); 1 = absolute 1/fan_in."""
     def per_role(updates, params=None):
         del params   # the multipliers are the μLO's own (lopt.roles), from the update's shapes
-        mults = lr_multipliers(updates, resolve_roles(updates, roles))
-        return jax.tree.map(lambda u, m: u * m, updates, mults)
+        role_tree = resolve_roles(updates, roles)
+        mults = lr_multipliers(updates, role_tree, base=base)
+        outs = readout_multipliers(updates, role_tree, base=base, in_model=True)
+        return jax.tree.map(lambda u, m, o: u * (m * o), updates, mults, outs)
 
     return optax.chain(optax.scale_by_adam(), optax.stateless(per_role),
                        optax.scale_by_learning_rate(lr))

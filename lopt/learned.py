@@ -34,6 +34,7 @@ arXiv 2203.11860.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Mapping, NamedTuple
 
 import jax
@@ -67,6 +68,13 @@ class LOConfig:
       tau_clamp: > 0 holds the classic time features at ``min(t, tau_clamp)``.
       schedule: "none" or "cosine" (step x cosine decay 1 -> 0.1 over the run; needs the
         total step count).
+      mup_base: μP base width ``b`` (Tensor Programs V's base shapes): hidden weights step
+        ``b/fan_in`` and the readout acts as if its forward multiplier were ``b/fan_in``, so
+        at width ``b`` every layer steps alike (as in SP) and width scaling is μP from there.
+        1 is the classic μLO_M (absolute ``1/fan_in``). Ignored for SP.
+      depth_ref: > 0 scales every hidden weight's step by ``min(1, depth_ref / L)``, ``L``
+        the number of hidden matrices of the model (a 1/depth rule: the summed change of
+        the hidden layers stays bounded as depth grows). 0 (classic) = off. Ignored for SP.
     """
     mup: bool = True
     hidden_size: int = 32
@@ -76,6 +84,8 @@ class LOConfig:
     time_features: str = "tau"
     tau_clamp: int = 0
     schedule: str = "none"
+    mup_base: float = 1.0
+    depth_ref: int = 0
 
     def __post_init__(self):
         if self.time_features not in TIME_FEATURES:
@@ -83,6 +93,11 @@ class LOConfig:
                              f"{TIME_FEATURES}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule={self.schedule!r}: must be one of {SCHEDULES}")
+        if not (isinstance(self.mup_base, (int, float)) and math.isfinite(self.mup_base)
+                and self.mup_base > 0):
+            raise ValueError(f"mup_base={self.mup_base!r}: must be a finite number > 0")
+        if not isinstance(self.depth_ref, int) or self.depth_ref < 0:
+            raise ValueError(f"depth_ref={self.depth_ref!r}: must be an integer >= 0")
         if self.hidden_size < 1 or self.hidden_layers < 1:
             raise ValueError("hidden_size and hidden_layers must be >= 1")
 
@@ -322,9 +337,12 @@ def make(theta: Any, *, mup: bool | None = None, step_mult: float | None = None,
                 f"schedule={config.schedule!r}) needs the run's total step count: "
                 "lopt.load(..., num_steps=T) or lopt.make(..., num_steps=T)")
         role_tree = R.resolve_roles(params, roles, role_overrides)
-        mults = R.lr_multipliers(params, role_tree, config.mup)
-        # Optimizer-side μP: the readout's forward multiplier the μP model would carry.
-        convs = R.readout_multipliers(params, role_tree, config.mup and mup_in == "optimizer")
+        mults = R.lr_multipliers(params, role_tree, config.mup, base=config.mup_base,
+                                 depth_ref=config.depth_ref)
+        # The readout's μP forward multiplier b/fan_in, as far as the model does not carry
+        # it: all of it for plain models ("optimizer"), the factor b for μP models ("model").
+        convs = R.readout_multipliers(params, role_tree, config.mup, base=config.mup_base,
+                                      in_model=mup_in == "model")
         time_in = time_inputs(state.count, num_steps)
         sched = _cosine(state.count / num_steps) if config.schedule == "cosine" else 1.0
         p_leaves, treedef = jax.tree.flatten(params)

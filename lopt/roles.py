@@ -165,24 +165,34 @@ def resolve_roles(params: Any, roles: Any = None, overrides: Mapping[str, str] |
     return jax.tree_util.tree_unflatten(want, got_leaves)
 
 
-def lr_multipliers(params: Any, roles: Any, mup: bool = True) -> Any:
-    """Static per-leaf LR multipliers: 1/fan_in for hidden leaves under μP, else 1.
+def lr_multipliers(params: Any, roles: Any, mup: bool = True, base: float = 1.0,
+                   depth_ref: int = 0) -> Any:
+    """Static per-leaf LR multipliers: ``base/fan_in`` for hidden leaves under μP (``base``:
+    the μP base width, 1 = absolute ``1/fan_in``), else 1. ``depth_ref > 0`` further scales
+    hidden leaves by ``min(1, depth_ref / L)``, ``L`` the number of hidden leaves.
 
     Returns a pytree of Python floats (static constants, never traced).
     """
+    num_hidden = sum(r == "hidden" for r in jax.tree.leaves(roles))
+    depth = min(1.0, depth_ref / num_hidden) if (depth_ref and num_hidden) else 1.0
+
     def one(role, fi):
-        return 1.0 / fi if (mup and role == "hidden") else 1.0
+        return float(base) * depth / fi if (mup and role == "hidden") else 1.0
     return jax.tree.map(one, roles, fan_ins(params))
 
 
-def readout_multipliers(params: Any, roles: Any, mup: bool = True) -> Any:
-    """The μP forward multiplier ``1/fan_in`` of every output leaf (1 elsewhere, and
-    everywhere when ``mup`` is False): what optimizer-side μP applies for a plain model.
+def readout_multipliers(params: Any, roles: Any, mup: bool = True, base: float = 1.0,
+                        in_model: bool = False) -> Any:
+    """The μP forward multiplier ``base/fan_in`` of every output leaf that the optimizer
+    applies (1 elsewhere, and everywhere when ``mup`` is False). ``in_model``: the model
+    already multiplies its readout by ``1/fan_in``, so only the factor ``base`` remains.
 
     Returns a pytree of Python floats.
     """
     def one(role, fi):
-        return 1.0 / fi if (mup and role == "output") else 1.0
+        if not (mup and role == "output"):
+            return 1.0
+        return float(base) if in_model else float(base) / fi
     return jax.tree.map(one, roles, fan_ins(params))
 
 

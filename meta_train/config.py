@@ -9,6 +9,8 @@ Presets (``PRESETS``):
   horizons 50-500 in truncations of 20.
 * ``cpu-frac``: the ``cpu`` μLO continued with fraction-of-training features, a cosine
   step schedule, horizons 100-2000 and a depth-6 task (~1 h on 2 cores).
+* ``cpu-base``: ``cpu-frac``'s LO with μP base width 512 and 1/depth hidden steps,
+  continued from ``mulo-frac-cpu`` (400 outer steps).
 * ``paper``: the published GPU-scale μLO recipe (Thérien et al., arXiv 2406.00153): PES,
   K=50, sigma=0.01, 8 pairs per task, widths 128/512/1024 (depth 3), AdamW
   warmup-cosine 3e-10 -> 3e-3 -> 1e-3, global-norm clip 1, 5000 outer steps.
@@ -152,6 +154,18 @@ PRESETS: dict[str, MetaTrainConfig] = {
         outer_steps=800, warmup_steps=50, meta_lr=1e-3, final_lr=3e-4,
         checkpoint_every=50, validate_every=200, validate_task="mlp-fmnist8-w256-d3",
         validate_steps=2000, init_from="mulo-cpu"),
+    # cpu-frac's LO with μP base width 512 and 1/depth hidden steps (LOConfig.mup_base,
+    # depth_ref); step_mult 1e-2/64 keeps the input layer's step where an Adam-style tuning
+    # of the base put it (README, "μP base width"). Continues mulo-frac-cpu.
+    "cpu-base": MetaTrainConfig(
+        tasks=("mlp-fmnist8-w32-d3", "mlp-fmnist8-w64-d6", "mlp-fmnist8-w128-d3"),
+        lo=LOConfig(time_features="fraction", tau_clamp=500, schedule="cosine",
+                    mup_base=512.0, depth_ref=2, step_mult=1.5625e-4),
+        es=ESConfig(method="pes", num_pairs=8, sigma=0.01, unroll_length=20, min_horizon=100,
+                    max_horizon=2000),
+        outer_steps=400, warmup_steps=30, meta_lr=1e-3, final_lr=3e-4,
+        checkpoint_every=25, validate_every=200, validate_task="mlp-fmnist8-w256-d3",
+        validate_steps=2000, init_from="mulo-frac-cpu"),
     "paper": MetaTrainConfig(
         tasks=("mlp-fmnist28-w128-d3", "mlp-fmnist28-w512-d3", "mlp-fmnist28-w1024-d3"),
         es=ESConfig(method="pes", num_pairs=8, sigma=0.01, unroll_length=50, min_horizon=100,

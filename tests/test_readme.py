@@ -6,6 +6,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from meta_train.data import image_dataset
 
@@ -28,6 +29,7 @@ def _train(step, params, state, data, steps=150):
     return np.asarray(losses), params
 
 
+@pytest.mark.slow
 def test_readme_flax_snippet_trains_with_the_shipped_mulo(capsys):
     ns: dict = {}
     exec(compile(_snippet(), str(README), "exec"), ns)   # noqa: S102 - our own README

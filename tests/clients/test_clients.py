@@ -8,6 +8,9 @@ import pytest
 import lopt
 from eval.clients import final_loss, make_client, train_client
 
+
+pytestmark = pytest.mark.slow   # real training loops, ~1-2 min each
+
 MULO = lopt.load("mulo-cpu")
 
 

@@ -46,6 +46,7 @@ def test_natural_gradient_beats_gd_at_equal_steps_when_ill_conditioned():
     assert best["ng"] < 0.1 * best["gd"], best
 
 
+@pytest.mark.slow
 def test_quick_variant_end_to_end(tmp_path):
     rc = SC.main(["--variant", "quick", "--out", str(tmp_path), "--no-progress"])
     assert rc == 0
@@ -64,6 +65,7 @@ def test_quick_variant_end_to_end(tmp_path):
     assert "| 1.0 |" in md and "ng" in md
 
 
+@pytest.mark.slow
 def test_a_learned_optimizer_joins_the_study(tmp_path):
     import jax
     import lopt

@@ -39,8 +39,11 @@ def _losses(apply, params, opt, x, y, steps=50):
     return np.asarray(out)
 
 
-@pytest.mark.parametrize("width", [64, 512])
-def test_optimizer_side_mup_equals_model_side_mup(width):
+BASE = lopt.LOConfig(mup_base=512.0, depth_ref=1, step_mult=1.5625e-4)
+
+
+@pytest.mark.parametrize("width,config", [(64, None), (512, None), (256, BASE)])
+def test_optimizer_side_mup_equals_model_side_mup(width, config):
     spec = MLPSpec(in_dim=16, width=width, depth=2)
     kx, ky, kp, kr = jax.random.split(jax.random.key(0), 4)
     x = jax.random.normal(kx, (64, 16))
@@ -53,17 +56,39 @@ def test_optimizer_side_mup_equals_model_side_mup(width):
     plain_params = {**params, "layer_2": {"w": readout / width, "b": params["layer_2"]["b"]}}
     roles = spec.roles()
     model_side = _losses(spec.apply, mup_params,
-                         lopt.make(SHIPPED, roles=roles, mup_in="model"), x, y)
+                         lopt.make(SHIPPED, roles=roles, mup_in="model", config=config), x, y)
     opt_side = _losses(lambda p, x: _plain_apply(spec, p, x), plain_params,
-                       lopt.make(SHIPPED, roles=roles), x, y)
+                       lopt.make(SHIPPED, roles=roles, config=config), x, y)
     assert model_side[-1] < 0.5 * model_side[0]           # it trains
     np.testing.assert_allclose(opt_side, model_side, rtol=2e-4, atol=2e-5)
     # Without optimizer-side μP the plain model takes fan_in-times larger readout steps.
     no_mup = _losses(lambda p, x: _plain_apply(spec, p, x), plain_params,
-                     lopt.make(SHIPPED, roles=roles, mup_in="model"), x, y)
+                     lopt.make(SHIPPED, roles=roles, mup_in="model", config=config), x, y)
     assert np.max(np.abs(no_mup - model_side)) > 0.05
 
 
 def test_mup_in_is_validated():
     with pytest.raises(ValueError, match="mup_in"):
         lopt.make(SHIPPED, mup_in="readout")
+
+
+def test_base_width_and_depth_rule_set_the_hidden_and_readout_multipliers():
+    # mup_base b: hidden b/fan_in, readout b/fan_in (b when the model holds 1/fan_in);
+    # depth_ref r: hidden x min(1, r / number of hidden matrices)
+    spec = MLPSpec(in_dim=16, width=128, depth=5)          # 4 hidden matrices
+    params, roles = spec.init(jax.random.key(0)), spec.roles()
+    flat = lambda t: {k: v for k, v in zip(
+        [lopt.roles.path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(t)[0]],
+        jax.tree.leaves(t))}
+    m = flat(lopt.lr_multipliers(params, roles, base=512.0, depth_ref=2))
+    assert m["layer_1/w"] == pytest.approx(512 * (2 / 4) / 128)
+    assert m["layer_0/w"] == 1.0 and m["layer_5/w"] == 1.0 and m["layer_1/b"] == 1.0
+    assert flat(lopt.lr_multipliers(params, roles))["layer_1/w"] == pytest.approx(1 / 128)
+    r_model = flat(lopt.readout_multipliers(params, roles, base=512.0, in_model=True))
+    r_plain = flat(lopt.readout_multipliers(params, roles, base=512.0))
+    assert r_model["layer_5/w"] == 512.0 and r_plain["layer_5/w"] == pytest.approx(4.0)
+    assert r_model["layer_1/w"] == 1.0
+    with pytest.raises(ValueError, match="mup_base"):
+        lopt.LOConfig(mup_base=0.0)
+    with pytest.raises(ValueError, match="depth_ref"):
+        lopt.LOConfig(depth_ref=-1)

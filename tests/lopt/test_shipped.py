@@ -26,6 +26,7 @@ def test_shipped_names_and_cards():
         np.testing.assert_array_equal(same["nn"]["w0"], theta["nn"]["w0"])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(fashion_mnist_dir() is None,
                     reason="28x28 Fashion-MNIST needs dataset-fashion-mnist")
 @pytest.mark.parametrize("name", sorted(SHIPPED))
@@ -45,6 +46,7 @@ def test_shipped_lo_trains_a_width_2048_fmnist28_mlp(name):
         assert acc < 0.2, (final, acc)
 
 
+@pytest.mark.slow
 def test_mulo_frac_cpu_needs_the_run_length_and_trains():
     theta, config, meta = lopt.load_theta("mulo-frac-cpu")
     assert config.needs_num_steps and config.time_features == "fraction" and meta["step"] == 800

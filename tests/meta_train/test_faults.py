@@ -43,6 +43,7 @@ def short_run(tmp_path_factory):
     return out, run(SHORT, out, progress=False)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_prints_resume_command_and_resume_is_exact(tmp_path):
     cfg = dataclasses.replace(PRESETS["smoke"], outer_steps=12, checkpoint_every=100,
                               validate_every=0)

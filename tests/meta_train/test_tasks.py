@@ -103,6 +103,7 @@ def test_divergence_is_reported_not_raised():
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(res.params))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(T.TASKS))
 def test_every_registered_task_starts_near_its_expected_loss_and_adamw_descends(name):
     t = T.get_task(name)

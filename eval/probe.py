@@ -1,0 +1,102 @@
+"""One task, a few settings, no tuning: how a learned optimizer (or μAdam) trains under
+changed μP constants, e.g. the μP base width.
+
+    python -m eval.probe --lo mulo-frac-cpu --task mlp-fmnist8-w1024-d3 --steps 500 \\
+        --set mup_base=1 --set mup_base=512,depth_ref=2,step_mult=1.5625e-4
+    python -m eval.probe --muadam --task mlp-fmnist8-w1024-d3 --steps 500 \\
+        --set base=1,lr=0.1 --set base=512,lr=2e-3
+
+Each ``--set`` is one run per seed; LO settings are ``LOConfig`` fields applied to the
+LO's own config (its theta unchanged), μAdam settings are ``base`` and ``lr``. Prints the
+final train loss (mean of the last 5% of steps, as the suite reports it) per setting and
+seed. The LO is built with the task's declared roles and ``mup_in="model"``, as in the suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+
+
+def _parse_set(text: str) -> dict:
+    out = {}
+    for part in (p for p in text.split(",") if p.strip()):
+        if "=" not in part:
+            raise ValueError(f"--set {text!r}: write key=value[,key=value]")
+        k, v = part.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _typed(config, key: str, value: str):
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    if key not in fields:
+        raise ValueError(f"unknown LOConfig field {key!r}; choose from {', '.join(fields)}")
+    cur = getattr(config, key)
+    if isinstance(cur, bool):
+        return value.lower() in ("1", "true", "yes")
+    if isinstance(cur, int):
+        return int(value)
+    if isinstance(cur, float) or cur is None:
+        return float(value)
+    return value
+
+
+def final_loss(losses) -> float:
+    import numpy as np
+    losses = np.asarray(losses)
+    return float(np.mean(losses[-max(1, len(losses) // 20):]))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m eval.probe", description=__doc__.split("\n\n")[0])
+    who = ap.add_mutually_exclusive_group(required=True)
+    who.add_argument("--lo", help="a learned optimizer (shipped name, run or checkpoint dir)")
+    who.add_argument("--muadam", action="store_true", help="μAdam instead of an LO")
+    ap.add_argument("--task", required=True)
+    ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--seeds", default="1", help="comma-separated report seeds (default 1)")
+    ap.add_argument("--set", action="append", default=[], dest="sets",
+                    help="key=value[,key=value]: one setting (repeat for several)")
+    args = ap.parse_args(argv)
+    import jax
+
+    import lopt
+    from lopt.baselines import muadam
+    from meta_train.data import DataNotFoundError
+    from meta_train.inner import train
+    from meta_train.tasks import get_task
+    try:
+        task = get_task(args.task)
+        seeds = [int(s) for s in args.seeds.split(",") if s]
+        sets = [_parse_set(s) for s in (args.sets or [""])]
+        if args.lo:
+            theta, config, _ = lopt.load_theta(args.lo)
+            opts = [(s, lopt.make(theta, config=dataclasses.replace(
+                config, **{k: _typed(config, k, v) for k, v in s.items()}),
+                roles=task.roles, mup_in="model", num_steps=args.steps)) for s in sets]
+        else:
+            opts = []
+            for s in sets:
+                bad = set(s) - {"base", "lr"}
+                if bad or "lr" not in s:
+                    raise ValueError(f"μAdam settings are base= and lr= (lr required), got {s}")
+                opts.append((s, muadam(float(s["lr"]), task.roles, base=float(s.get("base", 1)))))
+    except (ValueError, DataNotFoundError, lopt.CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for s, opt in opts:
+        run = jax.jit(lambda k, opt=opt: train(task, opt, key=k, num_steps=args.steps))
+        for seed in seeds:
+            t = time.time()
+            res = run(jax.random.key(seed))
+            label = ",".join(f"{k}={v}" for k, v in s.items()) or "(as saved)"
+            print(f"{args.task} {args.steps} steps seed {seed} {label}: final train loss "
+                  f"{final_loss(res.losses):.4f} ({time.time() - t:.0f} s)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
