@@ -15,7 +15,7 @@ SHIPPED = {"mulo-cpu": True, "sp-lo-cpu": False}     # name -> μP (the `cpu` re
 
 def test_shipped_names_and_cards():
     names = sorted(p.name for p in shipped_dir().glob("*") if (p / "lopt.json").is_file())
-    assert names == sorted([*SHIPPED, "mulo-frac-cpu"])
+    assert names == sorted([*SHIPPED, "mulo-frac-cpu", "mulo-base-cpu"])
     for name, mup in SHIPPED.items():
         theta, config, meta = lopt.load_theta(name)
         assert config.mup is mup and meta["step"] == 1000
@@ -62,3 +62,21 @@ def test_mulo_frac_cpu_needs_the_run_length_and_trains():
                                   key=k, num_steps=300))(jax.random.PRNGKey(1))
     losses = np.asarray(res.losses)
     assert not bool(res.diverged) and float(np.mean(losses[-10:])) < 0.2 * losses[0] + 0.1
+
+
+@pytest.mark.slow
+def test_mulo_base_cpu_trains_a_wide_mlp_better_than_the_absolute_mup_lo():
+    # The README's claim for the μP base width: at 8x its widest meta-training width the
+    # base-512 μLO ends clearly below mulo-frac-cpu (absolute 1/fan_in), 300 steps, seed 1.
+    theta, config, meta = lopt.load_theta("mulo-base-cpu")
+    assert config.mup_base == 512.0 and config.depth_ref == 2 and config.needs_num_steps
+    card = (shipped_dir() / "mulo-base-cpu" / "MODEL_CARD.md").read_text()
+    assert "--preset cpu-base" in card and "num_steps=T" in card
+    task = get_task("mlp-fmnist8-w1024-d3")
+    finals = {}
+    for name in ("mulo-base-cpu", "mulo-frac-cpu"):
+        opt = lopt.load(name, roles=task.roles, mup_in="model", num_steps=300)
+        res = jax.jit(lambda k: train(task, opt, key=k, num_steps=300))(jax.random.PRNGKey(1))
+        assert not bool(res.diverged)
+        finals[name] = float(np.mean(np.asarray(res.losses)[-15:]))
+    assert finals["mulo-base-cpu"] < 0.93 * finals["mulo-frac-cpu"], finals
