@@ -154,18 +154,6 @@ PRESETS: dict[str, MetaTrainConfig] = {
         outer_steps=800, warmup_steps=50, meta_lr=1e-3, final_lr=3e-4,
         checkpoint_every=50, validate_every=200, validate_task="mlp-fmnist8-w256-d3",
         validate_steps=2000, init_from="mulo-cpu"),
-    # cpu-frac's LO with μP base width 512 and 1/depth hidden steps (LOConfig.mup_base,
-    # depth_ref); step_mult 1e-2/64 keeps the input layer's step where an Adam-style tuning
-    # of the base put it (README, "μP base width"). Continues mulo-frac-cpu.
-    "cpu-base": MetaTrainConfig(
-        tasks=("mlp-fmnist8-w32-d3", "mlp-fmnist8-w64-d6", "mlp-fmnist8-w128-d3"),
-        lo=LOConfig(time_features="fraction", tau_clamp=500, schedule="cosine",
-                    mup_base=512.0, depth_ref=2, step_mult=1.5625e-4),
-        es=ESConfig(method="pes", num_pairs=8, sigma=0.01, unroll_length=20, min_horizon=100,
-                    max_horizon=2000),
-        outer_steps=400, warmup_steps=30, meta_lr=1e-3, final_lr=3e-4,
-        checkpoint_every=25, validate_every=200, validate_task="mlp-fmnist8-w256-d3",
-        validate_steps=2000, init_from="mulo-frac-cpu"),
     "paper": MetaTrainConfig(
         tasks=("mlp-fmnist28-w128-d3", "mlp-fmnist28-w512-d3", "mlp-fmnist28-w1024-d3"),
         es=ESConfig(method="pes", num_pairs=8, sigma=0.01, unroll_length=50, min_horizon=100,
@@ -174,6 +162,15 @@ PRESETS: dict[str, MetaTrainConfig] = {
         checkpoint_every=250, validate_every=500, validate_task="mlp-fmnist28-w2048-d3",
         validate_steps=1000),
 }
+
+# cpu-frac's LO with μP base width 512 and 1/depth hidden steps (LOConfig.mup_base,
+# depth_ref); step_mult 1e-2/64 keeps the input layer's step where an Adam-style tuning of
+# the base put it (README, "mulo-base-cpu"). Continues mulo-frac-cpu for 400 outer steps.
+PRESETS["cpu-base"] = dataclasses.replace(
+    PRESETS["cpu-frac"],
+    lo=dataclasses.replace(PRESETS["cpu-frac"].lo, mup_base=512.0, depth_ref=2,
+                           step_mult=1.5625e-4),
+    outer_steps=400, warmup_steps=30, checkpoint_every=25, init_from="mulo-frac-cpu")
 
 
 def sp_variant(config: MetaTrainConfig) -> MetaTrainConfig:
