@@ -44,12 +44,6 @@ def _typed(config, key: str, value: str):
     return value
 
 
-def final_loss(losses) -> float:
-    import numpy as np
-    losses = np.asarray(losses)
-    return float(np.mean(losses[-max(1, len(losses) // 20):]))
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m eval.probe", description=__doc__.split("\n\n")[0])
     who = ap.add_mutually_exclusive_group(required=True)
@@ -62,11 +56,13 @@ def main(argv=None) -> int:
                     help="key=value[,key=value]: one setting (repeat for several)")
     args = ap.parse_args(argv)
     import jax
+    import numpy as np
 
     import lopt
     from lopt.baselines import muadam
     from meta_train.data import DataNotFoundError
     from meta_train.inner import train
+    from eval.suite import final_loss
     from meta_train.tasks import get_task
     try:
         task = get_task(args.task)
@@ -94,7 +90,7 @@ def main(argv=None) -> int:
             res = run(jax.random.key(seed))
             label = ",".join(f"{k}={v}" for k, v in s.items()) or "(as saved)"
             print(f"{args.task} {args.steps} steps seed {seed} {label}: final train loss "
-                  f"{final_loss(res.losses):.4f} ({time.time() - t:.0f} s)", flush=True)
+                  f"{final_loss(np.asarray(res.losses)):.4f} ({time.time() - t:.0f} s)", flush=True)
     return 0
 
 

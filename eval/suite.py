@@ -152,7 +152,8 @@ def baseline_grid(name: str, spec: SuiteSpec, cell: Cell, widest: int,
     return [float(f"{lr / ratio:.3g}"), lr, float(f"{lr * ratio:.3g}")], src
 
 
-def _final(losses: np.ndarray) -> float:
+def final_loss(losses: np.ndarray) -> float:
+    """The suite's final loss of a curve: the mean of its last 5% of steps."""
     k = max(1, int(round(0.05 * losses.shape[-1])))
     return float(np.mean(losses[..., -k:]))
 
@@ -398,7 +399,7 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
             task = variant(cell.task, BASELINES[name].parametrization)
             grid, transfer = baseline_grid(name, spec, cell, widest, tuned)
             tune = runner.run_baseline(task, name, cell.steps, grid, [0], schedule=schedule)
-            finals = [_final(np.asarray(l[0])) for l in tune["losses"]]
+            finals = [final_loss(np.asarray(l[0])) for l in tune["losses"]]
             finals = [f if np.isfinite(f) else np.inf for f in finals]
             best = grid[int(np.argmin(finals))]
             w = _width(cell.task)
@@ -456,7 +457,7 @@ def host_info() -> dict:
 
 def _summary(group: dict, lr_index: int, **extra) -> dict:
     losses = np.asarray(group["losses"][lr_index], np.float64)     # [seeds, steps]
-    finals = np.array([_final(l) for l in losses])
+    finals = np.array([final_loss(l) for l in losses])
     return {"final_train_loss": finals.tolist(),
             "initial_train_loss": losses[:, 0].tolist(),
             "final_mean": float(np.mean(finals)), "final_std": float(np.std(finals)),

@@ -83,7 +83,7 @@ def test_tuning_uses_only_the_tuning_seed_and_picks_the_best(smoke_eval):
         tune = [s for s in seen if s["key"]["task"] == o["task"] and s["key"]["opt"] == "adamw"
                 and len(s["key"]["lrs"]) > 1]
         assert len(tune) == 1 and tune[0]["key"]["seeds"] == [0]
-        finals = [S._final(np.asarray(l[0])) for l in tune[0]["losses"]]
+        finals = [S.final_loss(np.asarray(l[0])) for l in tune[0]["losses"]]
         assert o["lr"] == o["grid"][int(np.argmin(finals))]
     assert 0 not in doc["report_seeds"]
 
