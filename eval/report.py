@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from lopt.provenance import commit as _commit
+from eval.plots import save_axes_figure
 
 
 def _rounded_curves(doc: dict) -> dict:
@@ -315,14 +316,8 @@ def _plots(doc: dict, out: Path) -> list[str]:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name,
                     **style[name])
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("width")
-        ax.set_ylabel("final train loss")
-        ax.set_title("final loss vs width")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "final_loss_vs_width.png", dpi=110)
-        plt.close(fig)
-        files.append("final_loss_vs_width.png")
+        files.append(save_axes_figure(fig, ax, out / "final_loss_vs_width.png", xlabel="width",
+                                      ylabel="final train loss", title="final loss vs width"))
 
     deep = [c for c in cells if c["axis"] == "deeper"]
     if deep:
@@ -336,14 +331,9 @@ def _plots(doc: dict, out: Path) -> list[str]:
                          if name in c["optimizers"])
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name,
                     **style[name])
-        ax.set_xlabel("depth (hidden layers)")
-        ax.set_ylabel("final train loss")
-        ax.set_title(f"final loss vs depth ({base})", fontsize=9)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "final_loss_vs_depth.png", dpi=110)
-        plt.close(fig)
-        files.append("final_loss_vs_depth.png")
+        files.append(save_axes_figure(fig, ax, out / "final_loss_vs_depth.png",
+                                      xlabel="depth (hidden layers)", ylabel="final train loss",
+                                      title=f"final loss vs depth ({base})", title_size=9))
 
     names = [n for n in style if UNTRAINED not in n]
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(cells)), 4))
@@ -355,12 +345,8 @@ def _plots(doc: dict, out: Path) -> list[str]:
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_xticks(np.arange(len(cells)) + 0.4 - wbar / 2)
     ax.set_xticklabels([f"{c['axis']}\n{c['task']}" for c in cells], fontsize=6)
-    ax.set_ylabel("speedup vs tuned AdamW")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "speedup.png", dpi=110)
-    plt.close(fig)
-    files.append("speedup.png")
+    files.append(save_axes_figure(fig, ax, out / "speedup.png", xlabel="",
+                                  ylabel="speedup vs tuned AdamW"))
     return files
 
 

@@ -57,6 +57,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from eval.plots import save_axes_figure
+
 NOISE = 0.1
 
 
@@ -361,12 +363,8 @@ def write_outputs(doc: dict, out: Path, command: str) -> list[str]:
         lo = [doc["alpha"][s][name]["alpha"] - doc["alpha"][s][name]["ci"][0] for s in s_vals]
         hi = [doc["alpha"][s][name]["ci"][1] - doc["alpha"][s][name]["alpha"] for s in s_vals]
         ax.errorbar(sv, a, yerr=[lo, hi], marker="o", capsize=3, label=name)
-    ax.set_xlabel("spectral condition s")
-    ax.set_ylabel("alpha")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "alpha_vs_s.png", dpi=110)
-    plt.close(fig)
+    save_axes_figure(fig, ax, out / "alpha_vs_s.png", xlabel="spectral condition s",
+                     ylabel="alpha")
     return ["scaling.md", "scaling.json", "loss_vs_n.png", "alpha_vs_s.png"]
 
 

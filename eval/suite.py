@@ -215,7 +215,7 @@ def lo_digest(theta, config) -> str:
                         .encode()).hexdigest()[:16]
 
 
-_LATER_FIELDS = ("mup_base", "depth_ref")
+_LATER_FIELDS = ("mup_base", "depth_ref", "horizon_ref", "horizon_power")
 
 
 @functools.lru_cache(maxsize=None)

@@ -22,9 +22,12 @@ Optional variants (``LOConfig``; the defaults are the classic μLO_M / AdafacMLP
 * ``time_features="fraction"`` adds VeLO's fraction-of-training features
   ``tanh(10 (t/T - c))`` at 9 offsets ``c``; ``tau_clamp`` holds the 11 classic time
   features at ``min(t, tau_clamp)`` so they stay in their meta-training range;
-* ``schedule="cosine"`` multiplies the step by ``0.1 + 0.9 (1 + cos(pi t/T)) / 2``.
+* ``schedule="cosine"`` multiplies the step by ``0.1 + 0.9 (1 + cos(pi t/T)) / 2``;
+* ``horizon_ref`` / ``horizon_power`` multiply the step by ``(T_ref / max(T, T_ref))^a``:
+  runs longer than ``T_ref`` take smaller steps, as the tuned LR of hand-designed optimizers
+  falls with the training horizon (Bjorck et al., arXiv 2409.19913).
 
-Both need the run's total step count ``T``: ``make(theta, num_steps=T)`` (like an optax
+All three need the run's total step count ``T``: ``make(theta, num_steps=T)`` (like an optax
 schedule's ``decay_steps``), or per call ``opt.update(g, s, p, num_steps=T)``.
 
 References: Thérien et al., μLO, arXiv 2406.00153; Metz et al., small_fc_lopt,
@@ -75,6 +78,9 @@ class LOConfig:
       depth_ref: > 0 scales every hidden weight's step by ``min(1, depth_ref / L)``, ``L``
         the number of hidden matrices of the model (a 1/depth rule: the summed change of
         the hidden layers stays bounded as depth grows). 0 (classic) = off. Ignored for SP.
+      horizon_ref: > 0 scales the step of a run of ``T > horizon_ref`` total steps by
+        ``(horizon_ref / T) ** horizon_power`` (needs the total step count); 0 = off.
+      horizon_power: the exponent ``a`` of that rule (>= 0).
     """
     mup: bool = True
     hidden_size: int = 32
@@ -86,6 +92,8 @@ class LOConfig:
     schedule: str = "none"
     mup_base: float = 1.0
     depth_ref: int = 0
+    horizon_ref: int = 0
+    horizon_power: float = 0.0
 
     def __post_init__(self):
         if self.time_features not in TIME_FEATURES:
@@ -98,13 +106,20 @@ class LOConfig:
             raise ValueError(f"mup_base={self.mup_base!r}: must be a finite number > 0")
         if not isinstance(self.depth_ref, int) or self.depth_ref < 0:
             raise ValueError(f"depth_ref={self.depth_ref!r}: must be an integer >= 0")
+        if not isinstance(self.horizon_ref, int) or self.horizon_ref < 0:
+            raise ValueError(f"horizon_ref={self.horizon_ref!r}: must be an integer >= 0")
+        if not (isinstance(self.horizon_power, (int, float))
+                and math.isfinite(self.horizon_power) and self.horizon_power >= 0):
+            raise ValueError(f"horizon_power={self.horizon_power!r}: must be a finite number "
+                             ">= 0")
         if self.hidden_size < 1 or self.hidden_layers < 1:
             raise ValueError("hidden_size and hidden_layers must be >= 1")
 
     @property
     def needs_num_steps(self) -> bool:
         """Whether the optimizer must be told the run's total step count."""
-        return self.time_features == "fraction" or self.schedule != "none"
+        return (self.time_features == "fraction" or self.schedule != "none"
+                or self.horizon_ref > 0)
 
     @property
     def num_inputs(self) -> int:
@@ -272,6 +287,13 @@ def _cosine(frac):
     return 0.1 + 0.45 * (1.0 + jnp.cos(jnp.pi * jnp.clip(frac, 0.0, 1.0)))
 
 
+def horizon_factor(num_steps, horizon_ref: int, power: float):
+    """``(horizon_ref / max(T, horizon_ref)) ** power``: 1 up to ``horizon_ref`` steps, then
+    a power-law decay of the step size with the run's total step count ``T`` (traceable)."""
+    t = jnp.maximum(jnp.asarray(num_steps, jnp.float32), float(horizon_ref))
+    return (float(horizon_ref) / t) ** float(power)
+
+
 def make(theta: Any, *, mup: bool | None = None, step_mult: float | None = None,
          exp_mult: float | None = None, roles: Any = None,
          role_overrides: Mapping[str, str] | None = None, mup_in: str = "optimizer",
@@ -334,7 +356,8 @@ def make(theta: Any, *, mup: bool | None = None, step_mult: float | None = None,
         if config.needs_num_steps and num_steps is None:
             raise NumStepsError(
                 f"this learned optimizer (time_features={config.time_features!r}, "
-                f"schedule={config.schedule!r}) needs the run's total step count: "
+                f"schedule={config.schedule!r}, horizon_ref={config.horizon_ref}) needs the "
+                "run's total step count: "
                 "lopt.load(..., num_steps=T) or lopt.make(..., num_steps=T)")
         role_tree = R.resolve_roles(params, roles, role_overrides)
         mults = R.lr_multipliers(params, role_tree, config.mup, base=config.mup_base,
@@ -345,6 +368,8 @@ def make(theta: Any, *, mup: bool | None = None, step_mult: float | None = None,
                                       in_model=mup_in == "model")
         time_in = time_inputs(state.count, num_steps)
         sched = _cosine(state.count / num_steps) if config.schedule == "cosine" else 1.0
+        if config.horizon_ref > 0:
+            sched = sched * horizon_factor(num_steps, config.horizon_ref, config.horizon_power)
         p_leaves, treedef = jax.tree.flatten(params)
         g_leaves = treedef.flatten_up_to(updates)
         a_leaves = treedef.flatten_up_to(state.acc)

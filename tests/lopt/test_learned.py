@@ -222,3 +222,28 @@ def test_update_without_params_is_a_clear_error():
     params = {"w": jnp.ones((3, 3))}
     with pytest.raises(ValueError, match="needs the parameters"):
         opt.update(params, opt.init(params))
+
+
+def test_horizon_rule_shrinks_the_step_only_beyond_its_reference_horizon():
+    # step x (T_ref / max(T, T_ref))^a: unchanged up to T_ref, 10x longer -> 10^-0.3 = 0.501x
+    theta = normalized_gd_theta()
+    params = {"w": jnp.linspace(-1, 1, 12, dtype=jnp.float32).reshape(3, 4)}
+    grads = {"w": jnp.linspace(0.5, -0.7, 12, dtype=jnp.float32).reshape(3, 4)}
+    plain = lopt.LOConfig(mup=False)
+    rule = lopt.LOConfig(mup=False, horizon_ref=500, horizon_power=0.3)
+
+    def step(config, num_steps):
+        opt = lopt.make(theta, config=config, num_steps=num_steps)
+        u, _ = opt.update(grads, opt.init(params), params)
+        return np.asarray(u["w"])
+
+    base = step(plain, None)
+    assert np.abs(base).max() > 0
+    for t in (1, 200, 500):
+        np.testing.assert_allclose(step(rule, t), base, rtol=1e-6)
+    np.testing.assert_allclose(step(rule, 5000), base * 10 ** -0.3, rtol=1e-5)
+    np.testing.assert_allclose(step(rule, 12500), base * 25 ** -0.3, rtol=1e-5)
+    with pytest.raises(lopt.NumStepsError, match="horizon_ref=500"):
+        step(rule, None)
+    with pytest.raises(ValueError, match="horizon_power"):
+        lopt.LOConfig(horizon_ref=500, horizon_power=-1.0)

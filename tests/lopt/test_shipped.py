@@ -1,5 +1,7 @@
 """The shipped checkpoints load by name and train a wide 28x28 Fashion-MNIST MLP."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -13,9 +15,18 @@ from meta_train.tasks import get_task
 SHIPPED = {"mulo-cpu": True, "sp-lo-cpu": False}     # name -> μP (the `cpu` recipe pair)
 
 
+def _final_loss(name: str, task_name: str, steps: int) -> float:
+    """A shipped LO's final train loss (mean of the last 5% of steps) on a task, seed 1."""
+    task = get_task(task_name)
+    opt = lopt.load(name, roles=task.roles, mup_in="model", num_steps=steps)
+    res = jax.jit(lambda k: train(task, opt, key=k, num_steps=steps))(jax.random.PRNGKey(1))
+    assert not bool(res.diverged), name
+    return float(np.mean(np.asarray(res.losses)[-max(1, steps // 20):]))
+
+
 def test_shipped_names_and_cards():
     names = sorted(p.name for p in shipped_dir().glob("*") if (p / "lopt.json").is_file())
-    assert names == sorted([*SHIPPED, "mulo-frac-cpu", "mulo-base-cpu"])
+    assert names == sorted([*SHIPPED, "mulo-frac-cpu", "mulo-base-cpu", "mulo-horizon-cpu"])
     for name, mup in SHIPPED.items():
         theta, config, meta = lopt.load_theta(name)
         assert config.mup is mup and meta["step"] == 1000
@@ -72,11 +83,24 @@ def test_mulo_base_cpu_trains_a_wide_mlp_better_than_the_absolute_mup_lo():
     assert config.mup_base == 512.0 and config.depth_ref == 2 and config.needs_num_steps
     card = (shipped_dir() / "mulo-base-cpu" / "MODEL_CARD.md").read_text()
     assert "--preset cpu-base" in card and "num_steps=T" in card
-    task = get_task("mlp-fmnist8-w1024-d3")
-    finals = {}
-    for name in ("mulo-base-cpu", "mulo-frac-cpu"):
-        opt = lopt.load(name, roles=task.roles, mup_in="model", num_steps=300)
-        res = jax.jit(lambda k: train(task, opt, key=k, num_steps=300))(jax.random.PRNGKey(1))
-        assert not bool(res.diverged)
-        finals[name] = float(np.mean(np.asarray(res.losses)[-15:]))
+    finals = {name: _final_loss(name, "mlp-fmnist8-w1024-d3", 300)
+              for name in ("mulo-base-cpu", "mulo-frac-cpu")}
     assert finals["mulo-base-cpu"] < 0.93 * finals["mulo-frac-cpu"], finals
+
+
+@pytest.mark.slow
+def test_mulo_horizon_cpu_is_mulo_base_cpu_with_smaller_steps_on_long_runs():
+    # mulo-horizon-cpu = mulo-base-cpu's theta + the horizon rule (step x (500/T)^0.3 for
+    # T > 500): identical up to 500 steps, and on a 10x longer run it ends well below it
+    # (dev probe, seed 1: 0.203 vs 0.260).
+    theta, config, meta = lopt.load_theta("mulo-horizon-cpu")
+    base_theta, base_config, _ = lopt.load_theta("mulo-base-cpu")
+    assert (config.horizon_ref, config.horizon_power) == (500, 0.3)
+    assert meta["derived_from"] == "mulo-base-cpu"
+    assert jax.tree.all(jax.tree.map(np.array_equal, theta, base_theta))
+    assert dataclasses.replace(config, horizon_ref=0, horizon_power=0.0) == base_config
+    card = (shipped_dir() / "mulo-horizon-cpu" / "MODEL_CARD.md").read_text()
+    assert "horizon_ref=500" in card and "num_steps=T" in card
+    finals = {name: _final_loss(name, "mlp-fmnist8-w128-d3", 5000)
+              for name in ("mulo-horizon-cpu", "mulo-base-cpu")}
+    assert finals["mulo-horizon-cpu"] < 0.9 * finals["mulo-base-cpu"], finals
