@@ -4,9 +4,9 @@ A learned optimizer on disk is one small JSON document (theta is ~2.4k numbers):
 
     {"format": "mulo-lopt-v1", "config": {LOConfig fields}, "theta": {...}, "meta": {...}}
 
-It lives as ``lopt.json`` in a shipped checkpoint directory, and as the ``lopt`` item
-(``<step>/lopt/metadata``) of every orbax checkpoint that meta-training writes, so
-:func:`load` accepts any of:
+It lives as ``lopt.json`` in a shipped checkpoint directory and in every step directory of
+a meta-training run (``<run>/checkpoints/<step>/lopt.json``; runs written before that keep
+it as ``<step>/lopt/metadata``, which still loads), so :func:`load` accepts any of:
 
 * a shipped checkpoint name (``"mulo-cpu"``, see ``checkpoints/``) or its directory;
 * a meta-training run directory (takes the newest complete checkpoint, falling back to
@@ -32,6 +32,9 @@ from lopt.learned import LOConfig, check_theta, make_from_config
 
 FORMAT = "mulo-lopt-v1"
 LOPT_FILE = "lopt.json"
+# where meta-training checkpoints written before ``<step>/lopt.json`` keep the same document
+# (orbax's JSON item layout)
+OLD_STEP_FILE = Path("lopt") / "metadata"
 
 
 class CheckpointError(ValueError):
@@ -87,12 +90,19 @@ def save(path: str | os.PathLike, theta: Any, config: LOConfig,
     """Writes ``<path>/lopt.json`` atomically (a crash never leaves a half-written file)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path, prefix=".lopt-", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(to_json(theta, config, meta), f)
-    os.chmod(tmp, 0o644)   # mkstemp creates 0600; a checkpoint is meant to be shared
-    os.replace(tmp, path / LOPT_FILE)
+    write_json(path / LOPT_FILE, to_json(theta, config, meta))
     return path / LOPT_FILE
+
+
+def write_json(file: str | os.PathLike, doc: Any) -> None:
+    """Writes ``doc`` as JSON to ``file`` atomically: a crash leaves the old file or none,
+    never a half-written one."""
+    file = Path(file)
+    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}-", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f)
+    os.chmod(tmp, 0o644)   # mkstemp creates 0600; a checkpoint is meant to be shared
+    os.replace(tmp, file)
 
 
 def _read(file: Path):
@@ -115,14 +125,16 @@ def _resolve(path: Path):
         return _read(path)
     if (path / LOPT_FILE).is_file():
         return _read(path / LOPT_FILE)
-    if (path / "lopt" / "metadata").is_file():
-        return _read(path / "lopt" / "metadata")
+    if (path / OLD_STEP_FILE).is_file():
+        return _read(path / OLD_STEP_FILE)
     for sub in (path, path / "checkpoints"):
         if sub.is_dir() and (steps := _step_dirs(sub)):
             errors = []
             for step in reversed(steps):
                 try:
-                    out = _read(step / "lopt" / "metadata")
+                    old = step / OLD_STEP_FILE
+                    out = _read(old if old.is_file() and not (step / LOPT_FILE).exists()
+                                else step / LOPT_FILE)
                 except CheckpointError as e:
                     errors.append(str(e))
                     continue

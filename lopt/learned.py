@@ -337,6 +337,24 @@ def make(theta: Any, *, mup: bool | None = None, step_mult: float | None = None,
     if num_steps is not None and int(num_steps) < 1:
         raise NumStepsError(f"num_steps={num_steps}: must be >= 1")
 
+    cache: dict = {}
+
+    def multipliers(params):
+        # Roles and multipliers depend only on the tree's names and shapes: computed once per
+        # parameter structure (a guessed role warns once), not at every update or trace.
+        key = (jax.tree.structure(params), tuple(np.shape(x) for x in jax.tree.leaves(params)))
+        if key not in cache:
+            role_tree = R.resolve_roles(params, roles, role_overrides)
+            mults = R.lr_multipliers(params, role_tree, config.mup, base=config.mup_base,
+                                     depth_ref=config.depth_ref)
+            # The readout's μP forward multiplier b/fan_in, as far as the model does not carry
+            # it: all of it for plain models ("optimizer"), the factor b for μP models
+            # ("model").
+            convs = R.readout_multipliers(params, role_tree, config.mup, base=config.mup_base,
+                                          in_model=mup_in == "model")
+            cache[key] = (mults, convs)
+        return cache[key]
+
     def init_fn(params):
         return LOState(acc=jax.tree.map(lambda p: F.init_accumulators(_as_tensor(p)), params),
                        count=jnp.zeros([], jnp.int32))
@@ -359,13 +377,7 @@ def make(theta: Any, *, mup: bool | None = None, step_mult: float | None = None,
                 f"schedule={config.schedule!r}, horizon_ref={config.horizon_ref}) needs the "
                 "run's total step count: "
                 "lopt.load(..., num_steps=T) or lopt.make(..., num_steps=T)")
-        role_tree = R.resolve_roles(params, roles, role_overrides)
-        mults = R.lr_multipliers(params, role_tree, config.mup, base=config.mup_base,
-                                 depth_ref=config.depth_ref)
-        # The readout's μP forward multiplier b/fan_in, as far as the model does not carry
-        # it: all of it for plain models ("optimizer"), the factor b for μP models ("model").
-        convs = R.readout_multipliers(params, role_tree, config.mup, base=config.mup_base,
-                                      in_model=mup_in == "model")
+        mults, convs = multipliers(params)
         time_in = time_inputs(state.count, num_steps)
         sched = _cosine(state.count / num_steps) if config.schedule == "cosine" else 1.0
         if config.horizon_ref > 0:

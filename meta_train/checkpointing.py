@@ -1,12 +1,17 @@
 """Orbax checkpoints of a meta-training run, with fallback past corrupt ones.
 
-Each step directory holds three items: ``state`` (theta, meta-optimizer state, estimator
-states, PRNG key, step), ``lopt`` (theta + LOConfig as JSON, what ``lopt.load`` reads) and
-``config``. Orbax writes to a temporary directory and renames it on commit, so a
-half-written checkpoint is never listed; a committed one that fails to restore (corrupt
-files) is skipped with a warning and the previous one is used; the skipped one is moved
-aside to ``<step>.unusable`` (orbax would otherwise never save a step at or below it), so
-training rewrites its step when it gets there again.
+Each step directory holds the orbax item ``state`` (theta, meta-optimizer state, estimator
+states, PRNG key, step; stored as its own nested tree, keyed by the names of its fields)
+and two plain JSON files written right after orbax commits the step: ``lopt.json`` (theta +
+LOConfig, what ``lopt.load`` reads) and ``config.json`` (the run config). Orbax writes to a
+temporary directory and renames it on commit, so a half-written checkpoint is never listed;
+a committed one that fails to restore (corrupt files) is skipped with a warning and the
+previous one is used; the skipped one is moved aside to ``<step>.unusable`` (orbax would
+otherwise never save a step at or below it), so training rewrites its step when it gets
+there again.
+
+Checkpoints written before this layout (state leaves keyed by flat index, ``lopt`` and
+``config`` as orbax JSON items) still restore and load.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
-from lopt.checkpoint import CheckpointError
+from lopt.checkpoint import LOPT_FILE, CheckpointError, write_json
 
 
 class Checkpointer:
@@ -40,19 +45,20 @@ class Checkpointer:
         return self.dir.is_dir() and any(p.name.isdigit() for p in self.dir.iterdir())
 
     def saved_config(self) -> dict | None:
-        """The run config stored with the newest checkpoint whose ``config`` item reads as
-        JSON (None when there is none); reads files only, without orbax."""
+        """The run config stored with the newest checkpoint whose config reads as JSON
+        (None when there is none); reads files only, without orbax."""
         if not self.dir.is_dir():
             return None
         steps = sorted((p for p in self.dir.iterdir() if p.name.isdigit()),
                        key=lambda p: int(p.name), reverse=True)
         for step in steps:
-            try:
-                doc = json.loads((step / "config" / "metadata").read_text())
-            except (OSError, ValueError):   # ValueError: bad JSON or bad UTF-8
-                continue
-            if isinstance(doc, dict):
-                return doc
+            for file in (step / CONFIG_FILE, step / "config" / "metadata"):   # new, old layout
+                try:
+                    doc = json.loads(file.read_text())
+                except (OSError, ValueError):   # ValueError: bad JSON or bad UTF-8
+                    continue
+                if isinstance(doc, dict):
+                    return doc
         return None
 
     def save(self, step: int, state: dict, lopt_doc: dict, config: dict,
@@ -61,9 +67,10 @@ class Checkpointer:
         if step in self.mngr.all_steps():
             return
         self.mngr.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(_payload(state)), lopt=ocp.args.JsonSave(lopt_doc),
-            config=ocp.args.JsonSave(config)), force=force)
+            state=ocp.args.StandardSave(_payload(state))), force=force)
         self.mngr.wait_until_finished()
+        for name, doc in ((LOPT_FILE, lopt_doc), (CONFIG_FILE, config)):
+            write_json(self.dir / str(step) / name, doc)
 
     def restore(self, like: dict) -> dict:
         """Restores the newest restorable checkpoint into the structure of ``like``.
@@ -71,13 +78,10 @@ class Checkpointer:
         Raises:
           CheckpointError: no checkpoint restores (the message names each one and why).
         """
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _payload(like))
         errors = []
         for step in sorted(self.mngr.all_steps(), reverse=True):
             try:
-                out = self.mngr.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract)))["state"]
-                out = _unpayload(out, like)
+                out = self._restore_step(step, like)
             except Exception as e:  # orbax raises many types for damaged files
                 msg = str(e).splitlines()[0] if str(e) else type(e).__name__
                 errors.append(f"{self.dir / str(step)}: {msg[:200]}")
@@ -88,6 +92,19 @@ class Checkpointer:
                               + "; ".join(errors) + f" (moved to {', '.join(moved)})")
             return out
         raise CheckpointError(f"no restorable checkpoint in {self.dir}: " + "; ".join(errors))
+
+    def _restore_step(self, step: int, like: dict) -> dict:
+        # The state tree by field names (this layout), else by flat leaf index (older runs).
+        first = None
+        for to_payload, from_payload in ((_payload, _unpayload), (_payload_v1, _unpayload_v1)):
+            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, to_payload(like))
+            try:
+                out = self.mngr.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract)))["state"]
+                return from_payload(out, like)
+            except Exception as e:  # noqa: PERF203 - orbax raises many types
+                first = first or e
+        raise first
 
     def _set_aside(self, good: int) -> list[str]:
         """Renames the step directories newer than ``good`` to ``<step>.unusable[.n]``."""
@@ -109,21 +126,71 @@ class Checkpointer:
             self._mngr.close()
 
 
+CONFIG_FILE = "config.json"
+
+
+def _key_name(k) -> str:
+    # DictKey.key, GetAttrKey.name (NamedTuple fields), SequenceKey.idx, FlattenedIndexKey.key
+    for attr in ("key", "name", "idx"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
 def _payload(state) -> dict:
-    # Orbax refuses zero-size arrays (the learned optimizer keeps empty placeholders for
-    # unfactored accumulators): save the non-empty leaves by flat index; the empty ones are
-    # rebuilt from the structure at restore.
-    return {str(i): x for i, x in enumerate(jax.tree.leaves(state)) if x.size}
+    """``state`` as nested dicts keyed by its field names (``theta/nn/w0``, ``meta_opt_state
+    /0/mu/...``), so a checkpoint describes itself. Orbax refuses zero-size arrays (the
+    learned optimizer keeps empty placeholders for unfactored accumulators): those are left
+    out and rebuilt from the structure at restore."""
+    out: dict = {}
+    for path, x in jax.tree_util.tree_flatten_with_path(state)[0]:
+        if not x.size:
+            continue
+        *parents, last = [_key_name(k) for k in path]
+        node = out
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[last] = x
+    return out
 
 
 def _unpayload(payload: dict, like):
+    flat, treedef = jax.tree_util.tree_flatten_with_path(like)
+    if len(jax.tree.leaves(payload)) != sum(1 for _, x in flat if x.size):
+        raise ValueError("checkpoint has a different structure (another config?)")
+    out = []
+    for path, x in flat:
+        if not x.size:
+            out.append(x)
+            continue
+        node = payload
+        for k in path:
+            if not isinstance(node, dict) or _key_name(k) not in node:
+                raise ValueError(f"checkpoint has no {jax.tree_util.keystr(path)} "
+                                 "(another config?)")
+            node = node[_key_name(k)]
+        out.append(node)
+    _check_leaves(out, [x for _, x in flat])
+    return jax.tree.unflatten(treedef, out)
+
+
+def _payload_v1(state) -> dict:
+    # The layout before the state was stored by field names: non-empty leaves by flat index.
+    return {str(i): x for i, x in enumerate(jax.tree.leaves(state)) if x.size}
+
+
+def _unpayload_v1(payload: dict, like):
     leaves, treedef = jax.tree.flatten(like)
     want = {str(i) for i, x in enumerate(leaves) if x.size}
     if set(payload) != want:
         raise ValueError("checkpoint has a different structure (another config?)")
     out = [payload[str(i)] if x.size else x for i, x in enumerate(leaves)]
-    for a, b in zip(out, leaves):
+    _check_leaves(out, leaves)
+    return jax.tree.unflatten(treedef, out)
+
+
+def _check_leaves(got, want) -> None:
+    for a, b in zip(got, want):
         if a.shape != b.shape or a.dtype != b.dtype:
             raise ValueError(f"checkpoint array {a.shape}/{a.dtype} != expected "
                              f"{b.shape}/{b.dtype} (another config?)")
-    return jax.tree.unflatten(treedef, out)

@@ -247,3 +247,21 @@ def test_horizon_rule_shrinks_the_step_only_beyond_its_reference_horizon():
         step(rule, None)
     with pytest.raises(ValueError, match="horizon_power"):
         lopt.LOConfig(horizon_ref=500, horizon_power=-1.0)
+
+
+def test_roles_are_resolved_once_per_parameter_structure(monkeypatch):
+    from lopt import roles as R
+    calls = []
+    real = R.resolve_roles
+    monkeypatch.setattr(R, "resolve_roles", lambda *a, **k: calls.append(1) or real(*a, **k))
+    opt = lopt.make(lopt.init_theta(jax.random.key(0)))
+    params = {"Dense_0": {"kernel": jnp.ones((4, 8))}, "Dense_1": {"kernel": jnp.ones((8, 3))}}
+    state = opt.init(params)
+    for _ in range(3):
+        u, state = opt.update(params, state, params)
+        params = optax.apply_updates(params, u)
+    jax.jit(opt.update)(params, state, params)
+    assert len(calls) == 1
+    wider = {"Dense_0": {"kernel": jnp.ones((4, 16))}, "Dense_1": {"kernel": jnp.ones((16, 3))}}
+    opt.update(wider, opt.init(wider), wider)
+    assert len(calls) == 2

@@ -99,7 +99,7 @@ def test_damaged_newest_checkpoint_falls_back_and_is_rewritten(short_run, tmp_pa
     out = tmp_path / "run"
     run(SHORT, out, progress=False)
     newest = out / "checkpoints" / "3"
-    (newest / "lopt" / "metadata").write_bytes(b"\xff\xfe\x00not utf-8")
+    (newest / "lopt.json").write_bytes(b"\xff\xfe\x00not utf-8")
     with pytest.warns(UserWarning, match="using step 2"):
         _, _, meta = lopt.load_theta(out)
     assert meta["step"] == 2
