@@ -197,10 +197,23 @@ def readout_multipliers(params: Any, roles: Any, mup: bool = True, base: float =
 
 
 def describe_roles(params: Any, roles: Any = None,
-                   overrides: Mapping[str, str] | None = None, mup: bool = True) -> str:
-    """A human-readable table: path, shape, role and μLO LR multiplier of every leaf."""
+                   overrides: Mapping[str, str] | None = None, mup: bool = True, *,
+                   lo: Any = None) -> str:
+    """A human-readable table: path, shape, role and LR multiplier of every leaf.
+
+    Args:
+      lo: whose multipliers to show: a learned optimizer (shipped name or path) or its
+        ``LOConfig`` (its μP flag, base width and depth rule); None: the classic μLO's
+        absolute ``1/fan_in`` (or SP with ``mup=False``).
+    """
+    base, depth_ref = 1.0, 0
+    if lo is not None:
+        if not hasattr(lo, "mup_base"):
+            from lopt.checkpoint import load_theta
+            lo = load_theta(lo)[1]
+        mup, base, depth_ref = lo.mup, lo.mup_base, lo.depth_ref
     roles = resolve_roles(params, roles, overrides)
-    mults = lr_multipliers(params, roles, mup)
+    mults = lr_multipliers(params, roles, mup, base=base, depth_ref=depth_ref)
     rows = []
     for (path, p), r, m in zip(jax.tree_util.tree_flatten_with_path(params)[0],
                                jax.tree_util.tree_leaves(roles),

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -209,6 +208,14 @@ class RFRegressionSpec:
     def spectrum(self):
         k = jnp.arange(1, self.latent_dim + 1, dtype=jnp.float32)
         return k ** -(1.0 + self.s)
+
+    def problem(self, key: jax.Array, num_features: int | None = None):
+        """One draw of the problem: (``F / sqrt(M)`` [num_features, M], spectrum [M], teacher
+        ``beta ~ N(0, I)`` [M]), so the target carries power ``lambda_k`` in direction k."""
+        kf, kb = jax.random.split(key)
+        n = self.num_features if num_features is None else num_features
+        feat = jax.random.normal(kf, (n, self.latent_dim)) / math.sqrt(self.latent_dim)
+        return feat, self.spectrum(), jax.random.normal(kb, (self.latent_dim,))
 
     def roles(self) -> dict:
         return {"w": "vector"}

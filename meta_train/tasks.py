@@ -123,11 +123,7 @@ def rf_task(s: float = 1.0, num_features: int = 256, latent_dim: int = 4096,
             batch_size: int = 256, noise: float = 0.0, seed: int = 0,
             name: str | None = None) -> Task:
     spec = RFRegressionSpec(latent_dim=latent_dim, num_features=num_features, s=s, noise=noise)
-    kf, kb = jax.random.split(jax.random.key(seed))
-    lam = spec.spectrum()
-    feat = jax.random.normal(kf, (num_features, latent_dim)) / math.sqrt(latent_dim)
-    # Teacher coefficients beta_k ~ N(0, 1): the target carries power lam_k in direction k.
-    beta = jax.random.normal(kb, (latent_dim,))
+    feat, lam, beta = spec.problem(jax.random.key(seed))
     d = {"feat": feat, "beta": beta, "sqrt_lam": jnp.sqrt(lam)}
 
     def draw(dd, key):

@@ -19,7 +19,7 @@ def _snippet() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S)[1]
 
 
-def _train(step, params, state, data, steps=150):
+def _train(step, params, state, data, steps):
     rng = np.random.default_rng(0)
     losses = []
     for _ in range(steps):
@@ -35,16 +35,20 @@ def test_readme_flax_snippet_trains_with_the_shipped_mulo(capsys):
     exec(compile(_snippet(), str(README), "exec"), ns)   # noqa: S102 - our own README
     assert "hidden" in capsys.readouterr().out          # describe_roles printed the roles
     data = image_dataset("fmnist", 8).train
-    losses, params = _train(ns["step"], ns["params"], ns["state"], data)
+    steps = ns["num_steps"]
+    losses, params = _train(ns["step"], ns["params"], ns["state"], data, steps)
     assert np.isfinite(losses).all()
     assert losses[0] > 2.0                       # ~log(10) at init
     assert all(bool(jnp.isfinite(p).all()) for p in jax.tree.leaves(params))
     # The same loop with AdamW(1e-3) on the model's own init: the snippet's μLO must reach a
     # loss within 2x AdamW's + 0.01 (mean of the last 10 steps).
     ns_adam: dict = {}
-    exec(compile(_snippet().replace('opt = lopt.load("mulo-cpu")', "opt = optax.adamw(1e-3)")
+    assert 'opt = lopt.load("mulo-horizon-cpu", num_steps=num_steps)' in _snippet()
+    exec(compile(_snippet().replace('opt = lopt.load("mulo-horizon-cpu", num_steps=num_steps)',
+                                    "opt = optax.adamw(1e-3)")
                  .replace("params = lopt.mup_init_params", "_ = lopt.mup_init_params"),
                  str(README), "exec"), ns_adam)
-    adam, _ = _train(ns_adam["step"], ns_adam["params"], ns_adam["state"], data)
+    adam, _ = _train(ns_adam["step"], ns_adam["params"], ns_adam["state"], data, steps)
     lo_final, adam_final = np.mean(losses[-10:]), np.mean(adam[-10:])
+    print(f"README snippet, {steps} steps: μLO {lo_final:.4f}, AdamW(1e-3) {adam_final:.4f}")
     assert lo_final <= 2 * adam_final + 0.01, (lo_final, adam_final)

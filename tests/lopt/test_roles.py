@@ -75,6 +75,11 @@ def test_overrides_and_errors():
             params, lopt.make(lopt.init_theta(jax.random.key(0))).init(params), params)
     table = lopt.describe_roles(params)
     assert "input" in table and "lr_mult" in table and "0.25" in table
+    # a base-width LO's own multipliers: hidden c (fan_in 4) steps 512/4 = 128 x 1 (depth 1)
+    roles = {r"^c$": "hidden", "b": "output"}
+    assert "128" in lopt.describe_roles(params, overrides=roles, lo="mulo-horizon-cpu")
+    assert "128" in lopt.describe_roles(params, overrides=roles,
+                                        lo=lopt.LOConfig(mup_base=512.0, depth_ref=2))
 
 
 def test_mup_init_follows_table():

@@ -104,3 +104,18 @@ def test_mulo_horizon_cpu_is_mulo_base_cpu_with_smaller_steps_on_long_runs():
     finals = {name: _final_loss(name, "mlp-fmnist8-w128-d3", 5000)
               for name in ("mulo-horizon-cpu", "mulo-base-cpu")}
     assert finals["mulo-horizon-cpu"] < 0.9 * finals["mulo-base-cpu"], finals
+
+
+def test_every_shipped_checkpoint_installs_with_the_package():
+    # a non-editable `pip install` finds shipped checkpoints under share/mulo/checkpoints
+    # only if pyproject.toml lists each directory
+    import tomllib
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    files = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "data-files"]
+    names = sorted(p.name for p in (root / "checkpoints").glob("*")
+                   if (p / "lopt.json").is_file())
+    assert len(names) >= 5
+    for name in names:
+        assert files.get(f"share/mulo/checkpoints/{name}") == [f"checkpoints/{name}/*"], name
