@@ -18,6 +18,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from lopt.learned import LOConfig, check_theta
+
 _DECAY_KEYS = ("momentum_decays", "rms_decays", "adafactor_decays")
 
 
@@ -51,4 +53,9 @@ def from_learned_optimization(lo_theta: Mapping[str, Any]) -> dict:
                          "expected w0, b0, w1, b1, ...")
     theta = {k: np.asarray(lo_theta[k], np.float32) for k in _DECAY_KEYS}
     theta["nn"] = {k: np.asarray(v, np.float32) for k, v in nn.items()}
+    # AdafacMLPLOpt's architecture (39 inputs, the classic time features) at the hidden
+    # width and depth the weights declare: a wrong shape fails here, not at the first update
+    w0 = theta["nn"]["w0"]
+    check_theta(theta, LOConfig(hidden_size=int(w0.shape[-1]) if w0.ndim == 2 else 1,
+                                hidden_layers=max(layers - 1, 1)))
     return theta

@@ -96,6 +96,17 @@ class LOConfig:
     horizon_power: float = 0.0
 
     def __post_init__(self):
+        # Types first: a checkpoint's JSON may say "mup": "false", which is truthy.
+        kinds = {"mup": (bool,), "hidden_size": (int,), "hidden_layers": (int,),
+                 "exp_mult": (int, float), "step_mult": (int, float, type(None)),
+                 "time_features": (str,), "tau_clamp": (int,), "schedule": (str,),
+                 "mup_base": (int, float), "depth_ref": (int,), "horizon_ref": (int,),
+                 "horizon_power": (int, float)}
+        for name, ok in kinds.items():
+            v = getattr(self, name)
+            if not isinstance(v, ok) or (isinstance(v, bool) and bool not in ok):
+                want = " or ".join("None" if t is type(None) else t.__name__ for t in ok)
+                raise ValueError(f"{name}={v!r}: must be {want}")
         if self.time_features not in TIME_FEATURES:
             raise ValueError(f"time_features={self.time_features!r}: must be one of "
                              f"{TIME_FEATURES}")
@@ -332,6 +343,7 @@ def make(theta: Any, *, mup: bool | None = None, step_mult: float | None = None,
     given = {"mup": mup, "step_mult": step_mult, "exp_mult": exp_mult}
     config = dataclasses.replace(config or MULO,
                                  **{k: v for k, v in given.items() if v is not None})
+    check_theta(theta, config)   # one clear error now, not a shape error inside the first update
     sm = config.resolved_step_mult
     dec = decays(theta)
     if num_steps is not None and int(num_steps) < 1:

@@ -28,6 +28,7 @@ import os
 import struct
 import sys
 import zipfile
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -50,6 +51,11 @@ class DataNotFoundError(FileNotFoundError):
     """A task's data set is not on this machine (and nothing else is substituted)."""
 
 
+class DataError(ValueError):
+    """A data file is there but unusable (bad header, truncated, misaligned labels); the
+    message names the file."""
+
+
 class Split(NamedTuple):
     x: jax.Array  # [N, ...] float32 inputs (or int32 tokens)
     y: jax.Array  # [N] int32 labels (or [N, ctx] next tokens)
@@ -66,21 +72,36 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Reads an idx file (optionally gzipped) into a numpy array.
 
     Format: magic (0x00 0x00 dtype ndim), ndim big-endian uint32 dims, then the data.
+
+    Raises:
+      DataError: the file is not an idx file, is truncated, or its gzip stream is damaged;
+      the message names the file.
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:   # gzip.BadGzipFile is an OSError
+        raise DataError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+    if len(raw) < 4:
+        raise DataError(f"{path}: truncated idx header ({len(raw)} bytes)")
     zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
     dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
               0x0E: ">f8"}
-    if zero != 0 or dtype_code not in dtypes:
-        raise ValueError(f"{path}: not an idx file (bad magic)")
+    if zero != 0 or dtype_code not in dtypes or ndim == 0:
+        raise DataError(f"{path}: not an idx file (bad magic)")
+    if len(raw) < 4 + 4 * ndim:
+        raise DataError(f"{path}: truncated idx header ({len(raw)} bytes for {ndim} dims)")
     dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-    data = np.frombuffer(raw, dtype=dtypes[dtype_code], offset=4 + 4 * ndim)
-    if data.size != int(np.prod(dims)):
-        raise ValueError(f"{path}: truncated idx file ({data.size} of {np.prod(dims)} values)")
-    return data.reshape(dims)
+    itemsize = np.dtype(dtypes[dtype_code]).itemsize
+    body = raw[4 + 4 * ndim:]
+    want = int(np.prod(dims))
+    if len(body) != want * itemsize:
+        raise DataError(f"{path}: truncated idx file ({len(body) // itemsize} of {want} "
+                        "values)" if len(body) < want * itemsize else
+                        f"{path}: {len(body) - want * itemsize} bytes after the {want} values")
+    return np.frombuffer(body, dtype=dtypes[dtype_code]).reshape(dims)
 
 
 def fashion_mnist_dir() -> Path | None:
@@ -103,9 +124,23 @@ def _find(d: Path, name: str) -> Path | None:
 
 @functools.lru_cache(maxsize=None)
 def _fmnist_raw(d: str):
+    """The four Fashion-MNIST idx files in ``d``, checked: [N, H, W] uint8 images, [N]
+    labels in 0..9, as many labels as images (misaligned labels would train silently)."""
     out = {}
     for split, (xi, yi) in _FMNIST_FILES.items():
-        out[split] = (read_idx(_find(Path(d), xi)), read_idx(_find(Path(d), yi)))
+        xf, yf = _find(Path(d), xi), _find(Path(d), yi)
+        x, y = read_idx(xf), read_idx(yf)
+        if x.ndim != 3 or x.dtype != np.uint8:
+            raise DataError(f"{xf}: expected [N, H, W] uint8 images, got {x.shape} {x.dtype}")
+        if y.ndim != 1:
+            raise DataError(f"{yf}: expected [N] labels, got shape {y.shape}")
+        if len(y) != len(x):
+            raise DataError(f"{yf}: {len(y)} labels for the {len(x)} images of {xf.name}; "
+                            "the files do not belong together")
+        if y.size and (int(y.min()) < 0 or int(y.max()) >= 10):
+            raise DataError(f"{yf}: labels must be in 0..9, found {int(y.min())}.."
+                            f"{int(y.max())}")
+        out[split] = (x, y)
     return out
 
 
@@ -183,6 +218,12 @@ def build_packaged(resolutions=PACKAGED_RESOLUTIONS, src: str | os.PathLike | No
 
 
 def _fmnist_missing(what: str) -> str:
+    user = os.environ.get(FMNIST_ENV)
+    if user:
+        lacking = [n for pair in _FMNIST_FILES.values() for n in pair if not _find(Path(user), n)]
+        return (f"{what} needs the Fashion-MNIST idx files: {FMNIST_ENV}={user} lacks "
+                f"{', '.join(lacking) or 'nothing'} (each may also be gzipped, '.gz'); add "
+                "them there, or unset it to use the Debian package dataset-fashion-mnist")
     return (f"{what} needs the Fashion-MNIST idx files: `apt-get install "
             f"dataset-fashion-mnist` or set {FMNIST_ENV} to a directory holding the four "
             f"idx files (only {', '.join(f'{r}x{r}' for r in packaged_resolutions()) or 'none'}"

@@ -65,3 +65,26 @@ def test_huge_finite_element_leaves_other_updates_close(clean):
     for t, u in enumerate(_updates(1e20)):
         np.testing.assert_allclose(_others(u), _others(ref[t]), rtol=0,
                                    atol=0.1 * np.abs(ref[t]).max())
+
+
+def test_checkpoint_config_values_are_type_checked(tmp_path):
+    import json
+    lopt.save(tmp_path / "lo", lopt.init_theta(jax.random.PRNGKey(0)), lopt.MULO)
+    doc = json.loads((tmp_path / "lo" / "lopt.json").read_text())
+    for key, bad in (("mup", "false"), ("hidden_size", 32.0), ("step_mult", "1e-2"),
+                     ("mup", 1)):
+        broken = {**doc, "config": {**doc["config"], key: bad}}
+        (tmp_path / "lo" / "lopt.json").write_text(json.dumps(broken))
+        with pytest.raises(lopt.CheckpointError, match=f"{key}={bad!r}: must be"):
+            lopt.load(tmp_path / "lo")
+
+
+def test_a_theta_of_the_wrong_shape_is_refused_when_the_optimizer_is_built():
+    theta = lopt.init_theta(jax.random.PRNGKey(0), lopt.LOConfig(hidden_size=16))
+    with pytest.raises(ValueError, match="does not match the learned-optimizer architecture"):
+        lopt.make(theta)                                   # default hidden_size 32
+    lo_theta = lopt.to_learned_optimization(theta)
+    lo_theta["nn"]["~"]["w1"] = lo_theta["nn"]["~"]["w1"][:, :3]
+    with pytest.raises(ValueError, match="does not match"):
+        lopt.from_learned_optimization(lo_theta)
+    assert lopt.make(theta, config=lopt.LOConfig(hidden_size=16)) is not None

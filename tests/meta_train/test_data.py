@@ -127,3 +127,66 @@ def test_fortunes_is_never_replaced_by_another_corpus(monkeypatch, tmp_path):
         assert D.text_dataset("stdlib", 16).source == "python-stdlib"
     finally:
         D.text_dataset.cache_clear()
+
+
+def _write_idx(path: Path, arr: np.ndarray, gz: bool = False) -> Path:
+    import gzip
+    import struct
+    raw = struct.pack(">HBB", 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape) \
+        + arr.astype(np.uint8).tobytes()
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        raw = gzip.compress(raw)
+    path.write_bytes(raw)
+    return path
+
+
+def _fake_fmnist(d: Path, n_train=12, n_test=6, labels=None):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("test", n_test)):
+        xi, yi = D._FMNIST_FILES[split]
+        _write_idx(d / xi, rng.integers(0, 255, (n, 28, 28)))
+        _write_idx(d / yi, rng.integers(0, 10, n) if labels is None else labels[split])
+
+
+def test_idx_reader_names_the_file_for_every_kind_of_damage(tmp_path):
+    good = _write_idx(tmp_path / "a", np.arange(24).reshape(2, 3, 4))
+    np.testing.assert_array_equal(D.read_idx(good), np.arange(24).reshape(2, 3, 4))
+    cases = {"header": good.read_bytes()[:6], "body": good.read_bytes()[:-5],
+             "magic": b"\x01\x02" + good.read_bytes()[2:], "extra": good.read_bytes() + b"xx"}
+    for name, raw in cases.items():
+        (tmp_path / name).write_bytes(raw)
+        with pytest.raises(D.DataError, match=str(tmp_path / name)):
+            D.read_idx(tmp_path / name)
+    gz = _write_idx(tmp_path / "z", np.arange(24).reshape(2, 3, 4), gz=True)
+    np.testing.assert_array_equal(D.read_idx(gz), np.arange(24).reshape(2, 3, 4))
+    gz.write_bytes(gz.read_bytes()[:-12])           # a gzip stream cut short
+    with pytest.raises(D.DataError, match="z.gz: unreadable"):
+        D.read_idx(gz)
+
+
+def test_misaligned_or_out_of_range_labels_are_refused(tmp_path):
+    short = tmp_path / "short"
+    short.mkdir()
+    _fake_fmnist(short, labels={"train": np.zeros(11), "test": np.zeros(6)})
+    with pytest.raises(D.DataError, match="11 labels for the 12 images"):
+        D._fmnist_raw(str(short))
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    _fake_fmnist(wide, labels={"train": np.full(12, 10), "test": np.zeros(6)})
+    with pytest.raises(D.DataError, match=r"labels must be in 0..9, found 10..10"):
+        D._fmnist_raw(str(wide))
+    ok = tmp_path / "ok"
+    ok.mkdir()
+    _fake_fmnist(ok)
+    assert D._fmnist_raw(str(ok))["train"][0].shape == (12, 28, 28)
+
+
+def test_a_user_directory_missing_a_file_is_named(no_idx_files, monkeypatch, tmp_path):
+    _fake_fmnist(tmp_path)
+    (tmp_path / D._FMNIST_FILES["test"][1]).unlink()
+    monkeypatch.setenv(D.FMNIST_ENV, str(tmp_path))
+    assert D.fashion_mnist_dir() is None
+    with pytest.raises(D.DataNotFoundError,
+                       match=f"{D.FMNIST_ENV}={tmp_path} lacks t10k-labels-idx1-ubyte"):
+        D.image_dataset("fmnist", 28)
