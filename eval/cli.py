@@ -55,7 +55,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     import lopt
     from eval.report import write_all
-    from meta_train.data import DataNotFoundError
+    from meta_train.data import DataError, DataNotFoundError
     from eval.suite import AXES, SuiteError, run_suite
     out = Path(args.out or f"runs/eval-{args.suite}")
     try:
@@ -76,7 +76,7 @@ def main(argv=None):
                         overrides=overrides,
                         baselines=tuple(b for b in (args.baselines or "").split(",") if b)
                         or None)
-    except (lopt.CheckpointError, DataNotFoundError, SuiteError) as e:
+    except (lopt.CheckpointError, DataNotFoundError, DataError, SuiteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     rep = write_all(doc, out, "python -m eval " + " ".join(shlex.quote(a) for a in
