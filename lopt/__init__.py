@@ -17,6 +17,7 @@ from lopt.riemannian import riemannian_lowrank
 from lopt.roles import (ROLES, describe_roles, fan_in, fan_ins, infer_roles, leaf_fan_in,
                         lr_multipliers, readout_multipliers)
 from lopt.schatten import adaptive_schatten
+from lopt.velo import MUVELO, SP_VELO, VeLOConfig, init_velo_theta, make_velo
 
 __all__ = [
     "BASELINES", "Baseline", "modular", "muon", "spectral", "riemannian_lowrank",

@@ -233,18 +233,23 @@ def decays(theta) -> dict:
 
 def check_theta(theta, config: LOConfig = MULO) -> None:
     """Raises one clear ValueError if theta does not fit the architecture in config."""
-    want = jax.tree.map(lambda x: tuple(x.shape),
-                        jax.eval_shape(lambda: init_theta(jax.random.key(0), config)))
+    check_theta_shapes(theta, lambda: init_theta(jax.random.key(0), config),
+                       f"learned-optimizer architecture (hidden_size={config.hidden_size}, "
+                       f"hidden_layers={config.hidden_layers}, "
+                       f"time_features={config.time_features!r})")
+
+
+def check_theta_shapes(theta, init, architecture: str) -> None:
+    """Raises one ValueError naming ``architecture`` unless theta has the tree and shapes
+    that ``init()`` (a random-init thunk) produces."""
+    want = jax.tree.map(lambda x: tuple(x.shape), jax.eval_shape(init))
     try:
         got = jax.tree.map(lambda x: tuple(np.shape(x)), theta)
     except Exception as e:  # pragma: no cover - exotic inputs
         raise ValueError(f"theta is not a pytree of arrays: {e}") from None
     if got != want:
-        raise ValueError(
-            f"theta does not match the learned-optimizer architecture "
-            f"(hidden_size={config.hidden_size}, hidden_layers={config.hidden_layers}, "
-            f"time_features={config.time_features!r}): "
-            f"expected shapes {want}, got {got}")
+        raise ValueError(f"theta does not match the {architecture}: expected shapes {want}, "
+                         f"got {got}")
 
 
 def _mlp_direction_magnitude(nn, elem, row, col, scale, time_in, shape):
