@@ -443,7 +443,8 @@ def test_lo_digest_covers_theta_and_every_lo_config_field():
     # one other value per field: a new LOConfig field must be added here
     other = {"mup": False, "hidden_size": 16, "hidden_layers": 3, "exp_mult": 2e-3,
              "step_mult": 0.5, "time_features": "fraction", "tau_clamp": 100,
-             "schedule": "cosine", "mup_base": 256.0, "depth_ref": 2}
+             "schedule": "cosine", "mup_base": 256.0, "depth_ref": 2, "horizon_ref": 500,
+             "horizon_power": 0.3}
     assert set(other) == {f.name for f in dataclasses.fields(lopt.LOConfig)}
     digests = {S.lo_digest(theta, base)}
     for field, value in other.items():
