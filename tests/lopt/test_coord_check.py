@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 import lopt
 
@@ -52,6 +53,7 @@ def _hidden_delta_rms(opt, width, steps=10):
     return float(jnp.sqrt(jnp.mean((h1 @ (params["Dense_1"]["kernel"] - w0)) ** 2)))
 
 
+@pytest.mark.slow
 def test_mulo_hidden_layer_change_is_width_independent_and_sp_lo_is_not():
     mulo = lopt.load("mulo-cpu", roles=ROLES, mup_in="optimizer")
     sp = lopt.load("sp-lo-cpu", roles=ROLES)

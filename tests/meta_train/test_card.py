@@ -5,6 +5,7 @@ import json
 
 import jax
 import numpy as np
+import pytest
 
 import lopt
 from meta_train.card import main as card_main
@@ -24,6 +25,7 @@ def _eval_doc(command, suite, mean_lo, mean_adamw):
                                       "SP LO": row(7.5, 1.0, True)}}]}
 
 
+@pytest.mark.slow
 def test_card_summarizes_every_eval_it_is_given(tmp_path):
     cfg = dataclasses.replace(PRESETS["smoke"], outer_steps=2, validate_every=0)
     run(cfg, tmp_path / "run", progress=False)

@@ -88,6 +88,7 @@ def test_resume_after_sigkill_is_bitwise_exact(smoke_run, tmp_path):
     assert _theta_equal(res["theta"], full["theta"])
 
 
+@pytest.mark.slow
 def test_corrupt_latest_checkpoint_falls_back_with_warning(tmp_path):
     cfg = dataclasses.replace(SMOKE, outer_steps=3, validate_every=0)
     run(cfg, tmp_path, progress=False)
@@ -137,6 +138,7 @@ print(json.dumps({"devices": len(st.xi.sharding.device_set), "grad": flat.tolist
 """
 
 
+@pytest.mark.slow
 def test_sharded_estimate_equals_single_device():
     outs = {}
     for n in (1, 4):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from tqdm import tqdm
 
 from meta_train.progress import LineProgress, progress_bar
@@ -60,6 +61,7 @@ def _cli(*args, cwd=ROOT):
                           cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_cli_log_lines_and_refused_commands_are_not_recorded(tmp_path):
     out = tmp_path / "run"
     r = _cli("--out", str(out), "--outer-steps", "2")
