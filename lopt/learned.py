@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Any, Mapping, NamedTuple
 
 import jax
@@ -97,30 +98,32 @@ class LOConfig:
 
     def __post_init__(self):
         # Types first: a checkpoint's JSON may say "mup": "false", which is truthy.
-        kinds = {"mup": (bool,), "hidden_size": (int,), "hidden_layers": (int,),
-                 "exp_mult": (int, float), "step_mult": (int, float, type(None)),
-                 "time_features": (str,), "tau_clamp": (int,), "schedule": (str,),
-                 "mup_base": (int, float), "depth_ref": (int,), "horizon_ref": (int,),
-                 "horizon_power": (int, float)}
+        # (numbers.Integral / Real also admit numpy scalars; bool only where asked for)
+        integer, real = (numbers.Integral,), (numbers.Real,)
+        kinds = {"mup": (bool,), "hidden_size": integer, "hidden_layers": integer,
+                 "exp_mult": real, "step_mult": real + (type(None),),
+                 "time_features": (str,), "tau_clamp": integer, "schedule": (str,),
+                 "mup_base": real, "depth_ref": integer, "horizon_ref": integer,
+                 "horizon_power": real}
+        names = {bool: "bool", numbers.Integral: "an integer", numbers.Real: "a number",
+                 str: "a string", type(None): "None"}
         for name, ok in kinds.items():
             v = getattr(self, name)
             if not isinstance(v, ok) or (isinstance(v, bool) and bool not in ok):
-                want = " or ".join("None" if t is type(None) else t.__name__ for t in ok)
-                raise ValueError(f"{name}={v!r}: must be {want}")
+                raise ValueError(f"{name}={v!r}: must be {' or '.join(names[t] for t in ok)}")
         if self.time_features not in TIME_FEATURES:
             raise ValueError(f"time_features={self.time_features!r}: must be one of "
                              f"{TIME_FEATURES}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule={self.schedule!r}: must be one of {SCHEDULES}")
-        if not (isinstance(self.mup_base, (int, float)) and math.isfinite(self.mup_base)
+        if not (math.isfinite(self.mup_base)
                 and self.mup_base > 0):
             raise ValueError(f"mup_base={self.mup_base!r}: must be a finite number > 0")
-        if not isinstance(self.depth_ref, int) or self.depth_ref < 0:
+        if self.depth_ref < 0:
             raise ValueError(f"depth_ref={self.depth_ref!r}: must be an integer >= 0")
-        if not isinstance(self.horizon_ref, int) or self.horizon_ref < 0:
+        if self.horizon_ref < 0:
             raise ValueError(f"horizon_ref={self.horizon_ref!r}: must be an integer >= 0")
-        if not (isinstance(self.horizon_power, (int, float))
-                and math.isfinite(self.horizon_power) and self.horizon_power >= 0):
+        if not (math.isfinite(self.horizon_power) and self.horizon_power >= 0):
             raise ValueError(f"horizon_power={self.horizon_power!r}: must be a finite number "
                              ">= 0")
         if self.hidden_size < 1 or self.hidden_layers < 1:
