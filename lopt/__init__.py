@@ -28,4 +28,5 @@ __all__ = [
     "make_from_config", "forward_multiplier", "init_leaf", "kernel_init", "mup_init_params",
     "ROLES", "describe_roles", "fan_in", "fan_ins", "infer_roles", "leaf_fan_in",
     "lr_multipliers", "readout_multipliers",
+    "MUVELO", "SP_VELO", "VeLOConfig", "init_velo_theta", "make_velo",
 ]

@@ -290,7 +290,7 @@ class LOState(NamedTuple):
     count: jax.Array  # [] int32: number of updates taken
 
 
-def _as_tensor(x):
+def as_tensor(x):
     # Scalars are handled as shape-[1] tensors (the network needs an element axis).
     return x.reshape(1) if np.ndim(x) == 0 else x
 
@@ -357,26 +357,12 @@ def make(theta: Any, *, mup: bool | None = None, step_mult: float | None = None,
     if num_steps is not None and int(num_steps) < 1:
         raise NumStepsError(f"num_steps={num_steps}: must be >= 1")
 
-    cache: dict = {}
-
-    def multipliers(params):
-        # Roles and multipliers depend only on the tree's names and shapes: computed once per
-        # parameter structure (a guessed role warns once), not at every update or trace.
-        key = (jax.tree.structure(params), tuple(np.shape(x) for x in jax.tree.leaves(params)))
-        if key not in cache:
-            role_tree = R.resolve_roles(params, roles, role_overrides)
-            mults = R.lr_multipliers(params, role_tree, config.mup, base=config.mup_base,
-                                     depth_ref=config.depth_ref)
-            # The readout's μP forward multiplier b/fan_in, as far as the model does not carry
-            # it: all of it for plain models ("optimizer"), the factor b for μP models
-            # ("model").
-            convs = R.readout_multipliers(params, role_tree, config.mup, base=config.mup_base,
-                                          in_model=mup_in == "model")
-            cache[key] = (mults, convs)
-        return cache[key]
+    multipliers = R.step_multipliers(roles, role_overrides, mup=config.mup,
+                                     base=config.mup_base, depth_ref=config.depth_ref,
+                                     in_model=mup_in == "model")
 
     def init_fn(params):
-        return LOState(acc=jax.tree.map(lambda p: F.init_accumulators(_as_tensor(p)), params),
+        return LOState(acc=jax.tree.map(lambda p: F.init_accumulators(as_tensor(p)), params),
                        count=jnp.zeros([], jnp.int32))
 
     def time_inputs(count, total):
@@ -413,7 +399,7 @@ def make(theta: Any, *, mup: bool | None = None, step_mult: float | None = None,
                 out_u.append(jnp.zeros_like(g))
                 out_a.append(acc)
                 continue
-            pt, gt = _as_tensor(p).astype(jnp.float32), _as_tensor(g).astype(jnp.float32)
+            pt, gt = as_tensor(p).astype(jnp.float32), as_tensor(g).astype(jnp.float32)
             # One bad element must not poison the tensor: its normalizers and accumulators
             # are shared by every element. Non-finite entries count as 0; |g| <= 1e8 keeps
             # the squared features finite in float32.

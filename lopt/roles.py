@@ -196,6 +196,29 @@ def readout_multipliers(params: Any, roles: Any, mup: bool = True, base: float =
     return jax.tree.map(one, roles, fan_ins(params))
 
 
+def step_multipliers(roles: Any = None, overrides: Mapping[str, str] | None = None, *,
+                     mup: bool = True, base: float = 1.0, depth_ref: int = 0,
+                     in_model: bool = False):
+    """A function ``params -> (lr multipliers, readout conversions)`` for a learned optimizer,
+    computed once per parameter structure (names and shapes; a guessed role warns once) and
+    reused at every later update or trace.
+
+    The readout conversion is its μP forward multiplier ``b/fan_in`` as far as the model does
+    not carry it: all of it for plain models, the factor ``b`` for μP models (``in_model``).
+    """
+    cache: dict = {}
+
+    def get(params):
+        key = (jax.tree.structure(params), tuple(np.shape(x) for x in jax.tree.leaves(params)))
+        if key not in cache:
+            role_tree = resolve_roles(params, roles, overrides)
+            cache[key] = (lr_multipliers(params, role_tree, mup, base=base, depth_ref=depth_ref),
+                          readout_multipliers(params, role_tree, mup, base=base,
+                                              in_model=in_model))
+        return cache[key]
+    return get
+
+
 def describe_roles(params: Any, roles: Any = None,
                    overrides: Mapping[str, str] | None = None, mup: bool = True, *,
                    lo: Any = None) -> str:

@@ -47,7 +47,7 @@ import optax
 from lopt import features as F
 from lopt import roles as R
 from lopt.learned import INITIAL_ADAFACTOR_DECAYS, INITIAL_MOMENTUM_DECAYS, INITIAL_RMS_DECAYS
-from lopt.learned import MUP_IN, NumStepsError, check_theta_shapes
+from lopt.learned import MUP_IN, NumStepsError, as_tensor, check_theta_shapes
 
 NUM_LOSS_FEATURES = 9
 MAX_RANK = 5
@@ -272,24 +272,14 @@ def make_velo(theta: Any, config: VeLOConfig = MUVELO, *, roles: Any = None,
     dec_m = jnp.asarray(INITIAL_MOMENTUM_DECAYS, jnp.float32)
     dec_v = jnp.asarray(INITIAL_RMS_DECAYS, jnp.float32)
     dec_f = jnp.asarray(INITIAL_ADAFACTOR_DECAYS, jnp.float32)
-    cache: dict = {}
-
-    def multipliers(params):
-        key = (jax.tree.structure(params), tuple(np.shape(x) for x in jax.tree.leaves(params)))
-        if key not in cache:
-            role_tree = R.resolve_roles(params, roles, role_overrides)
-            cache[key] = (R.lr_multipliers(params, role_tree, config.mup, base=config.mup_base),
-                          R.readout_multipliers(params, role_tree, config.mup,
-                                                base=config.mup_base,
-                                                in_model=mup_in == "model"))
-        return cache[key]
+    multipliers = R.step_multipliers(roles, role_overrides, mup=config.mup,
+                                     base=config.mup_base, in_model=mup_in == "model")
 
     def init_fn(params):
         n = sum(1 for p in jax.tree.leaves(params) if np.size(p))
         h = jnp.broadcast_to(theta["lstm_init"]["h"], (n, config.lstm_hidden))
         c = jnp.broadcast_to(theta["lstm_init"]["c"], (n, config.lstm_hidden))
-        acc = jax.tree.map(lambda p: F.init_accumulators(p.reshape(1) if np.ndim(p) == 0 else p),
-                           params)
+        acc = jax.tree.map(lambda p: F.init_accumulators(as_tensor(p)), params)
         buf = LossBuffer(jnp.zeros(10, jnp.float32), jnp.full(10, 1e12, jnp.float32),
                          jnp.zeros([], jnp.int32))
         return VeLOState(acc, h, c, buf, jnp.zeros([], jnp.int32))
@@ -317,8 +307,8 @@ def make_velo(theta: Any, config: VeLOConfig = MUVELO, *, roles: Any = None,
         tensors = []
         for i in live:
             p, g, c = p_leaves[i], g_leaves[i], c_leaves[i]
-            pt = (p.reshape(1) if np.ndim(p) == 0 else p).astype(jnp.float32) / c
-            gt = (g.reshape(1) if np.ndim(g) == 0 else g).astype(jnp.float32)
+            pt = as_tensor(p).astype(jnp.float32) / c
+            gt = as_tensor(g).astype(jnp.float32)
             gt = jnp.clip(jnp.nan_to_num(gt, nan=0.0, posinf=0.0, neginf=0.0),
                           -GRAD_CLIP, GRAD_CLIP) * c
             tensors.append((pt, gt))
