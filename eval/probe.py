@@ -70,7 +70,7 @@ def main(argv=None) -> int:
         sets = [_parse_set(s) for s in (args.sets or [""])]
         if args.lo:
             theta, config, _ = lopt.load_theta(args.lo)
-            opts = [(s, lopt.make(theta, config=dataclasses.replace(
+            opts = [(s, lopt.make_from_config(theta, dataclasses.replace(
                 config, **{k: _typed(config, k, v) for k, v in s.items()}),
                 roles=task.roles, mup_in="model", num_steps=args.steps)) for s in sets]
         else:
@@ -84,7 +84,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for s, opt in opts:
-        run = jax.jit(lambda k, opt=opt: train(task, opt, key=k, num_steps=args.steps))
+        run = jax.jit(lambda k, opt=opt: train(task, opt, key=k, num_steps=args.steps,
+                                               pass_loss=bool(args.lo) and config.needs_loss))
         for seed in seeds:
             t = time.time()
             res = run(jax.random.key(seed))

@@ -234,7 +234,8 @@ def load_los(specs: list[str]) -> list[LearnedOpt]:
     for spec in specs:
         label, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
         theta, config, meta = lopt.load_theta(path)
-        label = label or ("μLO" if config.mup else "SP LO")
+        kind = "VeLO" if config.arch == "velo" else "LO"
+        label = label or (f"μ{kind}" if config.mup else f"SP {kind}")
         while label in [o.label for o in out]:
             label += "'"
         out.append(LearnedOpt(label, path, theta, config, meta))
@@ -305,16 +306,17 @@ class Runner:
                "seeds": list(seeds), "lo_digest": lo_digest(theta, lo.config)}
         return self._cached(key, lambda: self._compute(
             task_name, lambda lr, task: make_lo(theta, lo.config, task.roles, steps),
-            steps, [0.0], seeds, False))[0]
+            steps, [0.0], seeds, False, lo.config.needs_loss))[0]
 
-    def _compute(self, task_name, make, steps, lrs, seeds, needs_activations):
+    def _compute(self, task_name, make, steps, lrs, seeds, needs_activations,
+                 pass_loss=False):
         task = get_task(task_name)
         extra = ((lambda p, b: {"activations": task.activations(p, b)})
                  if needs_activations and task.activations is not None else None)
 
         def one(lr, seed):
             return train(task, make(lr, task), key=jax.random.PRNGKey(seed), num_steps=steps,
-                         eval_every=0, eval_batches=8, extra_args=extra)
+                         eval_every=0, eval_batches=8, extra_args=extra, pass_loss=pass_loss)
 
         lr_arr = jnp.asarray(lrs, jnp.float32)
         seed_arr = jnp.asarray(seeds, jnp.uint32)

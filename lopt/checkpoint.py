@@ -4,6 +4,9 @@ A learned optimizer on disk is one small JSON document (theta is ~2.4k numbers):
 
     {"format": "mulo-lopt-v1", "config": {LOConfig fields}, "theta": {...}, "meta": {...}}
 
+A (μ)VeLO is stored the same way; its config carries ``"arch": "velo"`` and the
+:class:`lopt.velo.VeLOConfig` fields.
+
 It lives as ``lopt.json`` in a shipped checkpoint directory and in every step directory of
 a meta-training run (``<run>/checkpoints/<step>/lopt.json``; runs written before that keep
 it as ``<step>/lopt/metadata``, which still loads), so :func:`load` accepts any of:
@@ -28,7 +31,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from lopt.learned import LOConfig, check_theta, make_from_config
+from lopt.learned import LOConfig, check_theta, config_from_dict, make_from_config
 
 FORMAT = "mulo-lopt-v1"
 LOPT_FILE = "lopt.json"
@@ -69,7 +72,7 @@ def from_json(doc: Mapping[str, Any], source: str = "checkpoint"):
         raise CheckpointError(f"{source}: not a μLO learned-optimizer checkpoint "
                               f"(expected format {FORMAT!r})")
     try:
-        config = LOConfig.from_dict(doc["config"])
+        config = config_from_dict(doc["config"])
         is_arr = lambda x: isinstance(x, Mapping) and set(x) == {"shape", "values"}
         theta = jax.tree.map(
             lambda x: np.asarray(x["values"], np.float32).reshape(x["shape"]),
@@ -148,7 +151,8 @@ def _resolve(path: Path):
 
 
 def load_theta(path: str | os.PathLike):
-    """Loads (theta, LOConfig, meta) from a path or shipped checkpoint name."""
+    """Loads (theta, config, meta) from a path or shipped checkpoint name; config is an
+    :class:`LOConfig` or a :class:`lopt.velo.VeLOConfig`."""
     p = Path(path).expanduser()
     if not p.exists():
         # a shipped name, also written as "checkpoints/<name>" from outside the source tree

@@ -39,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import Any, Mapping, NamedTuple
+from typing import Any, ClassVar, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -129,6 +129,11 @@ class LOConfig:
         if self.hidden_size < 1 or self.hidden_layers < 1:
             raise ValueError("hidden_size and hidden_layers must be >= 1")
 
+    # the architecture family, as stored in checkpoints ("velo": lopt.velo.VeLOConfig)
+    arch: ClassVar[str] = "mlp"
+    # whether ``update`` needs each step's training loss (``value=loss``); VeLO does
+    needs_loss: ClassVar[bool] = False
+
     @property
     def needs_num_steps(self) -> bool:
         """Whether the optimizer must be told the run's total step count."""
@@ -163,6 +168,23 @@ MULO = LOConfig(mup=True)
 SP_LO = LOConfig(mup=False)
 
 
+def config_from_dict(d: Mapping[str, Any]):
+    """The stored config of any learned optimizer here: a :class:`LOConfig`, or a
+    :class:`lopt.velo.VeLOConfig` when ``d["arch"] == "velo"``.
+
+    Raises:
+      ValueError: unknown keys or values the config refuses.
+    """
+    if not isinstance(d, Mapping):
+        raise ValueError(f"a learned-optimizer config must be a mapping, got {d!r}")
+    if d.get("arch", "mlp") == "velo":
+        from lopt.velo import VeLOConfig
+        return VeLOConfig.from_dict(d)
+    if d.get("arch", "mlp") != "mlp":
+        raise ValueError(f"unknown learned-optimizer arch {d['arch']!r}; known: mlp, velo")
+    return LOConfig.from_dict({k: v for k, v in d.items() if k != "arch"})
+
+
 def decay_to_param(x):
     # learned_optimization's reparametrization keeping decays in (0, 1).
     return jnp.log(1 - x) / 10.0
@@ -174,7 +196,8 @@ def param_to_decay(x):
 
 def init_theta(key: jax.Array, config: LOConfig = MULO) -> dict:
     """Random meta-parameters: MLP weights (truncated normal, std 1/sqrt(fan_in)), zero
-    biases, and zero decay offsets (decays start at 0.9/0.99/0.999).
+    biases, and zero decay offsets (decays start at 0.9/0.99/0.999). A
+    :class:`lopt.velo.VeLOConfig` gives :func:`lopt.velo.init_velo_theta` instead.
 
     Args:
       key: PRNG key.
@@ -184,6 +207,9 @@ def init_theta(key: jax.Array, config: LOConfig = MULO) -> dict:
       theta: ``{"momentum_decays": [3], "rms_decays": [1], "adafactor_decays": [3],
       "nn": {"w0", "b0", ...}}``, all float32.
     """
+    if config.arch == "velo":
+        from lopt.velo import init_velo_theta
+        return init_velo_theta(key, config)
     sizes = [config.num_inputs] + [config.hidden_size] * config.hidden_layers + [2]
     nn = {}
     keys = jax.random.split(key, len(sizes) - 1)
@@ -226,7 +252,10 @@ def extend_theta(theta, source: LOConfig, target: LOConfig) -> dict:
 
 
 def decays(theta) -> dict:
-    """The effective accumulator decays encoded by theta."""
+    """The effective accumulator decays encoded by theta ({} for a VeLO theta, whose decays
+    are fixed)."""
+    if "momentum_decays" not in theta:
+        return {}
     def one(init, off):
         return param_to_decay(decay_to_param(jnp.asarray(init, jnp.float32)) + off)
     return {"momentum": one(INITIAL_MOMENTUM_DECAYS, theta["momentum_decays"]),
@@ -235,7 +264,11 @@ def decays(theta) -> dict:
 
 
 def check_theta(theta, config: LOConfig = MULO) -> None:
-    """Raises one clear ValueError if theta does not fit the architecture in config."""
+    """Raises one clear ValueError if theta does not fit the architecture in config (an
+    :class:`LOConfig` or a :class:`lopt.velo.VeLOConfig`)."""
+    if config.arch == "velo":
+        from lopt.velo import check_velo_theta
+        return check_velo_theta(theta, config)
     check_theta_shapes(theta, lambda: init_theta(jax.random.key(0), config),
                        f"learned-optimizer architecture (hidden_size={config.hidden_size}, "
                        f"hidden_layers={config.hidden_layers}, "
@@ -423,7 +456,12 @@ def make(theta: Any, *, mup: bool | None = None, step_mult: float | None = None,
 def make_from_config(theta: Any, config: LOConfig, *, roles: Any = None,
                      role_overrides: Mapping[str, str] | None = None,
                      mup_in: str = "optimizer", num_steps: int | None = None):
-    """:func:`make` with the variant and constants of a stored :class:`LOConfig`."""
+    """:func:`make` with the variant and constants of a stored :class:`LOConfig`; a
+    :class:`lopt.velo.VeLOConfig` builds :func:`lopt.velo.make_velo` instead."""
+    if config.arch == "velo":
+        from lopt.velo import make_velo
+        return make_velo(theta, config, roles=roles, role_overrides=role_overrides,
+                         mup_in=mup_in, num_steps=num_steps)
     check_theta(theta, config)
     return make(theta, mup=config.mup, step_mult=config.resolved_step_mult,
                 exp_mult=config.exp_mult, roles=roles, role_overrides=role_overrides,

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping, NamedTuple
+from typing import Any, ClassVar, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -83,6 +83,22 @@ class VeLOConfig:
     param_scale_mult: bool = False
     mup_base: float = 1.0
 
+    arch: ClassVar[str] = "velo"
+    # VeLO's features need the run length and each step's training loss
+    needs_num_steps: ClassVar[bool] = True
+    needs_loss: ClassVar[bool] = True
+
+    def to_dict(self) -> dict:
+        return {"arch": self.arch, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "VeLOConfig":
+        d = {k: v for k, v in d.items() if k != "arch"}
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown VeLO config keys {sorted(unknown)}")
+        return cls(**d)
+
     def __post_init__(self):
         for name in ("lstm_hidden", "param_inits", "ff_hidden", "ff_layers"):
             v = getattr(self, name)
@@ -116,6 +132,11 @@ def init_velo_theta(key: jax.Array, config: VeLOConfig = MUVELO) -> dict:
                   "lstm": _linear(keys[2], 2 * h, 4 * h),
                   "controls": _linear(keys[3], h, k),
                   "lr_mult": _linear(keys[4], h, 1)}
+    # Heads start at bias 1 (the reference starts them at 0): every tensor then mixes the
+    # bank evenly and takes steps of step_mult x its μP multiplier, instead of products of
+    # two near-zero heads (steps ~1e-4 x step_mult) that ES has no signal to grow.
+    tensor_net["controls"]["b"] = jnp.ones((k,), jnp.float32)
+    tensor_net["lr_mult"]["b"] = jnp.ones((1,), jnp.float32)
     sizes = [NUM_ELEM_INPUTS] + [config.ff_hidden] * config.ff_layers + [3]
 
     def member(mkey):

@@ -123,7 +123,10 @@ def write_card(run: Path, name: str, dest_root: Path, eval_dirs=None,
     wall = wall_time_s(run, rows)
     val = [r for r in rows if "val/meta_loss" in r]
     first, last = rows[0]["meta_loss"], float(np.mean([r["meta_loss"] for r in rows[-50:]]))
-    variant = "μLO_M (μP)" if config.mup else "SP LO (standard parametrization)"
+    if config.arch == "velo":
+        variant = "μVeLO (μP)" if config.mup else "SP VeLO (standard parametrization)"
+    else:
+        variant = "μLO_M (μP)" if config.mup else "SP LO (standard parametrization)"
     md = [f"# `{name}`: {variant} learned optimizer", "",
           "```python", "import lopt",
           (f'opt = lopt.load("{name}", num_steps=T)   # T: the run\'s total number of '

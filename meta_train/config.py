@@ -11,6 +11,8 @@ Presets (``PRESETS``):
   step schedule, horizons 100-2000 and a depth-6 task (~1 h on 2 cores).
 * ``cpu-base``: ``cpu-frac``'s LO with μP base width 512 and 1/depth hidden steps,
   continued from ``mulo-frac-cpu`` (400 outer steps).
+* ``velo-smoke``, ``velo-cpu``: μVeLO (:mod:`lopt.velo`) meta-trained the same way; the
+  ``-sp`` twins train the SP VeLO of identical architecture.
 * ``paper``: the published GPU-scale μLO recipe (Thérien et al., arXiv 2406.00153): PES,
   K=50, sigma=0.01, 8 pairs per task, widths 128/512/1024 (depth 3), AdamW
   warmup-cosine 3e-10 -> 3e-3 -> 1e-3, global-norm clip 1, 5000 outer steps.
@@ -28,7 +30,8 @@ import json
 import math
 from typing import Any
 
-from lopt.learned import LOConfig
+from lopt.learned import LOConfig, config_from_dict
+from lopt.velo import MUVELO, VeLOConfig
 from meta_train.es import ESConfig, check_fields
 
 
@@ -38,7 +41,8 @@ class MetaTrainConfig:
 
     Attributes:
       tasks: task names; one estimator per task, gradients averaged.
-      lo: learned-optimizer architecture and variant (μLO or SP).
+      lo: learned-optimizer architecture and variant: an ``LOConfig`` (μLO or SP LO) or a
+        ``VeLOConfig`` (μVeLO or SP VeLO).
       es: gradient estimator settings.
       outer_steps: number of meta-updates.
       meta_lr: peak meta learning rate (AdamW).
@@ -58,7 +62,7 @@ class MetaTrainConfig:
         weight (``lopt.extend_theta``). "" = random init.
     """
     tasks: tuple[str, ...] = ("mlp-fmnist8-w32-d3", "mlp-fmnist8-w64-d3")
-    lo: LOConfig = LOConfig()
+    lo: LOConfig | VeLOConfig = LOConfig()
     es: ESConfig = ESConfig()
     outer_steps: int = 300
     meta_lr: float = 3e-3
@@ -78,8 +82,8 @@ class MetaTrainConfig:
     def __post_init__(self):
         """Raises ValueError (one line, naming the field) on values the loop cannot use."""
         check_fields(self)
-        if not isinstance(self.lo, LOConfig) or not isinstance(self.es, ESConfig):
-            raise ValueError("lo and es must be LOConfig and ESConfig")
+        if not isinstance(self.lo, (LOConfig, VeLOConfig)) or not isinstance(self.es, ESConfig):
+            raise ValueError("lo must be an LOConfig or VeLOConfig, es an ESConfig")
         if not (isinstance(self.tasks, tuple) and self.tasks
                 and all(isinstance(t, str) and t for t in self.tasks)):
             raise ValueError(f"tasks must be a non-empty list of task names, got {self.tasks!r}")
@@ -98,6 +102,8 @@ class MetaTrainConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["tasks"] = list(self.tasks)
+        if self.lo.arch != "mlp":   # VeLO; μLO configs stay as older runs wrote them
+            d["lo"] = self.lo.to_dict()
         return d
 
     @classmethod
@@ -109,7 +115,7 @@ class MetaTrainConfig:
             if not isinstance(d["tasks"], (list, tuple)):
                 raise ValueError(f"tasks must be a list, got {d['tasks']!r}")
             d["tasks"] = tuple(d["tasks"])
-            for name, make in (("lo", LOConfig.from_dict), ("es", lambda x: ESConfig(**x))):
+            for name, make in (("lo", config_from_dict), ("es", lambda x: ESConfig(**x))):
                 try:
                     d[name] = make(d[name])
                 except ValueError as e:
@@ -173,6 +179,22 @@ PRESETS["cpu-base"] = dataclasses.replace(
                            step_mult=1.5625e-4),
     outer_steps=400, warmup_steps=30, checkpoint_every=25, init_from="mulo-frac-cpu")
 
+# μVeLO (lopt.velo, the μLO paper's second architecture) through the same estimator. With
+# VeLO's reference constants a random theta barely moves a task (step_mult 1e-3, and the
+# even mixture of 8 random MLPs has weights sqrt(8) x smaller than one MLP's init, so its
+# output is 8^1.5 ~ 23x smaller); a CPU budget of outer steps cannot grow that. interp_mult sqrt(8)
+# restores the per-layer init scale and step_mult 1e-2 is μLO's μP default, so μVeLO starts
+# where μLO starts (tests/meta_train/test_velo_meta.py measures both).
+_VELO_CPU = dataclasses.replace(MUVELO, step_mult=1e-2, interp_mult=math.sqrt(8))
+PRESETS["velo-smoke"] = dataclasses.replace(PRESETS["smoke"], lo=_VELO_CPU)
+PRESETS["velo-cpu"] = MetaTrainConfig(
+    tasks=("mlp-fmnist8-w32-d3", "mlp-fmnist8-w64-d6", "mlp-fmnist8-w128-d3"),
+    lo=_VELO_CPU,
+    es=_pes(unroll=20, horizons=(100, 1000)),
+    outer_steps=600, warmup_steps=50, meta_lr=3e-3, final_lr=1e-3,
+    checkpoint_every=25, validate_every=100, validate_task="mlp-fmnist8-w256-d3",
+    validate_steps=1000)
+
 
 def sp_variant(config: MetaTrainConfig) -> MetaTrainConfig:
     """The same recipe for an SP learned optimizer on standard-parametrized tasks: the
@@ -214,7 +236,7 @@ def apply_overrides(config: MetaTrainConfig, pairs) -> MetaTrainConfig:
       ValueError: unknown field, unparsable value, or a value the config refuses (one line
         naming the dotted field).
     """
-    d = dataclasses.asdict(config)
+    d = config.to_dict()
     for key, value in pairs:
         parts, obj, node = key.split("."), config, d
         for i, part in enumerate(parts):

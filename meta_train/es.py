@@ -295,9 +295,10 @@ def lo_problem(task, make_opt: Callable[[Any], Any]) -> InnerProblem:
         del t
         params, opt_state = core
         batch = task.sample(data, key, "train")
-        # The run's horizon is its total step count, for LOs that are told it.
+        # The run's horizon is its total step count, for LOs that are told it; the loss
+        # goes along for LOs whose features read it (VeLO; the MLP LO ignores it).
         loss, params, opt_state = inner_step(task, make_opt(theta), params, opt_state, batch,
-                                             num_steps=horizon)
+                                             pass_loss=True, num_steps=horizon)
         return (params, opt_state), loss / task.normalizer
 
     return InnerProblem(init_run, step)

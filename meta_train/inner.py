@@ -25,13 +25,17 @@ def all_finite(tree: Any) -> jax.Array:
 
 
 def inner_step(task: Task, opt: optax.GradientTransformation, params: Any, opt_state: Any,
-               batch: Any, **update_args):
+               batch: Any, *, pass_loss: bool = False, **update_args):
     """One inner update, shared by eval runs and meta-training: loss and gradient on
-    ``batch``, then ``opt.update(grads, opt_state, params, **update_args)``.
+    ``batch``, then ``opt.update(grads, opt_state, params, **update_args)``; with
+    ``pass_loss`` the step's loss goes along as ``value=loss`` (optax's name for it), for
+    optimizers whose features read it (VeLO).
 
     Returns (loss before the update, new params, new optimizer state).
     """
     loss, grads = jax.value_and_grad(task.loss)(params, batch)
+    if pass_loss:
+        update_args = dict(update_args, value=loss)
     upd, opt_state = opt.update(grads, opt_state, params, **update_args)
     return loss, optax.apply_updates(params, upd), opt_state
 
@@ -48,7 +52,8 @@ class TrainResult(NamedTuple):
 
 def train(task: Task, opt: optax.GradientTransformation, *, key: jax.Array, num_steps: int,
           eval_every: int = 0, eval_batches: int = 4, params: Any = None,
-          extra_args: Callable[[Any, Any], dict] | None = None) -> TrainResult:
+          extra_args: Callable[[Any, Any], dict] | None = None,
+          pass_loss: bool = False) -> TrainResult:
     """Trains ``task`` for ``num_steps`` with ``opt``; jittable end to end.
 
     Args:
@@ -61,13 +66,15 @@ def train(task: Task, opt: optax.GradientTransformation, *, key: jax.Array, num_
       params: optional initial parameters (default ``task.init``).
       extra_args: optional ``(params, batch) -> dict`` of keyword arguments for
         ``opt.update`` (e.g. ``{"activations": task.activations(params, batch)}``).
+      pass_loss: give ``opt.update`` each step's training loss as ``value=`` (VeLO needs it;
+        ``config.needs_loss`` of a learned optimizer says so).
     """
     k_init, k_data, k_test = jax.random.split(key, 3)
     p0 = task.init(k_init) if params is None else params
     every = eval_every if eval_every else num_steps
     n_eval = num_steps // every
     return _train(task, opt, p0, k_data, k_test, num_steps, every, n_eval, eval_batches,
-                  extra_args)
+                  extra_args, pass_loss)
 
 
 def _evaluate(task, params, key, batches):
@@ -78,12 +85,13 @@ def _evaluate(task, params, key, batches):
 
 
 def _train(task, opt, p0, k_data, k_test, num_steps, every, n_eval, eval_batches,
-           extra_args=None):
+           extra_args=None, pass_loss=False):
     def step(carry, i):
         params, state, dead, dead_at = carry
         batch = task.sample(task.data, jax.random.fold_in(k_data, i), "train")
         extra = extra_args(params, batch) if extra_args is not None else {}
-        loss, new_params, new_state = inner_step(task, opt, params, state, batch, **extra)
+        loss, new_params, new_state = inner_step(task, opt, params, state, batch,
+                                                 pass_loss=pass_loss, **extra)
         bad = ~jnp.isfinite(loss) | dead
         bad_after = bad | ~all_finite(new_params)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(bad_after, b, a), new, old)

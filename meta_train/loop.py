@@ -59,7 +59,6 @@ class MetaTrainer:
     def __init__(self, cfg: MetaTrainConfig):
         self.cfg = cfg
         self.tasks = [get_task(n) for n in cfg.tasks]
-        lo_cfg = cfg.lo
         self.problems = [ES.lo_problem(t, self.opt_factory(t)) for t in self.tasks]
         self.meta_opt = meta_optimizer(cfg)
         self._apply = jax.jit(lambda th, st, g: _apply(self.meta_opt, th, st, g))
@@ -70,9 +69,8 @@ class MetaTrainer:
         the inferred ones, tests/lopt/test_roles_layers.py) and μP in the model, as the
         tasks multiply their readout by 1/fan_in."""
         lo_cfg = self.cfg.lo
-        return lambda th, num_steps=None: lopt.make(
-            th, mup=lo_cfg.mup, step_mult=lo_cfg.resolved_step_mult, exp_mult=lo_cfg.exp_mult,
-            config=lo_cfg, roles=task.roles, mup_in="model", num_steps=num_steps)
+        return lambda th, num_steps=None: lopt.make_from_config(
+            th, lo_cfg, roles=task.roles, mup_in="model", num_steps=num_steps)
 
     def init_state(self) -> dict:
         key = jax.random.PRNGKey(self.cfg.seed)
@@ -80,7 +78,12 @@ class MetaTrainer:
         theta = lopt.init_theta(k_theta, self.cfg.lo)
         if self.cfg.init_from:
             start, start_cfg, _ = lopt.load_theta(self.cfg.init_from)
-            theta = lopt.extend_theta(start, start_cfg, self.cfg.lo)
+            if start_cfg.arch != self.cfg.lo.arch:
+                raise ValueError(f"init_from={self.cfg.init_from!r} is a {start_cfg.arch!r} "
+                                 f"learned optimizer; this run trains a {self.cfg.lo.arch!r} one")
+            theta = (lopt.extend_theta(start, start_cfg, self.cfg.lo)
+                     if self.cfg.lo.arch == "mlp" else jax.tree.map(jnp.asarray, start))
+            lopt.check_theta(theta, self.cfg.lo)
         es_states = [ES.init_es_state(p, theta, jax.random.fold_in(k_es, i), self.cfg.es)
                      for i, p in enumerate(self.problems)]
         return {"step": jnp.int32(0), "theta": theta, "opt_state": self.meta_opt.init(theta),
@@ -119,7 +122,8 @@ class MetaTrainer:
             task = get_task(cfg.validate_task or cfg.tasks[0])
             make_opt = self.opt_factory(task)
             fn = jax.jit(lambda th, key: inner_train(
-                task, make_opt(th, cfg.validate_steps), key=key, num_steps=cfg.validate_steps))
+                task, make_opt(th, cfg.validate_steps), key=key, num_steps=cfg.validate_steps,
+                pass_loss=cfg.lo.needs_loss))
             self._val = (task, fn)
         task, fn = self._val
         res = [fn(theta, jax.random.PRNGKey(10_000 + i)) for i in range(cfg.validate_seeds)]

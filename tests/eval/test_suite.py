@@ -466,7 +466,7 @@ def test_cache_made_on_other_data_is_never_reused(tmp_path, monkeypatch):
                       {"config": {"seed": 3}})
     computed = []
 
-    def compute(self, task_name, make, steps, lrs, seeds, needs_activations):
+    def compute(self, task_name, make, steps, lrs, seeds, needs_activations, pass_loss=False):
         computed.append(task_name)
         return {"losses": [[[float(len(computed))] * steps] * len(seeds)] * len(lrs)}
     monkeypatch.setattr(S.Runner, "_compute", compute)
