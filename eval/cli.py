@@ -42,7 +42,8 @@ def main(argv=None):
                          "widest meta-training width)")
     ap.add_argument("--axes", default=None,
                     help="comma-separated subset of the axes to run: in-distribution, wider, "
-                         "deeper, longer (default: all); cached cells are shared, so a later "
+                         "deeper, longer, transformer, transformer-lowrank, other-data "
+                         "(default: all the suite has); cached cells are shared, so a later "
                          "run of all axes with the same --out reuses them")
     ap.add_argument("--schedule", default=None, choices=["constant", "cosine"],
                     help="LR schedule of every tuned baseline: constant, or cosine (linear "

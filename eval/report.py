@@ -203,14 +203,18 @@ def markdown(doc: dict, plots: list[str]) -> str:
             axes.append(c["axis"])
     for axis in axes:
         cells = [c for c in doc["cells"] if c["axis"] == axis]
-        names = [n for n in cells[0]["optimizers"]]
+        # fixed cells (transformer, low-rank) carry their own baselines
+        names = list(dict.fromkeys(n for c in cells for n in c["optimizers"]))
         lines += [f"## {axis}", "", "| task | steps | " + " | ".join(names) + " |",
                   "|---|---:|" + "---:|" * len(names)]
         for c in cells:
-            best = min(c["optimizers"][n]["final_mean"] for n in names)
+            best = min(o["final_mean"] for o in c["optimizers"].values())
             cols = []
             for n in names:
-                o = c["optimizers"][n]
+                o = c["optimizers"].get(n)
+                if o is None:
+                    cols.append("")
+                    continue
                 s = (f"{o['final_mean']:.3f} ± {o['final_std']:.3f}"
                      + (" †" if diverged(o) else ""))
                 cols.append(f"**{s}**" if o["final_mean"] == best else s)
@@ -222,8 +226,10 @@ def markdown(doc: dict, plots: list[str]) -> str:
         for c in cells:
             lines.append(f"| {c['task']} | " + " | ".join(
                 f"{c['optimizers'][n].get('speedup_vs_adamw', float('nan')):.2f}"
-                for n in names) + " |")
+                if n in c["optimizers"] else "" for n in names) + " |")
         lines.append("")
+    for sk in doc.get("skipped", []):
+        lines += [f"## {sk['axis']}: `{sk['task']}` skipped", "", sk["reason"], ""]
     lines += _against_adamw_md(doc)
     lines += ["Tuned learning rates (‡ = the best LR is at an end of its grid, so a wider grid "
               "might do better): " + "; ".join(

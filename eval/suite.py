@@ -5,7 +5,12 @@ speedups and step times.
 Suites are defined relative to the LO's meta-training config (read from its checkpoint):
 in-distribution (the meta-training tasks at the meta-training horizon), wider (multiples of
 the widest meta-training width), deeper (~5x depth) and longer (a multiple of the longest
-meta-training horizon). The ``dev`` suite holds only held-out cells and the two AdamW forms
+meta-training horizon). The ``full`` suite adds cells that do not depend on the LO:
+char-level transformer LMs (base d_model, 4x and 8x wider, 3x deeper; no LO here has seen a
+transformer), a factored-attention LM where Riemannian low-rank descent meets AdamW on the
+same factors, and 28x28 Fashion-MNIST (other data: another input distribution and fan-in).
+Cells on those axes whose data is not on the machine are skipped and the report says so.
+The ``dev`` suite holds only held-out cells and the two AdamW forms
 (constant and warmup-cosine), for choosing between learned-optimizer variants; ``full`` gives
 the verdict.
 
@@ -47,7 +52,10 @@ class SuiteError(ValueError):
     without its meta-training config); the message names the problem and the fix."""
 
 
-AXES = ("in-distribution", "wider", "deeper", "longer")
+AXES = ("in-distribution", "wider", "deeper", "longer", "transformer", "transformer-lowrank",
+        "other-data")
+# axes whose cells are fixed tasks, not derived from the LO: skipped when their data is absent
+OPTIONAL_AXES = ("transformer", "transformer-lowrank", "other-data")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +74,14 @@ class SuiteSpec:
     # μTransfer: on wider cells above this multiplier, μP baselines reuse the LR tuned at the
     # widest cell at or below it, with a 3-point grid around it (0: tune every cell)
     mutransfer_above: int = 0
+    # fixed cells (not derived from the LO's meta-training tasks), each with its own baselines
+    transformer: tuple[str, ...] = ()           # char-level LM tasks
+    transformer_steps: int = 500
+    transformer_baselines: tuple[str, ...] = ("adamw", "adamw-cosine", "muadam", "muon",
+                                              "schatten")
+    lowrank: tuple[str, ...] = ()               # factored-attention LM tasks
+    lowrank_baselines: tuple[str, ...] = ("adamw", "riemannian")
+    other_data: tuple[str, ...] = ()            # run at the meta-training horizon
 
 
 SUITES = {
@@ -74,7 +90,11 @@ SUITES = {
     "quick": SuiteSpec(wider=(4, 8), deeper=5, longer=5, grid_points=6, seeds=3),
     "full": SuiteSpec(wider=(8, 16, 32), deeper=5, longer=25, grid_points=7, seeds=3,
                       baselines=("adamw", "adamw-cosine", "muadam", "muon", "modular",
-                                 "prodigy"), mutransfer_above=8),
+                                 "prodigy"), mutransfer_above=8,
+                      transformer=("lm-fortunes-d64-l2", "lm-fortunes-d256-l2",
+                                   "lm-fortunes-d512-l2", "lm-fortunes-d64-l6"),
+                      lowrank=("lm-fortunes-d128-l2-r16",),
+                      other_data=("mlp-fmnist28-w1024-d3",)),
     # held-out cells only, for choosing between LO variants: for mulo-cpu's config (widest
     # w128-d3, horizon 500) w1024-d3 / w128-d15 at 500 steps and w128-d3 at 5000 steps.
     # 3-point grids: the middle of adamw's grid (3.1e-4..3.1e-3) holds its tuned LR on every
@@ -91,29 +111,52 @@ class Cell:
     axis: str
     task: str
     steps: int
+    baselines: tuple[str, ...] | None = None    # None: the suite's baselines
 
 
 def _swap(name: str, key: str, value: int) -> str:
     return re.sub(rf"-{key}\d+", f"-{key}{value}", name, count=1)
 
 
+def _dim_keys(name: str) -> tuple[str | None, str | None]:
+    """The name keys of a task family's width and depth: ``mlp-...-w128-d3`` -> ("w", "d"),
+    ``lm-...-d64-l2`` -> ("d", "l") (there ``-d`` is d_model); (None, None) for families
+    without them (``rf-...``)."""
+    if name.startswith("lm-"):
+        return "d", "l"
+    if name.startswith("mlp-"):
+        return "w", "d"
+    return None, None
+
+
+def _dim(name: str, key: str | None) -> int | None:
+    m = re.search(rf"-{key}(\d+)", name) if key else None
+    return int(m[1]) if m else None
+
+
 def cells_for(meta_cfg: dict, spec: SuiteSpec) -> list[Cell]:
     """The (axis, task, steps) cells for an LO meta-trained with ``meta_cfg``."""
     tasks = list(meta_cfg["tasks"])
     horizon = int(meta_cfg["es"]["max_horizon"])
-    widths = [int(re.search(r"-w(\d+)", t)[1]) for t in tasks if re.search(r"-w(\d+)", t)]
-    widest = tasks[int(np.argmax(widths))] if widths else tasks[0]
-    w = max(widths) if widths else 0
+    sized = [(_dim(t, _dim_keys(t)[0]), t) for t in tasks]
+    sized = [(w, t) for w, t in sized if w is not None]
+    w, widest = max(sized, key=lambda x: x[0]) if sized else (0, tasks[0])
+    wkey, dkey = _dim_keys(widest)
     out = []
     if spec.in_distribution:
         out += [Cell("in-distribution", t, horizon) for t in tasks]
-    if widths:
-        out += [Cell("wider", _swap(widest, "w", w * m), horizon) for m in spec.wider]
-    depth = re.search(r"-d(\d+)", widest)
+    if sized:
+        out += [Cell("wider", _swap(widest, wkey, w * m), horizon) for m in spec.wider]
+    depth = _dim(widest, dkey)
     if spec.deeper and depth:
-        out.append(Cell("deeper", _swap(widest, "d", int(depth[1]) * spec.deeper), horizon))
+        out.append(Cell("deeper", _swap(widest, dkey, depth * spec.deeper), horizon))
     if spec.longer:
         out.append(Cell("longer", widest, horizon * spec.longer))
+    out += [Cell("transformer", t, spec.transformer_steps, tuple(spec.transformer_baselines))
+            for t in spec.transformer]
+    out += [Cell("transformer-lowrank", t, spec.transformer_steps,
+                 tuple(spec.lowrank_baselines)) for t in spec.lowrank]
+    out += [Cell("other-data", t, horizon) for t in spec.other_data]
     return [c for c in out if c.axis in spec.axes]
 
 
@@ -126,8 +169,7 @@ def _grid(name: str, points: int) -> list[float]:
 
 
 def _width(task: str) -> int | None:
-    m = re.search(r"-w(\d+)", task)
-    return int(m[1]) if m else None
+    return _dim(task, _dim_keys(task)[0])
 
 
 def baseline_grid(name: str, spec: SuiteSpec, cell: Cell, widest: int,
@@ -350,27 +392,47 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
         raise SuiteError(f"{los[0].path} carries no meta-training config; the suite "
                          "needs one to define its axes")
     names = tuple(baselines) if baselines else spec.baselines
-    unknown = [n for n in names if n not in BASELINES]
+    cells = cells_for(meta_cfg, spec)
+    unknown = [n for n in dict.fromkeys(names + tuple(b for c in cells for b in c.baselines or ()))
+               if n not in BASELINES]
     if unknown:
         raise SuiteError(f"unknown baseline(s) {unknown}; choose from {sorted(BASELINES)}")
     if spec.schedule not in SCHEDULES:
         raise SuiteError(f"unknown schedule {spec.schedule!r}; choose from "
                          f"{', '.join(SCHEDULES)}")
     schedule = None if spec.schedule == "constant" else spec.schedule
-    labels = {n: row_label(n, spec.schedule) for n in names}
-    if len(set(labels.values())) < len(labels):
-        raise SuiteError(f"with schedule {spec.schedule!r} the baselines {list(names)} "
-                         "name the same optimizer twice; list each once")
-    cells = cells_for(meta_cfg, spec)
+    def cell_names(cell: Cell) -> tuple[str, ...]:
+        """A fixed cell's own baselines (those the user listed, if they listed any)."""
+        if cell.baselines is None:
+            return names
+        return tuple(n for n in cell.baselines if not baselines or n in baselines)
+
+    for group in {cell_names(c) for c in cells}:
+        labels = {n: row_label(n, spec.schedule) for n in group}
+        if len(set(labels.values())) < len(labels):
+            raise SuiteError(f"with schedule {spec.schedule!r} the baselines {list(group)} "
+                             "name the same optimizer twice; list each once")
+    labels = {n: row_label(n, spec.schedule)
+              for n in dict.fromkeys(names + tuple(b for c in cells for b in cell_names(c)))}
     if not cells:
         raise SuiteError(f"suite {suite!r} has no cells on axes {', '.join(spec.axes)} "
                          f"for {los[0].path}")
-    # every cell's data first, so missing data stops the suite before any training
-    sources = {c: data_source(variant(c.task, "mup")) for c in cells}
+    # every cell's data first, so missing data stops the suite before any training; cells of
+    # the optional axes (fixed tasks such as the fortunes LMs) are skipped and reported
+    from meta_train.data import DataNotFoundError
+    sources, skipped = {}, []
+    for c in cells:
+        try:
+            sources[c] = data_source(variant(c.task, "mup"))
+        except DataNotFoundError as e:
+            if c.axis not in OPTIONAL_AXES:
+                raise
+            skipped.append({"axis": c.axis, "task": c.task, "reason": str(e)})
+    cells = [c for c in cells if c in sources]
     runner = Runner(out)
     report_seeds = list(range(1, spec.seeds + 1))
-    per_cell = 2 * len(names) + int(spec.fixed_adamw) + len(los)
-    total = len(cells) * per_cell + sum(len(los) for c in cells if c.axis == "in-distribution")
+    total = (sum(2 * len(cell_names(c)) + int(spec.fixed_adamw) + len(los) for c in cells)
+             + sum(len(los) for c in cells if c.axis == "in-distribution"))
     bar = progress_bar(total, desc=f"eval {suite}", unit="group", enabled=progress, every=1)
     results = []
     widest = max([_width(t) or 0 for t in meta_cfg["tasks"]])
@@ -397,7 +459,7 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
                                                  report_seeds), 0, lr=1e-3, task=task)
             bar.update(1)
         # matrix-function baselines last: an interrupted cell keeps its cheap rows
-        for name in sorted(names, key=lambda n: BASELINES[n].matrix_functions):
+        for name in sorted(cell_names(cell), key=lambda n: BASELINES[n].matrix_functions):
             task = variant(cell.task, BASELINES[name].parametrization)
             grid, transfer = baseline_grid(name, spec, cell, widest, tuned)
             tune = runner.run_baseline(task, name, cell.steps, grid, [0], schedule=schedule)
@@ -416,7 +478,8 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
                 **({"mutransfer_from_width": transfer} if transfer else {}),
                 schedule=schedule or BASELINES[name].schedule)
             bar.update(1)
-        entry["optimizers"] = {labels[n]: entry["optimizers"][labels[n]] for n in names}
+        entry["optimizers"] = {labels[n]: entry["optimizers"][labels[n]]
+                               for n in cell_names(cell)}
         if fixed is not None:
             entry["optimizers"]["adamw@1e-3"] = fixed
         entry["optimizers"].update(lo_rows)
@@ -431,7 +494,8 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
                      "meta_step": lo.meta.get("step"), "digest": lo.digest,
                      "meta_config": lo.meta.get("config")} for lo in los],
             "spec": dataclasses.asdict(spec), "baselines": list(names),
-            "report_seeds": report_seeds, "cells": results, "host": host_info()}
+            "report_seeds": report_seeds, "cells": results, "skipped": skipped,
+            "host": host_info()}
 
 
 def row_label(name: str, schedule: str) -> str:

@@ -111,7 +111,11 @@ def test_cells_follow_the_meta_training_config_and_the_axes_filter():
         ("wider", "mlp-fmnist8-w1024-d3", 500), ("wider", "mlp-fmnist8-w2048-d3", 500),
         ("wider", "mlp-fmnist8-w4096-d3", 500),
         ("deeper", "mlp-fmnist8-w128-d15", 500),
-        ("longer", "mlp-fmnist8-w128-d3", 12500)]
+        ("longer", "mlp-fmnist8-w128-d3", 12500),
+        ("transformer", "lm-fortunes-d64-l2", 500), ("transformer", "lm-fortunes-d256-l2", 500),
+        ("transformer", "lm-fortunes-d512-l2", 500), ("transformer", "lm-fortunes-d64-l6", 500),
+        ("transformer-lowrank", "lm-fortunes-d128-l2-r16", 500),
+        ("other-data", "mlp-fmnist28-w1024-d3", 500)]
     only = S.cells_for(_META, dataclasses.replace(spec, axes=("wider", "longer"), wider=(8,)))
     assert [(c.axis, c.task, c.steps) for c in only] == [
         ("wider", "mlp-fmnist8-w1024-d3", 500), ("longer", "mlp-fmnist8-w128-d3", 12500)]
@@ -490,3 +494,78 @@ def test_cache_made_on_other_data_is_never_reused(tmp_path, monkeypatch):
     again = {k: f()["losses"] for k, f in runs.items()}
     assert len(computed) == 6 and all(again[k] != first[k] for k in runs)
     assert len(list((tmp_path / "cells").glob("*.json"))) == 6
+
+
+def test_cells_for_reads_lm_names_and_names_without_a_width():
+    spec = dataclasses.replace(S.SUITES["quick"], wider=(4,), deeper=3, longer=2)
+    lm = S.cells_for({"tasks": ["lm-fortunes-d64-l2", "lm-fortunes-d128-l2-h4"],
+                      "es": {"max_horizon": 300}}, spec)
+    by_axis = {c.axis: c for c in lm}
+    # on LM names -d is d_model and -l the depth: wider multiplies d_model, deeper the layers
+    assert by_axis["wider"].task == "lm-fortunes-d512-l2-h4"
+    assert by_axis["deeper"].task == "lm-fortunes-d128-l6-h4"
+    assert by_axis["longer"] == S.Cell("longer", "lm-fortunes-d128-l2-h4", 600)
+    rf = S.cells_for({"tasks": ["rf-s1.0-n256"], "es": {"max_horizon": 100}}, spec)
+    assert [c.axis for c in rf] == ["in-distribution", "longer"]
+
+
+def test_full_suite_has_transformer_lowrank_and_other_data_cells_with_their_baselines():
+    cells = S.cells_for(PRESETS["cpu"].to_dict(), S.SUITES["full"])
+    lm = [c for c in cells if c.axis == "transformer"]
+    assert [c.task for c in lm] == ["lm-fortunes-d64-l2", "lm-fortunes-d256-l2",
+                                    "lm-fortunes-d512-l2", "lm-fortunes-d64-l6"]
+    assert all(set(c.baselines) == {"adamw", "adamw-cosine", "muadam", "muon", "schatten"}
+               for c in lm)
+    (low,) = [c for c in cells if c.axis == "transformer-lowrank"]
+    assert low.task.endswith("-r16") and low.baselines == ("adamw", "riemannian")
+    (other,) = [c for c in cells if c.axis == "other-data"]
+    assert other == S.Cell("other-data", "mlp-fmnist28-w1024-d3", 500)   # suite baselines
+
+
+def _fake_compute(self, task_name, make, steps, lrs, seeds, needs_activations, pass_loss=False):
+    curve = list(np.linspace(2.3, 1.0 + 0.01 * len(task_name), steps))
+    n = len(lrs) * len(seeds)
+    return {"losses": [[curve] * len(seeds)] * len(lrs),
+            "test_loss": [[1.0] * len(seeds)] * len(lrs),
+            "test_accuracy": [[0.5] * len(seeds)] * len(lrs),
+            "diverged": [[False] * len(seeds)] * len(lrs), "wall_s": 1.0, "compile_s": 0.0,
+            "runs": n, "steps": steps}
+
+
+def test_fixed_cells_without_their_data_are_skipped_and_reported(tmp_path, monkeypatch):
+    from meta_train.data import DataNotFoundError
+
+    def source(task):
+        if task.startswith("lm-"):
+            raise DataNotFoundError("fortunes not found: apt install fortunes")
+        return "test data"
+    monkeypatch.setattr(S.Runner, "_compute", _fake_compute)
+    monkeypatch.setattr(S, "data_source", source)
+    doc = S.run_suite(["mulo-cpu"], "full", tmp_path, progress=False, overrides={
+        "axes": ("transformer", "transformer-lowrank", "other-data"),
+        "transformer": ("lm-fortunes-d64-l2",), "baselines": ("adamw",)})
+    assert [(c["axis"], c["task"]) for c in doc["cells"]] == [
+        ("other-data", "mlp-fmnist28-w1024-d3")]
+    assert [(s["axis"], s["task"]) for s in doc["skipped"]] == [
+        ("transformer", "lm-fortunes-d64-l2"), ("transformer-lowrank", "lm-fortunes-d128-l2-r16")]
+    assert "apt install fortunes" in doc["skipped"][0]["reason"]
+    md = write_all(doc, tmp_path / "report", "test")["markdown"]
+    assert "## transformer: `lm-fortunes-d64-l2` skipped" in md
+    # a core axis without its data still stops the suite before any training
+    monkeypatch.setattr(S, "data_source", lambda task: source("lm-" + task))
+    with pytest.raises(DataNotFoundError):
+        S.run_suite(["mulo-cpu"], "full", tmp_path, progress=False,
+                    overrides={"axes": ("wider",)})
+
+
+def test_a_fixed_cell_runs_its_own_baselines_and_the_report_leaves_the_rest_blank(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(S.Runner, "_compute", _fake_compute)
+    monkeypatch.setattr(S, "data_source", lambda task: "test data")
+    doc = S.run_suite(["mulo-cpu"], "full", tmp_path, progress=False, overrides={
+        "axes": ("transformer-lowrank", "other-data"), "baselines": ("adamw", "muadam")})
+    rows = {c["axis"]: list(c["optimizers"]) for c in doc["cells"]}
+    assert rows["transformer-lowrank"][:2] == ["adamw", "riemannian"]
+    assert rows["other-data"][:2] == ["adamw", "muadam"]
+    md = write_all(doc, tmp_path / "report", "test")["markdown"]
+    assert "## transformer-lowrank" in md and "riemannian" in md
