@@ -19,7 +19,10 @@ def _rounded_curves(doc: dict) -> dict:
     Summary numbers (final losses, accuracies) keep full precision."""
     cells = []
     for c in doc["cells"]:
-        opts = {n: dict(o, mean_curve=[float(f"{x:.6g}") for x in o["mean_curve"]])
+        opts = {n: dict(o, mean_curve=[float(f"{x:.6g}") for x in o["mean_curve"]],
+                        **({"seed_curves": [[float(f"{x:.5g}") for x in sc]
+                                            for sc in o["seed_curves"]]}
+                           if "seed_curves" in o else {}))
                 for n, o in c["optimizers"].items()}
         cells.append(dict(c, optimizers=opts))
     return dict(doc, cells=cells)
@@ -129,8 +132,35 @@ def against_adamw(doc: dict) -> list[dict]:
                          "lo_diverged": diverged(o), "adamw": best,
                          "adamw_final": a["final_mean"],
                          "win": not diverged(o) and o["final_mean"] <= a["final_mean"],
-                         "speedup": speedup(a["mean_curve"], o["mean_curve"])})
+                         "speedup": speedup(a["mean_curve"], o["mean_curve"]),
+                         "curves": ((np.asarray(a["seed_curves"]), np.asarray(o["seed_curves"]))
+                                    if "seed_curves" in a and "seed_curves" in o else None)})
     return rows
+
+
+def bootstrap_speedup(pairs: list[tuple[np.ndarray, np.ndarray]], n: int = 2000,
+                      seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of the geometric-mean speedup over cells.
+
+    ``pairs``: per cell, (AdamW's per-seed curves [S, T'], the LO's [S', T']). Each resample
+    draws the seeds of every curve set with replacement, averages them and takes the speedup
+    (:func:`eval.suite.speedup`) per cell, then the geometric mean over cells (0 when some
+    cell's speedup is 0). With 3 seeds per cell the interval is coarse; it shows how much of
+    a speedup the seed noise alone could make.
+    """
+    from eval.suite import speedup
+    rng = np.random.default_rng(seed)
+    geo = np.empty(n)
+    for b in range(n):
+        sp = []
+        for ref, cand in pairs:
+            r = ref[rng.integers(0, len(ref), len(ref))].mean(0)
+            c = cand[rng.integers(0, len(cand), len(cand))].mean(0)
+            sp.append(speedup(r, c))
+        sp = np.asarray(sp)
+        geo[b] = float(np.exp(np.mean(np.log(sp)))) if np.all(sp > 0) else 0.0
+    lo, hi = np.percentile(geo, [2.5, 97.5])
+    return float(lo), float(hi)
 
 
 def _against_adamw_md(doc: dict) -> list[str]:
@@ -155,10 +185,14 @@ def _against_adamw_md(doc: dict) -> list[str]:
         mine = [r for r in rows if r["lo"] == lo]
         sp = np.array([r["speedup"] for r in mine])
         geo = float(np.exp(np.mean(np.log(sp)))) if np.all(sp > 0) else 0.0
+        ci = ""
+        if all(r["curves"] is not None for r in mine):
+            a, b = bootstrap_speedup([r["curves"] for r in mine])
+            ci = f" (95% bootstrap interval over seeds {a:.2f}-{b:.2f})"
         lines.append(f"- **{lo}**: wins {sum(r['win'] for r in mine)} of {len(mine)} cells "
                      f"against the better tuned AdamW; geometric-mean speedup {geo:.2f}"
                      + (" (0: on some cell it never reaches AdamW's final loss)"
-                        if geo == 0 else ""))
+                        if geo == 0 else "") + ci)
     return lines + [""]
 
 

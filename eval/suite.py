@@ -521,6 +521,11 @@ def host_info() -> dict:
             "devices": [str(d) for d in jax.devices()], "jax": jax.__version__}
 
 
+def _stride(steps: int) -> int:
+    """Stride of the stored per-seed curves: at most 500 points per curve."""
+    return max(1, -(-steps // 500))
+
+
 def _summary(group: dict, lr_index: int, **extra) -> dict:
     losses = np.asarray(group["losses"][lr_index], np.float64)     # [seeds, steps]
     finals = np.array([final_loss(l) for l in losses])
@@ -533,5 +538,8 @@ def _summary(group: dict, lr_index: int, **extra) -> dict:
             "diverged": bool(any(group["diverged"][lr_index])
                              or blew_up(losses[:, 0], finals).any()),
             "mean_curve": np.mean(np.minimum(losses, 1e3), 0).tolist(),
+            # per-seed curves at every SEED_CURVE_STRIDE-th step (<= 500 points), for
+            # bootstrap intervals over seeds (eval.report.bootstrap_speedup)
+            "seed_curves": np.minimum(losses, 1e3)[:, ::_stride(losses.shape[1])].tolist(),
             # compile excluded; the runs of a group are vmapped, so this is per run-step
             "wall_s_per_step": group["wall_s"] / (group["runs"] * group["steps"]), **extra}

@@ -569,3 +569,23 @@ def test_a_fixed_cell_runs_its_own_baselines_and_the_report_leaves_the_rest_blan
     assert rows["other-data"][:2] == ["adamw", "muadam"]
     md = write_all(doc, tmp_path / "report", "test")["markdown"]
     assert "## transformer-lowrank" in md and "riemannian" in md
+
+
+def test_bootstrap_interval_of_the_geomean_speedup_over_seeds():
+    from eval.report import bootstrap_speedup, markdown
+    a, lo = np.stack([_curve(0.4)] * 3), np.stack([_curve(0.3)] * 3)
+    point = S.speedup(a.mean(0), lo.mean(0))
+    assert point > 1
+    # identical seeds: nothing to resample, the interval is the point
+    assert bootstrap_speedup([(a, lo)], n=20) == pytest.approx((point, point))
+    # seed spread widens it around the point estimate; a second cell enters the geo-mean
+    a2 = np.stack([_curve(e) for e in (0.38, 0.40, 0.42)])
+    lo2 = np.stack([_curve(e) for e in (0.30, 0.36, 0.42)])
+    lo_ci, hi_ci = bootstrap_speedup([(a2, lo2), (a, lo)], n=400)
+    p2 = np.sqrt(S.speedup(a2.mean(0), lo2.mean(0)) * point)
+    assert lo_ci < p2 < hi_ci and hi_ci - lo_ci > 0.1
+    # the report prints it next to the win count (the summaries store per-seed curves)
+    doc = _doc({"mlp-a-w1024-d3": {"adamw": _curve(0.40), "μLO": _curve(0.30)}})
+    assert doc["cells"][0]["optimizers"]["μLO"]["seed_curves"]
+    assert (f"geometric-mean speedup {point:.2f} (95% bootstrap interval over seeds "
+            f"{point:.2f}-{point:.2f})") in markdown(doc, [])
