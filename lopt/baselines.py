@@ -21,7 +21,7 @@ import optax
 
 from lopt import dualize
 from lopt.riemannian import riemannian_lowrank
-from lopt.roles import lr_multipliers, readout_multipliers, resolve_roles
+from lopt.roles import fan_in_axes, lr_multipliers, path_str, readout_multipliers, resolve_roles
 from lopt.schatten import adaptive_schatten
 
 SCHEDULES = ("constant", "cosine")
@@ -136,21 +136,34 @@ def muon(lr: optax.ScalarOrSchedule, roles: Any, adam_lr: float | None = None):
     """Muon (Jordan et al.) via optax.contrib.muon on hidden matrices only; input, readout and
     non-matrix leaves go to AdamW with LR ``adam_lr`` (default lr / 10, following ``lr``'s
     schedule)."""
-    dims = jax.tree.map(lambda r: optax.contrib.MuonDimensionNumbers() if r == "hidden"
-                        else None, roles)
+    def dims(params):
+        # the one matrix view (lopt.roles.fan_in_axes): a q/k/v kernel [d, heads, head_dim]
+        # is one [d, heads * head_dim] matrix, a conv kernel [h, w, in, out] one [h w in, out]
+        def one(path, role, p):
+            # optax passes masked trees: leaves it does not route to Muon are MaskedNode
+            if role != "hidden" or not hasattr(p, "shape") or len(p.shape) < 2:
+                return None
+            k = fan_in_axes(path_str(path), p.shape)
+            return optax.contrib.MuonDimensionNumbers(
+                reduction_axis=tuple(range(k)), output_axis=tuple(range(k, len(p.shape))))
+        return jax.tree_util.tree_map_with_path(one, roles, params)
     if not adam_lr:
         adam_lr = (lambda count: lr(count) / 10) if callable(lr) else lr / 10
     return optax.contrib.muon(lr, adam_learning_rate=adam_lr,
                               muon_weight_dimension_numbers=dims, nesterov=True, beta=0.95)
 
 
-def map_leaves(fn: Callable[[jax.Array, str], jax.Array], roles: Any):
-    """A stateless transformation applying ``fn(update, role)`` leaf by leaf."""
+def map_leaves(fn: Callable[[jax.Array, str, int], jax.Array], roles: Any):
+    """A stateless transformation applying ``fn(update, role, split)`` leaf by leaf; ``split``
+    is the leaf's number of fan-in axes (:func:`lopt.roles.fan_in_axes`, from its path)."""
     def update_fn(updates, state, params=None):
         del params
+        split = lambda path, u: fan_in_axes(path_str(path), np.shape(u))
         if roles is None:
-            return jax.tree.map(lambda u: fn(u, None), updates), state
-        return jax.tree.map(fn, updates, roles), state
+            return jax.tree_util.tree_map_with_path(
+                lambda p, u: fn(u, None, split(p, u)), updates), state
+        return jax.tree_util.tree_map_with_path(
+            lambda p, u, r: fn(u, r, split(p, u)), updates, roles), state
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
@@ -159,12 +172,13 @@ def spectral(lr: optax.ScalarOrSchedule, roles: Any = None, momentum: float = 0.
     """Spectral descent = Shampoo with accumulation off: every matrix steps along ``U V^T`` of
     its momentum (exact SVD when min(fan_in, fan_out) <= svd_max, else Muon's Newton-Schulz);
     vectors and scalars take sign steps (Adam with EMAs off). arXiv 2409.20325, sec. 3."""
-    def direction(u, role):
+    def direction(u, role, split):
         del role
         if u.ndim < 2:
             return jnp.sign(u)
-        m = dualize.as_matrix(u)
-        return dualize.orthogonalize(u, "svd" if min(m.shape) <= svd_max else "newton-schulz")
+        m = dualize.as_matrix(u, split)
+        return dualize.orthogonalize(u, "svd" if min(m.shape) <= svd_max else "newton-schulz",
+                                     split=split)
     return optax.chain(optax.trace(momentum), map_leaves(direction, roles),
                        optax.scale_by_learning_rate(lr))
 
@@ -202,15 +216,15 @@ def modular(lr: optax.ScalarOrSchedule, roles: Any, momentum: float = 0.9, reado
     ``-lr * W`` (Scion's constrained form: the weights stay in a norm ball).
     References: modula (Large et al., arXiv 2405.14813); Scion, arXiv 2502.07529.
     """
-    def direction(u, role):
+    def direction(u, role, split):
         if u.ndim < 2 or role == "vector":
             return dualize.rms_normalize(u)
         if role == "input":
-            return dualize.input_direction(u)
+            return dualize.input_direction(u, split)
         if role == "output":
-            return dualize.readout_direction(u, readout)
-        m = dualize.as_matrix(u)
-        return (m.shape[1] / m.shape[0]) ** 0.5 * dualize.orthogonalize(u, ortho)
+            return dualize.readout_direction(u, readout, split)
+        m = dualize.as_matrix(u, split)
+        return (m.shape[1] / m.shape[0]) ** 0.5 * dualize.orthogonalize(u, ortho, split=split)
     chain = [optax.trace(momentum), map_leaves(direction, roles)]
     if constrained:
         chain.append(optax.add_decayed_weights(1.0))

@@ -2,8 +2,9 @@
 
 Every function maps a gradient-like matrix to an update direction of known size; the
 optimizers in :mod:`lopt.baselines` add momentum, step sizes and roles around them.
-Matrices are in Flax layout ``[fan_in, fan_out]``; leaves of rank > 2 are viewed as
-``[prod(shape[:-1]), shape[-1]]``.
+Matrices are in Flax layout ``[fan_in, fan_out]``; a leaf of rank > 2 is viewed as
+``[prod(shape[:k]), prod(shape[k:])]`` with ``k`` its fan-in axes
+(:func:`lopt.roles.fan_in_axes`: ``ndim - 1``, except attention q/k/v kernels).
 
 References: Bernstein & Newhouse, "Old Optimizer, New Norm: An Anthology", arXiv 2409.20325;
 Pethick et al., Scion (ColNorm/RowNorm/Sign maps), arXiv 2502.07529; Massena et al.,
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # Muon's quintic Newton-Schulz coefficients (Jordan et al.; optax's default).
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
@@ -35,9 +37,13 @@ def newton_schulz(m: jax.Array, steps: int = 5, coeffs=NS_COEFFS, eps: float = 1
     return x if wide else x.T
 
 
-def as_matrix(x: jax.Array) -> jax.Array:
-    """``[..., fan_out]`` -> ``[fan_in, fan_out]`` (vectors become one row)."""
-    return x.reshape(-1, x.shape[-1]) if x.ndim >= 1 else x.reshape(1, 1)
+def as_matrix(x: jax.Array, split: int | None = None) -> jax.Array:
+    """``[fan-in axes..., output axes...]`` -> ``[fan_in, fan_out]``; ``split`` is the number
+    of fan-in axes (default ``ndim - 1``; vectors become one row)."""
+    if x.ndim == 0:
+        return x.reshape(1, 1)
+    k = x.ndim - 1 if split is None else split
+    return x.reshape(int(np.prod(x.shape[:k], dtype=np.int64)), -1)
 
 
 def width_scale(shape) -> float:
@@ -46,13 +52,15 @@ def width_scale(shape) -> float:
     return max(1.0, m[1] / m[0]) ** 0.5
 
 
-def orthogonalize(g: jax.Array, method: str = "newton-schulz", ns_steps: int = 5) -> jax.Array:
+def orthogonalize(g: jax.Array, method: str = "newton-schulz", ns_steps: int = 5,
+                  split: int | None = None) -> jax.Array:
     """``U V^T`` of ``g = U S V^T`` (the spectral-norm duality map), same shape as g.
 
     ``"svd"`` is exact (singular values 1 to ~1e-6); ``"newton-schulz"`` runs Muon's quintic,
     whose output singular values land in roughly [0.7, 1.2] (by design: faster than exact).
+    ``split``: fan-in axes of ``g`` (:func:`as_matrix`).
     """
-    m = as_matrix(g).astype(jnp.float32)
+    m = as_matrix(g, split).astype(jnp.float32)
     if method == "svd":
         u, _, vt = jnp.linalg.svd(m, full_matrices=False)
         out = u @ vt
@@ -114,18 +122,18 @@ def rms_normalize(x: jax.Array, axis=None) -> jax.Array:
     return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=axis, keepdims=True) + EPS)
 
 
-def input_direction(g: jax.Array) -> jax.Array:
+def input_direction(g: jax.Array, split: int | None = None) -> jax.Array:
     """Input/embedding layers: each input feature's outgoing weights (a kernel row) get unit
     RMS, the ``1 -> RMS`` operator-norm duality map (Scion's ColNorm in torch layout)."""
-    m = as_matrix(g)
+    m = as_matrix(g, split)
     return rms_normalize(m, axis=1).reshape(g.shape)
 
 
-def readout_direction(g: jax.Array, mode: str = "row") -> jax.Array:
+def readout_direction(g: jax.Array, mode: str = "row", split: int | None = None) -> jax.Array:
     """Readout layers, ``RMS -> inf`` geometry: each output unit's incoming weights (a kernel
     column) normalized to l2 norm 1/sqrt(fan_in), i.e. RMS 1/fan_in (Scion's RowNorm);
     ``mode="sign"``: sign(g) / fan_in."""
-    m = as_matrix(g)
+    m = as_matrix(g, split)
     n_in = m.shape[0]
     if mode == "sign":
         return (jnp.sign(m) / n_in).reshape(g.shape)

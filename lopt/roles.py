@@ -76,13 +76,26 @@ def fan_in(shape) -> int:
     return max(1, int(math.prod(shape[:-1])))
 
 
-def leaf_fan_in(path: str, shape) -> int:
-    """Fan-in of the leaf at ``path``: :func:`fan_in`, except Flax attention q/k/v
-    ``DenseGeneral`` kernels ``[d, heads, head_dim]``, whose contracted axis is ``d``."""
+def fan_in_axes(path: str, shape) -> int:
+    """How many leading axes of the leaf at ``path`` are contracted with the layer's input
+    (its fan-in axes; the rest are output axes): ``ndim - 1`` in Flax layout (Dense
+    ``[in, out]``, Conv ``[h, w, in, out]``, attention output ``[heads, head_dim, d]``), and
+    1 for attention q/k/v ``DenseGeneral`` kernels ``[d, heads, head_dim]``. The one matrix
+    view of every leaf: fan-in, μP multipliers and the matrix baselines (Muon, modular,
+    spectral) all read a kernel as ``[prod(shape[:k]), prod(shape[k:])]`` with this ``k``."""
     shape = tuple(shape)
     if len(shape) == 3 and _QKV_NAMES.search(path):
-        return max(1, int(shape[0]))
-    return fan_in(shape)
+        return 1
+    return max(0, len(shape) - 1)
+
+
+def leaf_fan_in(path: str, shape) -> int:
+    """Fan-in of the leaf at ``path``: the product of its :func:`fan_in_axes` (1 for
+    scalars and vectors)."""
+    shape = tuple(shape)
+    if len(shape) < 2:
+        return 1
+    return max(1, int(math.prod(shape[:fan_in_axes(path, shape)])))
 
 
 def fan_ins(params: Any) -> Any:

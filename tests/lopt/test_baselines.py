@@ -354,3 +354,42 @@ def test_muadam_takes_the_lr_multipliers_of_the_mulo_including_attention_kernels
     assert got["embed"]["embedding"] == pytest.approx(1.0, rel=1e-4)
     assert got["head"]["kernel"] == pytest.approx(1.0, rel=1e-4)
     assert got["head"]["bias"] == pytest.approx(1.0, rel=1e-4)
+
+
+def test_muon_modular_and_spectral_share_one_matrix_view_of_attention_and_conv_kernels():
+    """q/k/v [d, heads, head_dim] is one [d, heads * head_dim] matrix, the attention output
+    [heads, head_dim, d] one [heads * head_dim, d], a conv [h, w, in, out] one [h w in, out]
+    (lopt.roles.fan_in_axes); Muon (optax.contrib), modular and spectral all orthogonalize
+    that matrix, so their first steps point the same way."""
+    from lopt import baselines as B
+    from lopt.roles import fan_in_axes, path_str
+    shapes = {"attn": {"query": {"kernel": (16, 4, 8)}, "out": {"kernel": (4, 8, 16)}},
+              "conv": {"kernel": (3, 3, 4, 8)}}
+    keys = iter(jax.random.split(jax.random.PRNGKey(0), 8))
+    params = jax.tree.map(lambda s: jax.random.normal(next(keys), s), shapes,
+                          is_leaf=lambda x: isinstance(x, tuple))
+    grads = jax.tree.map(lambda p: jax.random.normal(next(keys), p.shape), params)
+    roles = jax.tree.map(lambda _: "hidden", params)
+    steps = {}
+    for name, make in (("muon", B.muon), ("modular", B.modular), ("spectral", B.spectral)):
+        opt = make(1.0, roles)
+        steps[name], _ = opt.update(grads, opt.init(params), params)
+    splits = {"query": 1, "out": 2, "conv": 3}
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        name = jax.tree_util.keystr(path)
+        k = next(v for key, v in splits.items() if f"'{key}'" in name)
+        assert fan_in_axes(path_str(path), g.shape) == k
+        n_in = int(np.prod(g.shape[:k]))
+        views = {}
+        for opt_name, tree in steps.items():
+            u = next(x for p, x in jax.tree_util.tree_leaves_with_path(tree) if p == path)
+            views[opt_name] = np.asarray(u).reshape(n_in, -1)
+        # orthogonal in that view: Newton-Schulz leaves singular values in ~[0.6, 1.25]
+        for opt_name in ("muon", "modular"):
+            s = np.linalg.svd(views[opt_name], compute_uv=False)
+            assert s.max() / s.min() < 2.2, (opt_name, name, s.max() / s.min())
+        s = np.linalg.svd(views["spectral"], compute_uv=False)
+        np.testing.assert_allclose(s, 1.0, atol=1e-3)               # exact SVD
+        cos = lambda a, b: float(np.sum(a * b) / np.linalg.norm(a) / np.linalg.norm(b))
+        assert abs(cos(views["muon"], views["modular"])) > 0.99, name
+        assert abs(cos(views["modular"], views["spectral"])) > 0.9, name
