@@ -53,6 +53,9 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, default=None,
                     help="override the number of report seeds (seeds 1..n; seed 0 tunes)")
     ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    ap.add_argument("--cached-only", action="store_true",
+                    help="train nothing: report the rows already cached in --out/cells (e.g. "
+                         "while the suite still runs elsewhere) and list the ones not run yet")
     args = ap.parse_args(argv)
     import lopt
     from eval.report import write_all
@@ -76,7 +79,7 @@ def main(argv=None):
         doc = run_suite(args.lo, args.suite, out, progress=not args.no_progress,
                         overrides=overrides,
                         baselines=tuple(b for b in (args.baselines or "").split(",") if b)
-                        or None)
+                        or None, cached_only=args.cached_only)
     except (lopt.CheckpointError, DataNotFoundError, DataError, SuiteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -264,6 +264,11 @@ def markdown(doc: dict, plots: list[str]) -> str:
         lines.append("")
     for sk in doc.get("skipped", []):
         lines += [f"## {sk['axis']}: `{sk['task']}` skipped", "", sk["reason"], ""]
+    if doc.get("not_run"):
+        lines += ["## Not run yet", "", "Report made with `--cached-only`: these rows had no "
+                  "cached results and are missing from the tables above.", ""]
+        lines += [f"- {r['axis']} `{r['task']}` ({r['steps']} steps): {r['optimizer']}"
+                  for r in doc["not_run"]] + [""]
     lines += _against_adamw_md(doc)
     lines += ["Tuned learning rates (‡ = the best LR is at an end of its grid, so a wider grid "
               "might do better): " + "; ".join(
@@ -348,7 +353,8 @@ def _plots(doc: dict, out: Path) -> list[str]:
                    and re.search(r"-w(\d+)", c["task"])]
     if width_cells:
         fig, ax = plt.subplots(figsize=(5.5, 4))
-        names = [n for n in width_cells[0]["optimizers"] if UNTRAINED not in n]
+        names = [n for n in dict.fromkeys(n for c in width_cells for n in c["optimizers"])
+                 if UNTRAINED not in n]
         for name in names:
             pts = sorted((int(re.search(r"-w(\d+)", c["task"])[1]),
                           c["optimizers"][name]["final_mean"]) for c in width_cells

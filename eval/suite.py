@@ -299,12 +299,18 @@ def variant(task: str, parametrization: str) -> str:
     return base + "-sp" if parametrization == "sp" else base
 
 
+class NotCached(LookupError):
+    """A group a ``cached_only`` runner would have to compute."""
+
+
 class Runner:
     """Runs and caches groups of training runs: one compile per (task, optimizer, steps), LR
-    grid and seeds vmapped."""
+    grid and seeds vmapped. ``cached_only``: never train; a group missing from the cache
+    raises :class:`NotCached` (for a report of what a run in progress has finished)."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, cached_only: bool = False):
         self.out = Path(out)
+        self.cached_only = cached_only
         (self.out / "cells").mkdir(parents=True, exist_ok=True)
 
     def _cached(self, key: dict, fn):
@@ -315,6 +321,8 @@ class Runner:
                 return json.loads(f.read_text()), True
             except json.JSONDecodeError:
                 pass  # a damaged cache entry is recomputed
+        if self.cached_only:
+            raise NotCached(f"{key['opt']} on {key['task']} ({key['steps']} steps)")
         res = fn()
         tmp = f.with_suffix(".tmp")
         tmp.write_text(json.dumps({"key": key, **res}))
@@ -378,11 +386,14 @@ class Runner:
 
 
 def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
-              baselines: tuple[str, ...] | None = None, overrides: dict | None = None) -> dict:
+              baselines: tuple[str, ...] | None = None, overrides: dict | None = None,
+              cached_only: bool = False) -> dict:
     """Runs a named suite for one or more LOs (paths, or ``label=path``).
 
     The first LO's meta-training config defines the cells; every optimizer runs each cell in
     its own parametrization (μP for μLO, μAdam, Muon; SP for SP LO, AdamW, SGD, Prodigy).
+    ``cached_only``: train nothing; rows whose groups are not in ``<out>/cells`` yet are left
+    out and listed in the document's ``"not_run"`` (cells with no row at all are dropped).
     Returns the results document.
     """
     spec = dataclasses.replace(SUITES[suite], **(overrides or {}))
@@ -429,7 +440,8 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
                 raise
             skipped.append({"axis": c.axis, "task": c.task, "reason": str(e)})
     cells = [c for c in cells if c in sources]
-    runner = Runner(out)
+    runner = Runner(out, cached_only=cached_only)
+    not_run: list[dict] = []
     report_seeds = list(range(1, spec.seeds + 1))
     total = (sum(2 * len(cell_names(c)) + int(spec.fixed_adamw) + len(los) for c in cells)
              + sum(len(los) for c in cells if c.axis == "in-distribution"))
@@ -442,27 +454,46 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
                  "source": sources[cell], "optimizers": {}}
         # LOs first: they are the point of the suite, so an interrupted run has them cached
         lo_rows = {}
+
+        def missing(row, e):
+            not_run.append({"axis": cell.axis, "task": cell.task, "steps": cell.steps,
+                            "optimizer": row, "group": str(e)})
         for lo in los:
             task = variant(cell.task, "mup" if lo.config.mup else "sp")
-            lo_rows[lo.label] = _summary(runner.run_lo(task, lo, cell.steps, report_seeds), 0,
-                                         task=task)
+            try:
+                lo_rows[lo.label] = _summary(runner.run_lo(task, lo, cell.steps, report_seeds),
+                                             0, task=task)
+            except NotCached as e:
+                missing(lo.label, e)
             bar.update(1)
             if cell.axis == "in-distribution":
-                lo_rows[f"{lo.label} (untrained)"] = _summary(
-                    runner.run_lo(task, lo, cell.steps, report_seeds, untrained=True), 0,
-                    task=task)
+                try:
+                    lo_rows[f"{lo.label} (untrained)"] = _summary(
+                        runner.run_lo(task, lo, cell.steps, report_seeds, untrained=True), 0,
+                        task=task)
+                except NotCached as e:
+                    missing(f"{lo.label} (untrained)", e)
                 bar.update(1)
         fixed = None
         if spec.fixed_adamw:
             task = variant(cell.task, "sp")
-            fixed = _summary(runner.run_baseline(task, "adamw", cell.steps, [1e-3],
-                                                 report_seeds), 0, lr=1e-3, task=task)
+            try:
+                fixed = _summary(runner.run_baseline(task, "adamw", cell.steps, [1e-3],
+                                                     report_seeds), 0, lr=1e-3, task=task)
+            except NotCached as e:
+                missing("adamw@1e-3", e)
             bar.update(1)
         # matrix-function baselines last: an interrupted cell keeps its cheap rows
         for name in sorted(cell_names(cell), key=lambda n: BASELINES[n].matrix_functions):
             task = variant(cell.task, BASELINES[name].parametrization)
             grid, transfer = baseline_grid(name, spec, cell, widest, tuned)
-            tune = runner.run_baseline(task, name, cell.steps, grid, [0], schedule=schedule)
+            try:
+                tune = runner.run_baseline(task, name, cell.steps, grid, [0],
+                                           schedule=schedule)
+            except NotCached as e:
+                missing(labels[name], e)
+                bar.update(2)
+                continue
             finals = [final_loss(np.asarray(l[0])) for l in tune["losses"]]
             finals = [f if np.isfinite(f) else np.inf for f in finals]
             best = grid[int(np.argmin(finals))]
@@ -471,15 +502,20 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
                     and w <= spec.mutransfer_above * widest and w > tuned.get(name, (0,))[0]):
                 tuned[name] = (w, best)
             bar.update(1)
-            rep = runner.run_baseline(task, name, cell.steps, [best], report_seeds,
-                                      schedule=schedule)
+            try:
+                rep = runner.run_baseline(task, name, cell.steps, [best], report_seeds,
+                                          schedule=schedule)
+            except NotCached as e:
+                missing(labels[name], e)
+                bar.update(1)
+                continue
             entry["optimizers"][labels[name]] = _summary(
                 rep, 0, lr=best, grid=grid, tune=finals, task=task,
                 **({"mutransfer_from_width": transfer} if transfer else {}),
                 schedule=schedule or BASELINES[name].schedule)
             bar.update(1)
         entry["optimizers"] = {labels[n]: entry["optimizers"][labels[n]]
-                               for n in cell_names(cell)}
+                               for n in cell_names(cell) if labels[n] in entry["optimizers"]}
         if fixed is not None:
             entry["optimizers"]["adamw@1e-3"] = fixed
         entry["optimizers"].update(lo_rows)
@@ -487,7 +523,8 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
         for o in entry["optimizers"].values():
             if ref is not None:
                 o["speedup_vs_adamw"] = speedup(ref["mean_curve"], o["mean_curve"])
-        results.append(entry)
+        if entry["optimizers"]:
+            results.append(entry)
     bar.close()
     return {"suite": suite,
             "los": [{"label": lo.label, "path": str(lo.path), "config": lo.config.to_dict(),
@@ -495,6 +532,7 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
                      "meta_config": lo.meta.get("config")} for lo in los],
             "spec": dataclasses.asdict(spec), "baselines": list(names),
             "report_seeds": report_seeds, "cells": results, "skipped": skipped,
+            **({"not_run": not_run} if cached_only else {}),
             "host": host_info()}
 
 

@@ -589,3 +589,24 @@ def test_bootstrap_interval_of_the_geomean_speedup_over_seeds():
     assert doc["cells"][0]["optimizers"]["μLO"]["seed_curves"]
     assert (f"geometric-mean speedup {point:.2f} (95% bootstrap interval over seeds "
             f"{point:.2f}-{point:.2f})") in markdown(doc, [])
+
+
+def test_cached_only_reports_what_is_done_and_lists_the_rest(tmp_path, monkeypatch):
+    monkeypatch.setattr(S.Runner, "_compute", _fake_compute)
+    monkeypatch.setattr(S, "data_source", lambda task: "test data")
+    ov = {"axes": ("other-data",)}
+    S.run_suite(["mulo-cpu"], "full", tmp_path, progress=False, overrides=ov,
+                baselines=("adamw",))
+    n_cached = len(list((tmp_path / "cells").glob("*.json")))
+
+    def never(*a, **k):
+        raise AssertionError("cached_only trained something")
+    monkeypatch.setattr(S.Runner, "_compute", never)
+    doc = S.run_suite(["mulo-cpu", "SP=sp-lo-cpu"], "full", tmp_path, progress=False,
+                      overrides=ov, baselines=("adamw", "muadam"), cached_only=True)
+    assert len(list((tmp_path / "cells").glob("*.json"))) == n_cached
+    (cell,) = doc["cells"]
+    assert set(cell["optimizers"]) == {"adamw", "adamw@1e-3", "μLO"}
+    assert {r["optimizer"] for r in doc["not_run"]} == {"SP", "muadam"}
+    md = write_all(doc, tmp_path / "report", "test")["markdown"]
+    assert "## Not run yet" in md and "other-data `mlp-fmnist28-w1024-d3` (500 steps): SP" in md
