@@ -90,6 +90,22 @@ def _data_line(doc: dict) -> list[str]:
                                    for src, tasks in by_source.items())]
 
 
+def loss_columns(opts: dict, names: list[str]) -> list[str]:
+    """One table row's cells: ``mean ± std`` of the final train loss per optimizer in
+    ``names`` (``†`` if it diverged, bold for the lowest mean among them, empty where a name
+    has no row in this cell)."""
+    best = min((opts[n]["final_mean"] for n in names if n in opts), default=None)
+    cols = []
+    for n in names:
+        o = opts.get(n)
+        if o is None:
+            cols.append("")
+            continue
+        s = f"{o['final_mean']:.3f} ± {o['final_std']:.3f}" + (" †" if diverged(o) else "")
+        cols.append(f"**{s}**" if o["final_mean"] == best else s)
+    return cols
+
+
 def _fmt(v) -> str:
     return ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
@@ -99,6 +115,8 @@ def diverged(o: dict) -> bool:
     or far above its initial loss (``eval.suite.blew_up``). Documents written before
     per-seed initial losses were stored fall back to the mean curve's first point."""
     from eval.suite import blew_up
+    if "final_train_loss" not in o:      # a summary row without per-seed losses
+        return bool(o["diverged"])
     initial = o.get("initial_train_loss") or [o["mean_curve"][0]] * len(o["final_train_loss"])
     return bool(o["diverged"] or blew_up(initial, o["final_train_loss"]).any())
 
@@ -242,17 +260,8 @@ def markdown(doc: dict, plots: list[str]) -> str:
         lines += [f"## {axis}", "", "| task | steps | " + " | ".join(names) + " |",
                   "|---|---:|" + "---:|" * len(names)]
         for c in cells:
-            best = min(o["final_mean"] for o in c["optimizers"].values())
-            cols = []
-            for n in names:
-                o = c["optimizers"].get(n)
-                if o is None:
-                    cols.append("")
-                    continue
-                s = (f"{o['final_mean']:.3f} ± {o['final_std']:.3f}"
-                     + (" †" if diverged(o) else ""))
-                cols.append(f"**{s}**" if o["final_mean"] == best else s)
-            lines.append(f"| {c['task']} | {c['steps']} | " + " | ".join(cols) + " |")
+            lines.append(f"| {c['task']} | {c['steps']} | "
+                         + " | ".join(loss_columns(c["optimizers"], names)) + " |")
         lines += ["", "Speedup vs tuned AdamW (`adamw`; `adamw-cosine` where it is absent): "
                   "steps AdamW needs for its final loss / steps the optimizer needs; 0 = never "
                   "reaches it:", "",

@@ -1,6 +1,9 @@
 """Package a finished meta-training run as a shipped checkpoint with a model card.
 
-``python -m meta_train.card --run runs/cpu-mulo --name mulo-cpu [--eval runs/cpu-eval ...]``
+It lives in ``eval`` because a card renders eval results (``eval.report``'s tables); the
+meta-training side stays free of ``eval`` imports.
+
+``python -m eval.card --run runs/cpu-mulo --name mulo-cpu [--eval runs/cpu-eval ...]``
 writes ``checkpoints/<name>/``: ``lopt.json`` (theta + config), ``MODEL_CARD.md`` (command,
 config, commit, wall time, hardware, meta-loss curve, eval summary), ``meta_loss.png`` and
 ``training_log.csv`` (the meta-loss / validation scalars that TensorBoard shows).
@@ -16,6 +19,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from eval.report import loss_columns
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -76,16 +81,8 @@ def _eval_summary(eval_dir: Path | None, labels: list[str]) -> list[str]:
              "| axis | task | steps | " + " | ".join(names) + " |",
              "|---|---|---:|" + "---:|" * len(names)]
     for c in doc["cells"]:
-        best = min(c["optimizers"][n]["final_mean"] for n in names if n in c["optimizers"])
-        cols = []
-        for n in names:
-            o = c["optimizers"].get(n)
-            if o is None:
-                cols.append("")
-                continue
-            s = f"{o['final_mean']:.3f} ± {o['final_std']:.3f}" + (" †" if o["diverged"] else "")
-            cols.append(f"**{s}**" if o["final_mean"] == best else s)
-        lines.append(f"| {c['axis']} | {c['task']} | {c['steps']} | " + " | ".join(cols) + " |")
+        lines.append(f"| {c['axis']} | {c['task']} | {c['steps']} | "
+                     + " | ".join(loss_columns(c["optimizers"], names)) + " |")
     return lines
 
 
@@ -168,7 +165,7 @@ def write_card(run: Path, name: str, dest_root: Path, eval_dirs=None,
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m meta_train.card", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m eval.card", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="finished meta-training run directory")
     ap.add_argument("--note", default="", help="what else ran on the machine meanwhile, "

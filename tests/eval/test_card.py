@@ -1,4 +1,4 @@
-"""Model cards: ``python -m meta_train.card`` packages a run with its eval summaries."""
+"""Model cards: ``python -m eval.card`` packages a run with its eval summaries."""
 
 import dataclasses
 import json
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import lopt
-from meta_train.card import main as card_main
+from eval.card import main as card_main
 from meta_train.config import PRESETS
 from meta_train.loop import run
 
