@@ -53,8 +53,9 @@ def test_every_leaf_kind_finite_shape_dtype(config):
                          num_steps=10)
     grads = jax.tree.map(lambda p: jnp.cos(3 * p.astype(jnp.float32)).astype(p.dtype), LEAVES)
     state = opt.init(LEAVES)
+    update = jax.jit(lambda g, s, p, v: opt.update(g, s, p, value=v))
     for t in range(3):
-        u, state = opt.update(grads, state, LEAVES, value=2.0 - 0.1 * t)
+        u, state = update(grads, state, LEAVES, 2.0 - 0.1 * t)
         for k, p in LEAVES.items():
             assert u[k].shape == p.shape and u[k].dtype == p.dtype, k
             assert bool(jnp.isfinite(u[k].astype(jnp.float32)).all()), k
@@ -68,12 +69,13 @@ def test_lstm_state_carries_across_steps():
     grads = jax.tree.map(lambda p: jnp.ones_like(p) * 0.5, params)
     s0 = opt.init(params)
     np.testing.assert_array_equal(s0.lstm_h, 0.0)
-    u1, s1 = opt.update(grads, s0, params, value=1.0)
-    u2, s2 = opt.update(grads, s1, params, value=1.0)
+    update = jax.jit(lambda s: opt.update(grads, s, params, value=1.0))
+    u1, s1 = update(s0)
+    u2, s2 = update(s1)
     assert float(jnp.abs(s1.lstm_h).max()) > 0 and float(jnp.abs(s2.lstm_c - s1.lstm_c).max()) > 0
     # the same inputs from a fresh LSTM state give another update: the state is used
     s_fresh = s1._replace(lstm_h=jnp.zeros_like(s1.lstm_h), lstm_c=jnp.zeros_like(s1.lstm_c))
-    u_fresh, _ = opt.update(grads, s_fresh, params, value=1.0)
+    u_fresh, _ = update(s_fresh)
     assert float(jnp.abs(u_fresh["w"] - u2["w"]).max()) > 0
 
 
@@ -106,7 +108,7 @@ def test_mup_hidden_step_ratio_between_widths_64_and_1024_is_16():
                   "out": jnp.ones((width, 10))}
         roles = {"in": "input", "hid": "hidden", "out": "output"}
         opt = lopt.make_velo(_constant_theta(), roles=roles, mup_in="model", num_steps=10)
-        u, _ = opt.update(params, opt.init(params), params, value=1.0)
+        u, _ = jax.jit(lambda p: opt.update(p, opt.init(p), p, value=1.0))(params)
         steps[width] = float(jnp.abs(u["hid"]).mean())
         np.testing.assert_allclose(u["in"], -1e-3, rtol=1e-5)      # d=1, a=0: step_mult
     assert steps[64] / steps[1024] == pytest.approx(16.0, rel=1e-5)
@@ -147,10 +149,13 @@ def test_normalized_gradient_direction_descends_a_quadratic():
     params = {"w": jnp.zeros((16, 16))}
     state = opt.init(params)
     first = float(loss_fn(params))
-    for _ in range(300):
+
+    def step(carry, _):
+        params, state = carry
         loss, g = jax.value_and_grad(loss_fn)(params)
         u, state = opt.update(g, state, params, value=loss)
-        params = optax.apply_updates(params, u)
+        return (optax.apply_updates(params, u), state), None
+    (params, state), _ = jax.lax.scan(step, (params, state), None, length=300)
     assert float(loss_fn(params)) < 0.05 * first
 
 
