@@ -85,7 +85,7 @@ def _step_sizes(width, mup, mup_in="model"):
     opt = lopt.make(constant_theta(), mup=mup, mup_in=mup_in)
     params = _mlp_params(width)
     grads = jax.tree.map(jnp.ones_like, params)
-    u, _ = opt.update(grads, opt.init(params), params)
+    u, _ = jax.jit(lambda g, p: opt.update(g, opt.init(p), p))(grads, params)
     return {k: {n: float(jnp.abs(v).mean()) for n, v in d.items()} for k, d in u.items()}
 
 
