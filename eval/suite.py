@@ -526,6 +526,9 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
         if entry["optimizers"]:
             results.append(entry)
     bar.close()
+    if not results:
+        raise SuiteError(f"nothing of this suite is cached in {out}/cells yet; run it "
+                         "without --cached-only (or point --out at the run in progress)")
     return {"suite": suite,
             "los": [{"label": lo.label, "path": str(lo.path), "config": lo.config.to_dict(),
                      "meta_step": lo.meta.get("step"), "digest": lo.digest,

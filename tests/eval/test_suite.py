@@ -610,3 +610,6 @@ def test_cached_only_reports_what_is_done_and_lists_the_rest(tmp_path, monkeypat
     assert {r["optimizer"] for r in doc["not_run"]} == {"SP", "muadam"}
     md = write_all(doc, tmp_path / "report", "test")["markdown"]
     assert "## Not run yet" in md and "other-data `mlp-fmnist28-w1024-d3` (500 steps): SP" in md
+    with pytest.raises(S.SuiteError, match="nothing of this suite is cached"):
+        S.run_suite(["mulo-cpu"], "full", tmp_path / "elsewhere", progress=False,
+                    overrides=ov, cached_only=True)
