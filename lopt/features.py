@@ -153,37 +153,51 @@ def _norm_scale(x, axes):
     return jax.lax.rsqrt(1e-5 + jnp.mean(jnp.square(x), axis=axes))
 
 
+def elem_features(raw) -> jax.Array:
+    """The 16 per-element features (ordered as ELEM_ROWS) from :func:`feature_parts`'s raw
+    per-element arrays; works on any slice of them."""
+    rsqrt_v = jax.lax.rsqrt(raw["v"] + 1e-6)
+    return jnp.concatenate([raw["g"], raw["p"], raw["m"], raw["v"], raw["m"] * rsqrt_v,
+                            rsqrt_v, raw["fac_g"], raw["fac_m"]], -1)
+
+
 def feature_parts(p, g, acc: Accumulators, fac_g, fac_m):
     """Un-normalized features split by where they live, plus their normalization scales.
 
     Returns:
-      elem: S + (len(ELEM_ROWS),) per-element features (ordered as ELEM_ROWS);
+      elem: the raw per-element arrays ``{"g", "p", "m", "v", "fac_g", "fac_m"}`` (each
+        S + (k,)); :func:`elem_features` turns them, or a slice of them, into the 16
+        per-element features. Keeping them apart lets the update build the ``[n, 16]``
+        block slice by slice, in cache, instead of writing it to memory whole;
       row: factored rows (S without d0) + (6,) ordered as ROW_ROWS, or, for an
         unfactored tensor, the per-element S + (12,) block ordered as DIAG_ROWS;
       col: factored columns (S without d1) + (6,) ordered as COL_ROWS, or None;
       scale: [NUM_TENSOR_FEATURES] second-moment normalizers, in FEATURES order.
     """
-    pf = p.astype(jnp.float32)[..., None]
-    gf = g.astype(jnp.float32)[..., None]
-    rsqrt_v = jax.lax.rsqrt(acc.v + 1e-6)
-    elem = jnp.concatenate([gf, pf, acc.m, acc.v, acc.m * rsqrt_v, rsqrt_v, fac_g, fac_m], -1)
+    raw = {"g": g.astype(jnp.float32)[..., None], "p": p.astype(jnp.float32)[..., None],
+           "m": acc.m, "v": acc.v, "fac_g": fac_g, "fac_m": fac_m}
     axes = tuple(range(p.ndim))
-    elem_scale = _norm_scale(elem, axes)
-    scale = jnp.zeros((NUM_TENSOR_FEATURES,), jnp.float32).at[ELEM_ROWS].set(elem_scale)
+    # mean squares feature by feature, each a fused reduction (no [n, 16] concatenation)
+    rsqrt_v = jax.lax.rsqrt(acc.v + 1e-6)
+    msq = lambda x: jnp.mean(jnp.square(x), axis=axes)
+    elem_msq = jnp.concatenate([msq(raw["g"]), msq(raw["p"]), msq(acc.m), msq(acc.v),
+                                msq(acc.m * rsqrt_v), msq(rsqrt_v), msq(fac_g), msq(fac_m)])
+    scale = jnp.zeros((NUM_TENSOR_FEATURES,), jnp.float32).at[ELEM_ROWS].set(
+        jax.lax.rsqrt(1e-5 + elem_msq))
     fd = factored_dims(p.shape)
     if fd is None:
         d = acc.diag
         rd = jax.lax.rsqrt(d + 1e-8)
         dense = jnp.concatenate([d, d, rd, rd], -1)
         scale = scale.at[DIAG_ROWS].set(_norm_scale(dense, axes))
-        return elem, dense, None, scale
+        return raw, dense, None, scale
     row = jnp.concatenate([acc.row, jax.lax.rsqrt(acc.row + 1e-8)], -1)
     col = jnp.concatenate([acc.col, jax.lax.rsqrt(acc.col + 1e-8)], -1)
     # A row feature is constant along d0, so its mean square over the tensor is its mean
     # square over the row array itself (likewise for columns).
     scale = scale.at[ROW_ROWS].set(_norm_scale(row, tuple(range(row.ndim - 1))))
     scale = scale.at[COL_ROWS].set(_norm_scale(col, tuple(range(col.ndim - 1))))
-    return elem, row, col, scale
+    return raw, row, col, scale
 
 
 def dense_features(p, g, acc: Accumulators, fac_g, fac_m, step) -> jax.Array:
@@ -191,7 +205,8 @@ def dense_features(p, g, acc: Accumulators, fac_g, fac_m, step) -> jax.Array:
 
     The reference layout for inspection and tests; the update itself never builds it.
     """
-    elem, row, col, scale = feature_parts(p, g, acc, fac_g, fac_m)
+    raw, row, col, scale = feature_parts(p, g, acc, fac_g, fac_m)
+    elem = elem_features(raw)
     n = int(np.prod(p.shape))
     full = jnp.zeros(p.shape + (NUM_TENSOR_FEATURES,), jnp.float32)
     full = full.at[..., ELEM_ROWS].set(elem)

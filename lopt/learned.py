@@ -288,33 +288,68 @@ def check_theta_shapes(theta, init, architecture: str) -> None:
                          f"got {got}")
 
 
+# Tensors above this many elements run the MLP in chunks of about this many elements: the
+# [n, hidden] activations of a multi-million-element tensor then stay in cache instead of
+# streaming through memory (the whole update of a 2048x2048 matrix runs 2-2.7x faster on one CPU core).
+CHUNK_ELEMENTS = 4096
+
+
 def _mlp_direction_magnitude(nn, elem, row, col, scale, time_in, shape):
-    """Runs the shared MLP on one tensor's features; returns (direction, magnitude) [S].
+    """Runs the shared MLP on one tensor's features (``elem``, ``row``, ``col``, ``scale``
+    from :func:`lopt.features.feature_parts`); returns (direction, magnitude) [S].
 
     ``time_in`` holds the features that are the same for every element (time features):
-    they enter as one ``[k] x [k, H]`` product folded into the first bias.
+    they enter as one ``[k] x [k, H]`` product folded into the first bias. The factored
+    row/column features enter as ``[rows, H]`` / ``[cols, H]`` products broadcast over the
+    tensor. Large tensors are processed in slices along their first axis
+    (:data:`CHUNK_ELEMENTS`); the result is the same per element.
     """
     w0 = nn["w0"]
     w0s = w0[:F.NUM_TENSOR_FEATURES] * scale[:, None]      # normalization folded into W0
-    hid = w0.shape[1]
     bias0 = time_in @ w0[F.NUM_TENSOR_FEATURES:] + nn["b0"]
-    n = int(np.prod(shape))
-    h = elem.reshape(n, -1) @ w0s[F.ELEM_ROWS]
-    if col is None:
-        h = h + row.reshape(n, -1) @ w0s[F.DIAG_ROWS]
-        h = h.reshape(shape + (hid,))
-    else:
-        d1, d0 = F.factored_dims(shape)
-        h = h.reshape(shape + (hid,))
-        h = h + jnp.expand_dims(row @ w0s[F.ROW_ROWS], d0)
-        h = h + jnp.expand_dims(col @ w0s[F.COL_ROWS], d1)
-    h = jax.nn.relu(h + bias0).reshape(n, hid)
     num_layers = len(nn) // 2
-    for i in range(1, num_layers):
-        h = h @ nn[f"w{i}"] + nn[f"b{i}"]
-        if i < num_layers - 1:
-            h = jax.nn.relu(h)
-    return h[:, 0].reshape(shape), h[:, 1].reshape(shape)
+    w_elem = w0s[F.ELEM_ROWS]
+
+    def rest(h):
+        h = jax.nn.relu(h + bias0)
+        for i in range(1, num_layers):
+            h = h @ nn[f"w{i}"] + nn[f"b{i}"]
+            if i < num_layers - 1:
+                h = jax.nn.relu(h)
+        return h[..., 0], h[..., 1]
+
+    n = int(np.prod(shape))
+    if col is not None:
+        d1, d0 = F.factored_dims(shape)
+        contrib = ((row @ w0s[F.ROW_ROWS], d0),    # S without d0, + (H,)
+                   (col @ w0s[F.COL_ROWS], d1))    # S without d1, + (H,)
+    if n <= 4 * CHUNK_ELEMENTS or len(shape) < 1:
+        h = F.elem_features(elem) @ w_elem
+        if col is None:
+            h = h + row @ w0s[F.DIAG_ROWS]
+        else:
+            for x, d in contrib:
+                h = h + jnp.expand_dims(x, d)
+        return rest(h)
+
+    # Slices along axis 0: every per-element array is sliced with the tensor; a row/column
+    # contribution that lacks axis 0 (its missing axis is 0) is the same for every slice.
+    sliced = {"e": elem, "r": row} if col is None else {"e": elem}   # elem: raw arrays
+    if col is not None:
+        for k, (x, d) in enumerate(contrib):
+            if d != 0:
+                sliced[f"c{k}"] = x
+
+    def one_slice(s):
+        h = F.elem_features(s["e"]) @ w_elem
+        if col is None:
+            return rest(h + s["r"] @ w0s[F.DIAG_ROWS])
+        for k, (x, d) in enumerate(contrib):
+            h = h + (x if d == 0 else jnp.expand_dims(s[f"c{k}"], d - 1))
+        return rest(h)
+
+    rows = max(1, CHUNK_ELEMENTS // max(int(np.prod(shape[1:])), 1))
+    return jax.lax.map(one_slice, sliced, batch_size=rows)
 
 
 class LOState(NamedTuple):

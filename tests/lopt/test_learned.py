@@ -148,8 +148,13 @@ def test_time_features_match_formula():
         np.testing.assert_allclose(lopt.time_features(t), want, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("shape", [(7,), (12, 5), (5, 12), (3, 4, 6)])
-def test_fast_first_layer_equals_dense_features(shape):
+@pytest.mark.parametrize("chunk", [None, 2])
+@pytest.mark.parametrize("shape", [(7,), (30,), (12, 5), (5, 12), (3, 4, 6), (6, 4, 3), (40, 3)])
+def test_fast_first_layer_equals_dense_features(shape, chunk, monkeypatch):
+    # chunk=2: every tensor here takes the sliced path of large tensors (slices of
+    # ~2 elements along axis 0, the row/column contributions sliced or shared by axis)
+    if chunk is not None:
+        monkeypatch.setattr(lopt.learned, "CHUNK_ELEMENTS", chunk)
     key1, key2, key3 = jax.random.split(jax.random.key(4), 3)
     p = jax.random.normal(key1, shape)
     g = jax.random.normal(key2, shape)
