@@ -43,6 +43,7 @@ def write_all(doc: dict, out: Path, command: str) -> dict:
                          "final_train_loss_std": o["final_std"],
                          "test_loss_mean": float(np.mean(o["test_loss"])),
                          "test_accuracy_mean": float(np.mean(o["test_accuracy"])),
+                         "test_metrics": o.get("test_metrics", ""),
                          "diverged": diverged(o),
                          "speedup_vs_adamw": o.get("speedup_vs_adamw", ""),
                          "seconds_per_step": o.get("wall_s_per_step", "")})
@@ -88,6 +89,23 @@ def _data_line(doc: dict) -> list[str]:
         return [f"- data: {next(iter(by_source))} (every cell)"]
     return ["- data: " + "; ".join(f"{src} ({', '.join(tasks)})"
                                    for src, tasks in by_source.items())]
+
+
+def _test_metrics_line(doc: dict) -> list[str]:
+    """The header line saying where the test loss and accuracy come from: the whole test
+    split, or (groups cached by older suite versions, online data) sampled batches."""
+    kinds: dict[str, int] = {}
+    for c in doc["cells"]:
+        for o in c["optimizers"].values():
+            k = o.get("test_metrics")
+            if k:
+                kinds[k] = kinds.get(k, 0) + 1
+    if not kinds:
+        return []
+    if len(kinds) == 1:
+        return [f"- test loss and accuracy: {next(iter(kinds))} (every row)"]
+    return ["- test loss and accuracy: " + "; ".join(f"{k} ({n} rows)"
+                                                     for k, n in kinds.items())]
 
 
 def loss_columns(opts: dict, names: list[str]) -> list[str]:
@@ -223,6 +241,7 @@ def markdown(doc: dict, plots: list[str]) -> str:
                      f"on {', '.join(mc.get('tasks', []))}, horizons "
                      f"{mc.get('es', {}).get('min_horizon')}-{mc.get('es', {}).get('max_horizon')}")
     lines += _data_line(doc)
+    lines += _test_metrics_line(doc)
     lines += [f"- commit `{doc['commit']}`; command: `{doc['command']}`",
               f"- baselines ({', '.join(doc['baselines'])}) tuned on seed 0 over a log LR grid; "
               f"everything reported on seeds {doc['report_seeds']}: mean ± std of the final "

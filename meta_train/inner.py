@@ -51,7 +51,7 @@ class TrainResult(NamedTuple):
 
 
 def train(task: Task, opt: optax.GradientTransformation, *, key: jax.Array, num_steps: int,
-          eval_every: int = 0, eval_batches: int = 4, params: Any = None,
+          eval_every: int = 0, eval_batches: int | None = 4, params: Any = None,
           extra_args: Callable[[Any, Any], dict] | None = None,
           pass_loss: bool = False) -> TrainResult:
     """Trains ``task`` for ``num_steps`` with ``opt``; jittable end to end.
@@ -62,7 +62,8 @@ def train(task: Task, opt: optax.GradientTransformation, *, key: jax.Array, num_
       key: PRNG key; determines the init and every batch.
       num_steps: number of updates.
       eval_every: test metrics every this many steps (and at the end); 0 = only at the end.
-      eval_batches: test batches averaged per evaluation.
+      eval_batches: test batches averaged per evaluation; None evaluates on the whole test
+        split (``task.split_metrics``) where the task has one, else on 8 batches.
       params: optional initial parameters (default ``task.init``).
       extra_args: optional ``(params, batch) -> dict`` of keyword arguments for
         ``opt.update`` (e.g. ``{"activations": task.activations(params, batch)}``).
@@ -78,6 +79,11 @@ def train(task: Task, opt: optax.GradientTransformation, *, key: jax.Array, num_
 
 
 def _evaluate(task, params, key, batches):
+    if batches is None:
+        if task.split_metrics is not None:
+            m = task.split_metrics(params, task.data)
+            return m["loss"], m["accuracy"]
+        batches = 8
     ms = [task.metrics(params, task.sample(task.data, k, "test"))
           for k in jax.random.split(key, batches)]
     return (jnp.mean(jnp.stack([m["loss"] for m in ms])),

@@ -55,6 +55,9 @@ class Task:
     # (params, batch) -> tree like params with each kernel's input activations [batch, fan_in]
     # (None elsewhere); None when the model does not expose them. Used by adaptive Schatten-p.
     activations: Callable[[Any, Any], Any] | None = None
+    # (params, data) -> {"loss", "accuracy"} over the whole test split (None for online
+    # data, which has no finite split); jittable
+    split_metrics: Callable[[Any, Any], dict] | None = None
 
     def num_params(self) -> int:
         shapes = jax.eval_shape(self.init, jax.random.key(0))
@@ -84,6 +87,39 @@ def _classification_fns(apply):
     return loss, metrics
 
 
+# Examples per forward pass of a whole-split evaluation: bounds its activation memory.
+SPLIT_EVAL_CHUNK = 256
+
+
+def _split_metrics_fn(apply, examples):
+    """``(params, data) -> {"loss", "accuracy"}`` averaged over every example of the test
+    split; ``examples(data) -> (x [N, ...], y [N, ...])``. Examples go through ``apply`` in
+    chunks of :data:`SPLIT_EVAL_CHUNK` (the last one padded and masked). Every example
+    weighs the same: an LM window's loss is the mean over its equally many tokens."""
+    def metrics(params, data):
+        x, y = examples(data)
+        n = x.shape[0]
+        chunk = min(SPLIT_EVAL_CHUNK, n)
+        pad = (-n) % chunk
+        padded = lambda a: jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
+        xs = padded(x).reshape((-1, chunk) + x.shape[1:])
+        ys = padded(y).reshape((-1, chunk) + y.shape[1:])
+        ws = (jnp.arange(n + pad) < n).astype(jnp.float32).reshape(-1, chunk)
+
+        def one(args):
+            xb, yb, wb = args
+            logp = jax.nn.log_softmax(apply(params, xb).astype(jnp.float32))
+            nll = -jnp.take_along_axis(logp, yb[..., None], -1)[..., 0]
+            hit = (jnp.argmax(logp, -1) == yb).astype(jnp.float32)
+            per = lambda v: jnp.mean(v.reshape(chunk, -1), -1)
+            return jnp.sum(wb * per(nll)), jnp.sum(wb * per(hit))
+
+        nll, hit = jax.lax.map(one, (xs, ys, ws))
+        return {"loss": jnp.sum(nll) / n, "accuracy": jnp.sum(hit) / n}
+
+    return metrics
+
+
 def mlp_task(data: str = "fmnist", resolution: int = 8, width: int = 128, depth: int = 3,
              batch_size: int = 128, activation: str = "relu", mup: bool = True,
              init: str = "he", name: str | None = None) -> Task:
@@ -99,7 +135,8 @@ def mlp_task(data: str = "fmnist", resolution: int = 8, width: int = 128, depth:
     return Task(name or f"mlp-{data}{resolution}-w{width}-d{depth}", spec.init, loss, metrics,
                 sample, {"train": ds.train, "test": ds.test}, spec.roles(),
                 math.log(ds.num_classes), batch_size, spec, ds.source,
-                activations=lambda params, batch: spec.layer_inputs(params, batch[0]))
+                activations=lambda params, batch: spec.layer_inputs(params, batch[0]),
+                split_metrics=_split_metrics_fn(spec.apply, lambda d: tuple(d["test"])))
 
 
 def lm_task(corpus: str = "fortunes", d_model: int = 128, depth: int = 2, heads: int = 4,
@@ -114,9 +151,17 @@ def lm_task(corpus: str = "fortunes", d_model: int = 128, depth: int = 2, heads:
     def sample(d, key, split="train"):
         return D.sample_text(d[split], key, batch_size, context)
 
+    def windows(d):
+        # the test text as consecutive, non-overlapping next-token windows
+        tokens = d["test"].x
+        count = (tokens.shape[0] - 1) // context
+        return (tokens[:count * context].reshape(count, context),
+                tokens[1:count * context + 1].reshape(count, context))
+
     return Task(name or f"lm-{corpus}-d{d_model}-l{depth}", spec.init, loss, metrics, sample,
                 {"train": ds.train, "test": ds.test}, spec.roles(), math.log(ds.num_classes),
-                batch_size, spec, ds.source)
+                batch_size, spec, ds.source,
+                split_metrics=_split_metrics_fn(spec.apply, windows))
 
 
 def rf_task(s: float = 1.0, num_features: int = 256, latent_dim: int = 4096,

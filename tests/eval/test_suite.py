@@ -613,3 +613,34 @@ def test_cached_only_reports_what_is_done_and_lists_the_rest(tmp_path, monkeypat
     with pytest.raises(S.SuiteError, match="nothing of this suite is cached"):
         S.run_suite(["mulo-cpu"], "full", tmp_path / "elsewhere", progress=False,
                     overrides=ov, cached_only=True)
+
+
+def test_groups_cached_by_version_1_are_reused_and_say_their_test_metrics(tmp_path,
+                                                                          monkeypatch):
+    # a group written before the suite had versions (no "version" in its key): its training
+    # runs are what version 2 computes, so it is reused, labelled with its test metrics
+    computed = []
+
+    def compute(self, task_name, make, steps, lrs, seeds, needs_activations, pass_loss=False):
+        computed.append(task_name)
+        return {"losses": [[[1.0] * steps] * len(seeds)] * len(lrs),
+                "test_metrics": "whole test split"}
+    monkeypatch.setattr(S.Runner, "_compute", compute)
+    monkeypatch.setattr(S, "data_source", lambda task: "fashion-mnist 8x8 (packaged)")
+    runner = S.Runner(tmp_path)
+    old_key = {"task": "mlp-fmnist8-w32-d3-sp", "source": "fashion-mnist 8x8 (packaged)",
+               "opt": "adamw", "steps": 4, "lrs": [1e-3], "seeds": [1]}
+    old = runner._file(old_key)
+    old.write_text(json.dumps({"key": old_key, "losses": [[[7.0] * 4]]}))
+    res = runner.run_baseline("mlp-fmnist8-w32-d3-sp", "adamw", 4, [1e-3], [1])
+    assert computed == [] and res["losses"] == [[[7.0] * 4]]
+    assert res["version"] == 1 and res["test_metrics"] == "8 sampled test batches"
+    # a new group is computed and cached under the current version, which its key carries
+    res = runner.run_baseline("mlp-fmnist8-w32-d3-sp", "adamw", 4, [3e-3], [1])
+    assert computed == ["mlp-fmnist8-w32-d3-sp"] and res["version"] == S.SUITE_VERSION
+    keys = [json.loads(f.read_text())["key"] for f in (tmp_path / "cells").glob("*.json")]
+    assert sorted(k.get("version", 1) for k in keys) == [1, S.SUITE_VERSION]
+    group = dict(res, test_loss=[[0.5]], test_accuracy=[[0.9]], diverged=[[False]],
+                 wall_s=1.0, runs=1, steps=4)
+    summary = S._summary(group, 0)
+    assert (summary["suite_version"], summary["test_metrics"]) == (2, "whole test split")
