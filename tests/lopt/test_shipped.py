@@ -19,14 +19,17 @@ def _final_loss(name: str, task_name: str, steps: int) -> float:
     """A shipped LO's final train loss (mean of the last 5% of steps) on a task, seed 1."""
     task = get_task(task_name)
     opt = lopt.load(name, roles=task.roles, mup_in="model", num_steps=steps)
-    res = jax.jit(lambda k: train(task, opt, key=k, num_steps=steps))(jax.random.PRNGKey(1))
+    needs_loss = lopt.load_theta(name)[1].needs_loss          # μVeLO reads each step's loss
+    res = jax.jit(lambda k: train(task, opt, key=k, num_steps=steps, pass_loss=needs_loss))(
+        jax.random.PRNGKey(1))
     assert not bool(res.diverged), name
     return float(np.mean(np.asarray(res.losses)[-max(1, steps // 20):]))
 
 
 def test_shipped_names_and_cards():
     names = sorted(p.name for p in shipped_dir().glob("*") if (p / "lopt.json").is_file())
-    assert names == sorted([*SHIPPED, "mulo-frac-cpu", "mulo-base-cpu", "mulo-horizon-cpu"])
+    assert names == sorted([*SHIPPED, "mulo-frac-cpu", "mulo-base-cpu", "mulo-horizon-cpu",
+                            "muvelo-cpu"])
     for name, mup in SHIPPED.items():
         theta, config, meta = lopt.load_theta(name)
         assert config.mup is mup and meta["step"] == 1000
