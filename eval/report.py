@@ -74,6 +74,16 @@ def _overrides(doc: dict) -> list[str]:
     return [f"- departs from the `{doc['suite']}` suite: " + "; ".join(diffs)] if diffs else []
 
 
+def _header_line(label: str, groups: dict[str, str], every: str) -> list[str]:
+    """``- label: value (every ...)`` when one value holds everywhere, else each value with
+    the cells or rows it holds for (``groups``: value -> those, as text); none if empty."""
+    if not groups:
+        return []
+    if len(groups) == 1:
+        return [f"- {label}: {next(iter(groups))} (every {every})"]
+    return [f"- {label}: " + "; ".join(f"{v} ({where})" for v, where in groups.items())]
+
+
 def _data_line(doc: dict) -> list[str]:
     """The header line naming the data the cells trained on (``Task.source``), with the
     cells of each source when there is more than one; none for documents without sources."""
@@ -83,12 +93,7 @@ def _data_line(doc: dict) -> list[str]:
             tasks = by_source.setdefault(c["source"], [])
             if c["task"] not in tasks:
                 tasks.append(c["task"])
-    if not by_source:
-        return []
-    if len(by_source) == 1:
-        return [f"- data: {next(iter(by_source))} (every cell)"]
-    return ["- data: " + "; ".join(f"{src} ({', '.join(tasks)})"
-                                   for src, tasks in by_source.items())]
+    return _header_line("data", {s: ", ".join(t) for s, t in by_source.items()}, "cell")
 
 
 def _test_metrics_line(doc: dict) -> list[str]:
@@ -97,15 +102,10 @@ def _test_metrics_line(doc: dict) -> list[str]:
     kinds: dict[str, int] = {}
     for c in doc["cells"]:
         for o in c["optimizers"].values():
-            k = o.get("test_metrics")
-            if k:
-                kinds[k] = kinds.get(k, 0) + 1
-    if not kinds:
-        return []
-    if len(kinds) == 1:
-        return [f"- test loss and accuracy: {next(iter(kinds))} (every row)"]
-    return ["- test loss and accuracy: " + "; ".join(f"{k} ({n} rows)"
-                                                     for k, n in kinds.items())]
+            if o.get("test_metrics"):
+                kinds[o["test_metrics"]] = kinds.get(o["test_metrics"], 0) + 1
+    return _header_line("test loss and accuracy", {k: f"{n} rows" for k, n in kinds.items()},
+                        "row")
 
 
 def loss_columns(opts: dict, names: list[str]) -> list[str]:

@@ -122,3 +122,17 @@ def test_every_shipped_checkpoint_installs_with_the_package():
     assert len(names) >= 5
     for name in names:
         assert files.get(f"share/mulo/checkpoints/{name}") == [f"checkpoints/{name}/*"], name
+
+
+@pytest.mark.slow
+def test_muvelo_cpu_beats_the_mulo_of_the_same_budget_5x_deeper():
+    # The README's μVeLO claim on the full suite's 5x deeper cell (seeds 1-3: 0.474 vs
+    # mulo-cpu's 0.536, std <= 0.007): seed 1 here, 500 steps.
+    theta, config, meta = lopt.load_theta("muvelo-cpu")
+    assert config.arch == "velo" and config.mup and config.needs_loss and meta["step"] == 600
+    card = (shipped_dir() / "muvelo-cpu" / "MODEL_CARD.md").read_text()
+    assert "--preset velo-cpu" in card and "num_steps=T" in card
+    finals = {name: _final_loss(name, "mlp-fmnist8-w128-d15", 500)
+              for name in ("muvelo-cpu", "mulo-cpu")}
+    assert finals["muvelo-cpu"] < 0.93 * finals["mulo-cpu"], finals
+    assert finals["muvelo-cpu"] < 0.5, finals
