@@ -290,7 +290,8 @@ def check_theta_shapes(theta, init, architecture: str) -> None:
 
 # Tensors above this many elements run the MLP in chunks of about this many elements: the
 # [n, hidden] activations of a multi-million-element tensor then stay in cache instead of
-# streaming through memory (the whole update of a 2048x2048 matrix runs 2-2.7x faster on one CPU core).
+# streaming through memory (the whole update of a 2048x2048 matrix runs 2-2.7x faster on
+# one CPU core).
 CHUNK_ELEMENTS = 4096
 
 
