@@ -343,10 +343,11 @@ class Runner:
         res = self._read(f)
         if res is not None:
             return res, True
-        # a group cached by an older suite version whose training runs this version would
-        # repeat exactly: reused, and its rows say which test metrics it carries
+        # a group cached by an older suite version whose training runs this version repeats
+        # (same algorithm and random streams): reused, its rows naming their test metrics
+        unversioned = {k: v for k, v in key.items() if k != "version"}
         for version, test_metrics in COMPATIBLE_VERSIONS.items():
-            old = {k: v for k, v in key.items() if k != "version"}
+            old = dict(unversioned)
             if version > 1:
                 old["version"] = version
             res = self._read(self._file(old))
