@@ -79,7 +79,8 @@ def main(argv=None):
         doc = run_suite(args.lo, args.suite, out, progress=not args.no_progress,
                         overrides=overrides,
                         baselines=tuple(b for b in (args.baselines or "").split(",") if b)
-                        or None, cached_only=args.cached_only)
+                        or None, cached_only=args.cached_only,
+                        log=lambda line: print(line, file=sys.stderr, flush=True))
     except (lopt.CheckpointError, DataNotFoundError, DataError, SuiteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

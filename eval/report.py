@@ -240,6 +240,9 @@ def markdown(doc: dict, plots: list[str]) -> str:
                      f", meta-step {lo['meta_step']}, theta digest {lo['digest']}); meta-trained "
                      f"on {', '.join(mc.get('tasks', []))}, horizons "
                      f"{mc.get('es', {}).get('min_horizon')}-{mc.get('es', {}).get('max_horizon')}")
+    if doc.get("cells_defined_by"):
+        lines.append(f"- cells (tasks, widths, depths, step counts) defined by "
+                     f"{doc['cells_defined_by']}'s meta-training config")
     lines += _data_line(doc)
     lines += _test_metrics_line(doc)
     lines += [f"- commit `{doc['commit']}`; command: `{doc['command']}`",

@@ -34,7 +34,7 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -422,13 +422,15 @@ class Runner:
 
 def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
               baselines: tuple[str, ...] | None = None, overrides: dict | None = None,
-              cached_only: bool = False) -> dict:
+              cached_only: bool = False, log: Callable[[str], None] | None = None) -> dict:
     """Runs a named suite for one or more LOs (paths, or ``label=path``).
 
     The first LO's meta-training config defines the cells; every optimizer runs each cell in
     its own parametrization (μP for μLO, μAdam, Muon; SP for SP LO, AdamW, SGD, Prodigy).
     ``cached_only``: train nothing; rows whose groups are not in ``<out>/cells`` yet are left
     out and listed in the document's ``"not_run"`` (cells with no row at all are dropped).
+    ``log``: called with the cell plan (axis, task, steps) before anything trains, and with a
+    note for each later LO whose own meta-training config would define other cells.
     Returns the results document.
     """
     spec = dataclasses.replace(SUITES[suite], **(overrides or {}))
@@ -439,6 +441,9 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
                          "needs one to define its axes")
     names = tuple(baselines) if baselines else spec.baselines
     cells = cells_for(meta_cfg, spec)
+    if log is not None:
+        for line in cell_plan(los, cells, spec):
+            log(line)
     unknown = [n for n in dict.fromkeys(names + tuple(b for c in cells for b in c.baselines or ()))
                if n not in BASELINES]
     if unknown:
@@ -564,7 +569,7 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
     if not results:
         raise SuiteError(f"nothing of this suite is cached in {out}/cells yet; run it "
                          "without --cached-only (or point --out at the run in progress)")
-    return {"suite": suite,
+    return {"suite": suite, "cells_defined_by": los[0].label,
             "los": [{"label": lo.label, "path": str(lo.path), "config": lo.config.to_dict(),
                      "meta_step": lo.meta.get("step"), "digest": lo.digest,
                      "meta_config": lo.meta.get("config")} for lo in los],
@@ -572,6 +577,27 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
             "report_seeds": report_seeds, "cells": results, "skipped": skipped,
             **({"not_run": not_run} if cached_only else {}),
             "host": host_info()}
+
+
+def cell_plan(los, cells: list[Cell], spec: SuiteSpec) -> list[str]:
+    """Lines describing the cells a suite will run, and which LO's meta-training config
+    defined them; a note for each later LO whose own config would define other cells (list
+    that LO first to evaluate on its own horizon and widths)."""
+    first = los[0]
+    lines = [f"cells (defined by {first.label}'s meta-training config):"]
+    lines += [f"  {c.axis:<20} {c.task:<28} {c.steps:>6} steps" for c in cells]
+    own = {(c.axis, c.steps, c.task) for c in cells}
+    for lo in los[1:]:
+        cfg = lo.meta.get("config")
+        if not cfg:
+            continue
+        theirs = {(c.axis, c.steps, c.task) for c in cells_for(cfg, spec)}
+        if theirs != own:
+            horizon = cfg.get("es", {}).get("max_horizon")
+            lines.append(f"note: {lo.label} was meta-trained with horizon {horizon} on "
+                         f"{', '.join(cfg.get('tasks', []))}; it runs on {first.label}'s "
+                         f"cells above (list it first to run the cells its own config defines)")
+    return lines
 
 
 def row_label(name: str, schedule: str) -> str:

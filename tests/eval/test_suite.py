@@ -644,3 +644,22 @@ def test_groups_cached_by_version_1_are_reused_and_say_their_test_metrics(tmp_pa
                  wall_s=1.0, runs=1, steps=4)
     summary = S._summary(group, 0)
     assert (summary["suite_version"], summary["test_metrics"]) == (2, "whole test split")
+
+
+def test_cell_plan_names_the_defining_lo_and_flags_an_lo_trained_on_other_cells():
+    """A second LO meta-trained with a longer horizon runs on the first LO's cells; the plan
+    printed before training says so instead of silently changing the cells' step counts."""
+    spec = dataclasses.replace(S.SUITES["quick"], axes=("wider", "longer"), wider=(8,),
+                               longer=10)
+    short = {"tasks": ["mlp-fmnist8-w128-d3"], "es": {"max_horizon": 500}}
+    long_ = {"tasks": ["mlp-fmnist8-w128-d3"], "es": {"max_horizon": 2000}}
+    los = [S.LearnedOpt("A", "a", None, None, {"config": short}),
+           S.LearnedOpt("B", "b", None, None, {"config": long_}),
+           S.LearnedOpt("C", "c", None, None, {"config": short})]
+    cells = S.cells_for(short, spec)
+    lines = S.cell_plan(los, cells, spec)
+    assert lines[0] == "cells (defined by A's meta-training config):"
+    assert "mlp-fmnist8-w1024-d3" in lines[1] and lines[1].rstrip().endswith("500 steps")
+    assert lines[2].rstrip().endswith("5000 steps")
+    notes = [ln for ln in lines if ln.startswith("note:")]
+    assert len(notes) == 1 and notes[0].startswith("note: B was meta-trained with horizon 2000")
