@@ -95,6 +95,25 @@ def time_features(step) -> jax.Array:
     return jnp.tanh(jnp.asarray(step, jnp.float32) / tau - 1.0)
 
 
+# Gradient elements beyond this magnitude are treated as faults, like NaN and inf.
+MAX_GRAD = 1e8
+
+
+def neutralize(g: jax.Array) -> jax.Array:
+    """``g`` with every non-finite element, and every element above ``MAX_GRAD`` in
+    magnitude, set to 0.
+
+    One bad element must not poison its tensor: the per-tensor feature normalizers and the
+    factored accumulators are shared by every element, so a single 1e20 (whose square
+    overflows float32) or even a clipped 1e8 would rescale every other element's features
+    for the rest of training. A real gradient element of 1e8 is already a fault, so such
+    elements count as absent, and every gradient below the limit is untouched (the
+    AdafacMLPLOpt computation is unchanged for it).
+    """
+    bad = ~jnp.isfinite(g) | (jnp.abs(g) > MAX_GRAD)
+    return jnp.where(bad, jnp.zeros_like(g), g)
+
+
 def init_accumulators(p: jax.Array) -> Accumulators:
     shape = tuple(np.shape(p))
     z = lambda s: jnp.zeros(s, jnp.float32)

@@ -469,10 +469,7 @@ def make(theta: Any, *, mup: bool | None = None, step_mult: float | None = None,
                 out_a.append(acc)
                 continue
             pt, gt = as_tensor(p).astype(jnp.float32), as_tensor(g).astype(jnp.float32)
-            # One bad element must not poison the tensor: its normalizers and accumulators
-            # are shared by every element. Non-finite entries count as 0; |g| <= 1e8 keeps
-            # the squared features finite in float32.
-            gt = jnp.clip(jnp.nan_to_num(gt, nan=0.0, posinf=0.0, neginf=0.0), -1e8, 1e8)
+            gt = F.neutralize(gt)
             if c != 1.0:
                 pt, gt = pt / c, gt * c
             acc, fac_g, fac_m = F.update_accumulators(

@@ -1,6 +1,6 @@
 """One bad gradient element (NaN, inf, 1e20) must not poison the learned optimizer's update of
 the rest of its tensor, now or on later clean steps (lopt.learned neutralizes it per element
-before the accumulators and the per-tensor feature normalization)."""
+before the accumulators and the per-tensor feature normalization: lopt.features.neutralize)."""
 
 import jax
 import jax.numpy as jnp
@@ -39,8 +39,11 @@ def _others(u):
     return u[mask]
 
 
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_non_finite_element_counts_as_zero(clean, bad):
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e20, -3e8])
+def test_a_faulty_element_counts_as_zero(clean, bad):
+    """Non-finite elements, and finite ones beyond lopt.features.MAX_GRAD (1e20 would
+    overflow the squared features; even a clipped 1e8 would dominate the tensor's
+    normalizers), leave the other elements' updates as in a clean run, now and later."""
     ref, zeroed = clean
     for t, u in enumerate(_updates(bad)):
         assert np.isfinite(u).all(), t
@@ -51,20 +54,12 @@ def test_non_finite_element_counts_as_zero(clean, bad):
                                    atol=0.1 * np.abs(ref[t]).max())
 
 
-def test_huge_finite_element_leaves_updates_finite_and_bounded(clean):
-    ref, _ = clean
-    for t, u in enumerate(_updates(1e20)):
-        assert np.isfinite(u).all(), t
-        assert np.abs(u).max() <= 10 * np.abs(ref[t]).max(), t
-
-
-@pytest.mark.xfail(strict=True, reason="1e20 is clipped to 1e8, which still dominates the "
-                   "per-tensor normalization of the other elements' features")
-def test_huge_finite_element_leaves_other_updates_close(clean):
-    ref, _ = clean
-    for t, u in enumerate(_updates(1e20)):
-        np.testing.assert_allclose(_others(u), _others(ref[t]), rtol=0,
-                                   atol=0.1 * np.abs(ref[t]).max())
+def test_large_gradients_below_the_limit_are_used_as_they_are(clean):
+    """1e7 is big but legal: the update differs from the zeroed-element one at that element."""
+    _, zeroed = clean
+    u = _updates(1e7)
+    assert np.isfinite(u[0]).all()
+    assert u[0][BAD] != zeroed[0][BAD]
 
 
 def test_checkpoint_config_values_are_type_checked(tmp_path):
