@@ -45,6 +45,10 @@ def main(argv=None):
                          "deeper, longer, transformer, transformer-lowrank, other-data "
                          "(default: all the suite has); cached cells are shared, so a later "
                          "run of all axes with the same --out reuses them")
+    ap.add_argument("--transformer", default=None,
+                    help="override the suite's transformer cells: comma-separated LM task "
+                         "names, e.g. lm-fortunes-d64-l2,lm-fortunes-d64-l6 (the full suite's "
+                         "d512 cell costs ~2 s per step and run on one core)")
     ap.add_argument("--schedule", default=None, choices=["constant", "cosine"],
                     help="LR schedule of every tuned baseline: constant, or cosine (linear "
                          "warmup over 5%% of the steps, cosine decay to 0.1x the peak LR; the "
@@ -68,6 +72,12 @@ def main(argv=None):
             overrides["wider"] = tuple(int(x) for x in args.wider.split(",") if x)
         if args.seeds:
             overrides["seeds"] = args.seeds
+        if args.transformer:
+            lms = tuple(t.strip() for t in args.transformer.split(",") if t.strip())
+            bad = [t for t in lms if not t.startswith("lm-")]
+            if bad:
+                ap.error(f"--transformer takes LM task names (lm-...), got {bad[0]!r}")
+            overrides["transformer"] = lms
         if args.schedule:
             overrides["schedule"] = args.schedule
         if args.axes:

@@ -266,8 +266,15 @@ def data_source(task_name: str) -> str:
 
     Raises:
       meta_train.data.DataNotFoundError: the task's data is not on this machine.
+      SuiteError: no task has this name.
     """
-    return get_task(task_name).source
+    from meta_train.data import DataError
+    try:
+        return get_task(task_name).source
+    except DataError:
+        raise
+    except ValueError as e:             # an unknown or malformed task name
+        raise SuiteError(str(e)) from e
 
 
 def load_los(specs: list[str]) -> list[LearnedOpt]:
@@ -441,9 +448,6 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
                          "needs one to define its axes")
     names = tuple(baselines) if baselines else spec.baselines
     cells = cells_for(meta_cfg, spec)
-    if log is not None:
-        for line in cell_plan(los, cells, spec):
-            log(line)
     unknown = [n for n in dict.fromkeys(names + tuple(b for c in cells for b in c.baselines or ()))
                if n not in BASELINES]
     if unknown:
@@ -480,6 +484,11 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
                 raise
             skipped.append({"axis": c.axis, "task": c.task, "reason": str(e)})
     cells = [c for c in cells if c in sources]
+    if log is not None:
+        for line in cell_plan(los, cells, spec):
+            log(line)
+        for sk in skipped:
+            log(f"skipped {sk['axis']} cell {sk['task']}: {sk['reason']}")
     runner = Runner(out, cached_only=cached_only)
     not_run: list[dict] = []
     report_seeds = list(range(1, spec.seeds + 1))

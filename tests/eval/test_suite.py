@@ -663,3 +663,19 @@ def test_cell_plan_names_the_defining_lo_and_flags_an_lo_trained_on_other_cells(
     assert lines[2].rstrip().endswith("5000 steps")
     notes = [ln for ln in lines if ln.startswith("note:")]
     assert len(notes) == 1 and notes[0].startswith("note: B was meta-trained with horizon 2000")
+
+
+def test_cli_transformer_override_runs_only_the_named_lm_cells(tmp_path, capsys):
+    """--transformer picks the LM cells; a bad name is one error line, not a traceback."""
+    from eval.cli import main
+    lo = "checkpoints/mulo-cpu"
+    assert main(["--suite", "full", "--lo", lo, "--axes", "transformer", "--out",
+                 str(tmp_path), "--transformer", "lm-fortunes-d64-lx", "--cached-only"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown task 'lm-fortunes-d64-lx'"), err
+    with pytest.raises(SystemExit):
+        main(["--suite", "full", "--lo", lo, "--out", str(tmp_path), "--transformer", "mlp-x"])
+    spec = dataclasses.replace(S.SUITES["full"], axes=("transformer",),
+                               transformer=("lm-fortunes-d64-l6",))
+    assert [c.task for c in S.cells_for(PRESETS["cpu"].to_dict(), spec)] == [
+        "lm-fortunes-d64-l6"]
