@@ -1,5 +1,7 @@
 """Numbers checks of the learned optimizer (features, μP scaling, optax contract)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -81,6 +83,7 @@ def _mlp_params(width, din=16, dout=10):
             "Dense_2": {"kernel": jax.random.normal(k[2], (width, dout)), "bias": jnp.zeros(dout)}}
 
 
+@functools.lru_cache(maxsize=None)     # the tests below share widths; each call compiles
 def _step_sizes(width, mup, mup_in="model"):
     opt = lopt.make(constant_theta(), mup=mup, mup_in=mup_in)
     params = _mlp_params(width)

@@ -42,7 +42,8 @@ def _losses(apply, params, opt, x, y, steps=50):
 BASE = lopt.LOConfig(mup_base=512.0, depth_ref=1, step_mult=1.5625e-4)
 
 
-@pytest.mark.parametrize("width,config", [(64, None), (512, None), (256, BASE)])
+@pytest.mark.parametrize("width,config", [
+    (64, None), pytest.param(512, None, marks=pytest.mark.slow), (256, BASE)])
 def test_optimizer_side_mup_equals_model_side_mup(width, config):
     spec = MLPSpec(in_dim=16, width=width, depth=2)
     kx, ky, kp, kr = jax.random.split(jax.random.key(0), 4)

@@ -47,7 +47,8 @@ ROLES = {"scalar": "vector", "vector": "vector", "matrix": "input", "rank3": "hi
          "conv": "hidden", "bf16": "output", "empty": "hidden"}
 
 
-@pytest.mark.parametrize("config", [lopt.MUVELO, lopt.SP_VELO])
+@pytest.mark.parametrize("config", [lopt.MUVELO,
+                                    pytest.param(lopt.SP_VELO, marks=pytest.mark.slow)])
 def test_every_leaf_kind_finite_shape_dtype(config):
     opt = lopt.make_velo(lopt.init_velo_theta(jax.random.key(1), config), config, roles=ROLES,
                          num_steps=10)
