@@ -595,12 +595,14 @@ def cell_plan(los, cells: list[Cell], spec: SuiteSpec) -> list[str]:
     first = los[0]
     lines = [f"cells (defined by {first.label}'s meta-training config):"]
     lines += [f"  {c.axis:<20} {c.task:<28} {c.steps:>6} steps" for c in cells]
-    own = {(c.axis, c.steps, c.task) for c in cells}
+    def derived(cs):        # the fixed cells of the optional axes are the same for every LO
+        return {(c.axis, c.steps, c.task) for c in cs if c.axis not in OPTIONAL_AXES}
+    own = derived(cells)
     for lo in los[1:]:
         cfg = lo.meta.get("config")
         if not cfg:
             continue
-        theirs = {(c.axis, c.steps, c.task) for c in cells_for(cfg, spec)}
+        theirs = derived(cells_for(cfg, spec))
         if theirs != own:
             horizon = cfg.get("es", {}).get("max_horizon")
             lines.append(f"note: {lo.label} was meta-trained with horizon {horizon} on "
