@@ -308,6 +308,8 @@ def markdown(doc: dict, plots: list[str]) -> str:
                                     (o["grid"][0], o["grid"][-1]) else "")
             + (f" (μTransfer from w{o['mutransfer_from_width']})"
                if o.get("mutransfer_from_width") else "")
+            + (f" (AdamW at {o['adam_lr']:.3g} on the other leaves)" if o.get("adam_lr")
+               else "")
             for n, o in c["optimizers"].items() if "grid" in o) for c in doc["cells"]), ""]
     names = list(dict.fromkeys(n for c in doc["cells"] for n in c["optimizers"]))
     lines += ["Seconds per training step (compile excluded; vmapped runs, so per run-step):",
@@ -317,8 +319,32 @@ def markdown(doc: dict, plots: list[str]) -> str:
             f"{c['optimizers'][n]['wall_s_per_step'] * 1e3:.2f} ms" if n in c["optimizers"]
             else "" for n in names) + " |")
     lines.append("")
+    lines += _compute_md(doc, names)
     lines += [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _compute_md(doc: dict, names: list[str]) -> list[str]:
+    """Minutes each row of each cell took (compile included; a tuned baseline adds its LR
+    sweep), each cell's total and the whole report's: the suite's end-to-end compute, even
+    when its groups ran in several invocations."""
+    if not any("compute_s" in o for c in doc["cells"] for o in c["optimizers"].values()):
+        return []       # a document written before rows recorded their seconds
+    threads = doc.get("host", {}).get("cpu_threads", "?")
+    lines = [f"Compute per cell in minutes (compile included; a tuned baseline includes its LR "
+             f"sweep; each group ran on {threads} CPU thread(s)):", "",
+             "| task | steps | " + " | ".join(names) + " | cell |",
+             "|---|---:|" + "---:|" * (len(names) + 1)]
+    total = 0.0
+    for c in doc["cells"]:
+        cell = sum(o.get("compute_s", 0.0) for o in c["optimizers"].values())
+        total += cell
+        lines.append(f"| {c['task']} | {c['steps']} | " + " | ".join(
+            f"{c['optimizers'][n]['compute_s'] / 60:.1f}"
+            if "compute_s" in c["optimizers"].get(n, {}) else "" for n in names)
+            + f" | {cell / 60:.1f} |")
+    lines += ["", f"Total compute of this report's rows: {total / 3600:.2f} h.", ""]
+    return lines
 
 
 UNTRAINED = " (untrained)"

@@ -369,17 +369,20 @@ class Runner:
         return res, False
 
     def run_baseline(self, task_name: str, name: str, steps: int, lrs, seeds,
-                     schedule: str | None = None) -> dict:
+                     schedule: str | None = None, adam_lr: float | None = None) -> dict:
         """``schedule``: None runs the baseline's own schedule (constant except for entries
-        like ``adamw-cosine``); "cosine" runs any baseline with warmup and cosine decay."""
+        like ``adamw-cosine``); "cosine" runs any baseline with warmup and cosine decay.
+        ``adam_lr``: the AdamW LR of a baseline with ``adam_lr_from`` (None: its default)."""
         b = BASELINES[name]
         key = {"task": task_name, "source": data_source(task_name), "opt": name,
                "steps": steps, "lrs": list(lrs), "seeds": list(seeds)}
         if (schedule or b.schedule) != "constant":   # constant runs: no schedule entry
             key["schedule"] = schedule or b.schedule
+        if adam_lr is not None:
+            key["adam_lr"] = adam_lr
         return self._cached(key, lambda: self._compute(
             task_name, lambda lr, task: b.build(lr, task.roles, num_steps=steps,
-                                                schedule=schedule),
+                                                schedule=schedule, adam_lr=adam_lr),
             steps, lrs, seeds, b.needs_activations))[0]
 
     def run_lo(self, task_name: str, lo: LearnedOpt, steps: int, seeds, untrained=False):
@@ -532,13 +535,17 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
             except NotCached as e:
                 missing("adamw@1e-3", e)
             bar.update(1)
-        # matrix-function baselines last: an interrupted cell keeps its cheap rows
-        for name in sorted(cell_names(cell), key=lambda n: BASELINES[n].matrix_functions):
+        # matrix-function baselines last: an interrupted cell keeps its cheap rows; a baseline
+        # that runs AdamW on part of its leaves after the AdamW it takes the LR from
+        best_here: dict[str, float] = {}
+        for name in sorted(cell_names(cell), key=lambda n: (BASELINES[n].matrix_functions,
+                                                            bool(BASELINES[n].adam_lr_from))):
             task = variant(cell.task, BASELINES[name].parametrization)
             grid, transfer = baseline_grid(name, spec, cell, widest, tuned)
+            adam_lr = best_here.get(BASELINES[name].adam_lr_from)
             try:
                 tune = runner.run_baseline(task, name, cell.steps, grid, [0],
-                                           schedule=schedule)
+                                           schedule=schedule, adam_lr=adam_lr)
             except NotCached as e:
                 missing(labels[name], e)
                 bar.update(2)
@@ -546,6 +553,7 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
             finals = [final_loss(np.asarray(l[0])) for l in tune["losses"]]
             finals = [f if np.isfinite(f) else np.inf for f in finals]
             best = grid[int(np.argmin(finals))]
+            best_here[name] = best
             w = _width(cell.task)
             if (cell.axis in ("in-distribution", "wider") and w and not transfer
                     and w <= spec.mutransfer_above * widest and w > tuned.get(name, (0,))[0]):
@@ -553,7 +561,7 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
             bar.update(1)
             try:
                 rep = runner.run_baseline(task, name, cell.steps, [best], report_seeds,
-                                          schedule=schedule)
+                                          schedule=schedule, adam_lr=adam_lr)
             except NotCached as e:
                 missing(labels[name], e)
                 bar.update(1)
@@ -561,7 +569,9 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
             entry["optimizers"][labels[name]] = _summary(
                 rep, 0, lr=best, grid=grid, tune=finals, task=task,
                 **({"mutransfer_from_width": transfer} if transfer else {}),
+                **({"adam_lr": adam_lr} if adam_lr is not None else {}),
                 schedule=schedule or BASELINES[name].schedule)
+            entry["optimizers"][labels[name]]["compute_s"] += group_seconds(tune)
             bar.update(1)
         entry["optimizers"] = {labels[n]: entry["optimizers"][labels[n]]
                                for n in cell_names(cell) if labels[n] in entry["optimizers"]}
@@ -657,4 +667,11 @@ def _summary(group: dict, lr_index: int, **extra) -> dict:
             # bootstrap intervals over seeds (eval.report.bootstrap_speedup)
             "seed_curves": np.minimum(losses, 1e3)[:, ::_stride(losses.shape[1])].tolist(),
             # compile excluded; the runs of a group are vmapped, so this is per run-step
-            "wall_s_per_step": group["wall_s"] / (group["runs"] * group["steps"]), **extra}
+            "wall_s_per_step": group["wall_s"] / (group["runs"] * group["steps"]),
+            # the group's seconds, compile included (a baseline adds its tuning group's)
+            "compute_s": group_seconds(group), **extra}
+
+
+def group_seconds(group: dict) -> float:
+    """Seconds one cached group took: its compile plus its run."""
+    return float(group.get("wall_s", 0.0)) + float(group.get("compile_s", 0.0))

@@ -12,6 +12,7 @@ References: Bernstein & Newhouse, "Old Optimizer, New Norm: An Anthology", arXiv
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -66,9 +67,14 @@ class Baseline:
     # ``make`` accepts an optax schedule as ``lr``; if not, ``build`` multiplies its updates by
     # the unit schedule (the same thing for updates linear in the LR)
     takes_schedule: bool = True
+    # ``make`` steps only some leaves itself and runs AdamW on the rest at ``adam_lr``: the
+    # eval suite passes the LR this baseline tuned on the same cell, so the two rows differ
+    # only in how those leaves are optimized
+    adam_lr_from: str | None = None
 
     def build(self, lr: float | jax.Array, roles: Any, *, num_steps: int | None = None,
-              schedule: str | None = None) -> optax.GradientTransformation:
+              schedule: str | None = None,
+              adam_lr: float | None = None) -> optax.GradientTransformation:
         """The optimizer at (peak) LR ``lr``.
 
         Args:
@@ -76,20 +82,28 @@ class Baseline:
           roles: the μP role tree of the parameters.
           num_steps: the run's total step count; required by the cosine schedule.
           schedule: "constant" or "cosine" (:func:`warmup_cosine`); None: the entry's own.
+          adam_lr: for entries with ``adam_lr_from``: the AdamW LR of the leaves ``make``
+            does not step itself (None: the factory's default).
 
         Returns:
           An ``optax.GradientTransformation``.
         """
+        make = self.make
+        if adam_lr is not None:
+            if self.adam_lr_from is None:
+                raise ValueError("adam_lr applies only to baselines that run AdamW on part of "
+                                 "the parameters (adam_lr_from set)")
+            make = functools.partial(self.make, adam_lr=adam_lr)
         schedule = schedule or self.schedule
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
         if schedule == "constant":
-            return self.make(lr, roles)
+            return make(lr, roles)
         if num_steps is None:
             raise ValueError("the cosine schedule needs num_steps, the run's total step count")
         if self.takes_schedule:
-            return self.make(warmup_cosine(lr, num_steps), roles)
-        return optax.chain(self.make(lr, roles),
+            return make(warmup_cosine(lr, num_steps), roles)
+        return optax.chain(make(lr, roles),
                            optax.scale_by_schedule(warmup_cosine(1.0, num_steps)))
 
 
@@ -256,10 +270,13 @@ BASELINES: dict[str, Baseline] = {
                          "adaptive Schatten-p descent, p per layer from gradient and input "
                          "activations, arXiv 2605.19781", needs_activations=True,
                          matrix_functions=True, takes_schedule=False),
+    # run like AdamW (SP network, AdamW at the cell's tuned LR on every unfactored leaf), so
+    # its row differs from AdamW's only in the factored weights' optimizer
     "riemannian": Baseline(riemannian_lowrank,
-                           _log_grid(1e-2, 3.0),
+                           _log_grid(3e-2, 30.0),
                            "Riemannian fixed-rank descent on factored W = A B^T, AdamW "
                            "elsewhere, arXiv 2606.02328", matrix_functions=True,
                            # its LR enters the retraction; a schedule scales the factor steps
-                           takes_schedule=False),
+                           takes_schedule=False, parametrization="sp",
+                           adam_lr_from="adamw"),
 }

@@ -62,6 +62,21 @@ def test_smoke_suite_writes_reports(smoke_eval):
         assert 0 < o["wall_s_per_step"] < 1.0
 
 
+def test_report_states_each_cells_compute_and_the_total(smoke_eval):
+    # every cached group is used by exactly one row, so the rows' seconds add up to the
+    # seconds the cache recorded: the suite's end-to-end compute, however many invocations
+    root, doc, _ = smoke_eval
+    groups = [json.loads(f.read_text()) for f in (root / "ev" / "cells").glob("*.json")]
+    cached = sum(S.group_seconds(g) for g in groups)
+    rows = [o["compute_s"] for c in doc["cells"] for o in c["optimizers"].values()]
+    assert len(rows) == len(groups) - sum(len(g["key"]["lrs"]) > 1 for g in groups)
+    assert sum(rows) == pytest.approx(cached, rel=1e-9) and min(rows) > 0
+    adamw = doc["cells"][0]["optimizers"]["adamw"]
+    assert adamw["compute_s"] > adamw["wall_s_per_step"] * doc["cells"][0]["steps"] * 3
+    md = (root / "ev" / "report.md").read_text()
+    assert f"Total compute of this report's rows: {cached / 3600:.2f} h." in md
+
+
 def test_tensorboard_scalars_are_written(smoke_eval):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     root, doc, _ = smoke_eval
@@ -567,8 +582,17 @@ def test_a_fixed_cell_runs_its_own_baselines_and_the_report_leaves_the_rest_blan
     rows = {c["axis"]: list(c["optimizers"]) for c in doc["cells"]}
     assert rows["transformer-lowrank"][:2] == ["adamw", "riemannian"]
     assert rows["other-data"][:2] == ["adamw", "muadam"]
+    # riemannian trains AdamW's SP network with AdamW, at the LR AdamW tuned on this cell,
+    # on every unfactored leaf; the LR is part of its cache key
+    (low,) = [c for c in doc["cells"] if c["axis"] == "transformer-lowrank"]
+    adamw, riem = low["optimizers"]["adamw"], low["optimizers"]["riemannian"]
+    assert riem["task"] == adamw["task"] == "lm-fortunes-d128-l2-r16-sp"
+    assert riem["adam_lr"] == adamw["lr"] and "adam_lr" not in adamw
+    keys = [json.loads(f.read_text())["key"] for f in (tmp_path / "cells").glob("*.json")]
+    assert {k.get("adam_lr") for k in keys if k["opt"] == "riemannian"} == {adamw["lr"]}
     md = write_all(doc, tmp_path / "report", "test")["markdown"]
     assert "## transformer-lowrank" in md and "riemannian" in md
+    assert f"(AdamW at {adamw['lr']:.3g} on the other leaves)" in md
 
 
 def test_bootstrap_interval_of_the_geomean_speedup_over_seeds():

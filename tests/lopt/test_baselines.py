@@ -221,6 +221,25 @@ def test_riemannian_keeps_rank_and_solves_matrix_sensing():
     assert float(loss(p)) < 1e-3 * first
 
 
+def test_riemannian_runs_adamw_at_the_given_lr_on_unfactored_leaves():
+    # the suite passes the cell's tuned AdamW LR, so the riemannian row differs from AdamW's
+    # only in the factored weights' optimizer
+    loss, p = _sensing_problem()
+    g = jax.grad(loss)(p)
+    g["bias"] = jnp.array([0.3, -1.0, 2.0])
+    opt = BASELINES["riemannian"].build(1.0, None, adam_lr=2e-3)
+    upd, _ = opt.update(g, opt.init(p), p)
+    ref = optax.adamw(2e-3, weight_decay=0.0)
+    want, _ = ref.update(g["bias"], ref.init(p["bias"]), p["bias"])
+    np.testing.assert_allclose(upd["bias"], want, rtol=1e-6)
+    # without it, AdamW runs at lr / 100; the factors' step does not depend on adam_lr
+    upd2, _ = BASELINES["riemannian"].build(1.0, None).update(g, opt.init(p), p)
+    np.testing.assert_allclose(upd2["bias"], -1e-2 * np.sign(g["bias"]), rtol=1e-4)
+    np.testing.assert_allclose(upd2["w"]["a"], upd["w"]["a"], rtol=1e-6)
+    with pytest.raises(ValueError, match="adam_lr applies only"):
+        BASELINES["adamw"].build(1e-3, None, adam_lr=1e-3)
+
+
 def _extra(task, baseline):
     if baseline.needs_activations:
         return lambda p, b: {"activations": task.activations(p, b)}

@@ -93,16 +93,16 @@ def _step_sizes(width, mup, mup_in="model"):
 
 
 def test_mup_hidden_step_scales_with_fan_in_and_sp_does_not():
-    mu64, mu1024 = _step_sizes(64, True), _step_sizes(1024, True)
-    sp64, sp1024 = _step_sizes(64, False), _step_sizes(1024, False)
-    np.testing.assert_allclose(mu64["Dense_1"]["kernel"] / mu1024["Dense_1"]["kernel"], 16.0,
+    mu64, mu512 = _step_sizes(64, True), _step_sizes(512, True)
+    sp64, sp512 = _step_sizes(64, False), _step_sizes(512, False)
+    np.testing.assert_allclose(mu64["Dense_1"]["kernel"] / mu512["Dense_1"]["kernel"], 8.0,
                                rtol=1e-5)
     np.testing.assert_allclose(mu64["Dense_1"]["kernel"], 1e-2 / 64, rtol=1e-5)
-    np.testing.assert_allclose(sp64["Dense_1"]["kernel"], sp1024["Dense_1"]["kernel"], rtol=1e-5)
+    np.testing.assert_allclose(sp64["Dense_1"]["kernel"], sp512["Dense_1"]["kernel"], rtol=1e-5)
     np.testing.assert_allclose(sp64["Dense_1"]["kernel"], 1e-3, rtol=1e-5)
     for layer, name in [("Dense_0", "kernel"), ("Dense_2", "kernel"), ("Dense_0", "bias"),
                         ("Dense_1", "bias"), ("Dense_2", "bias")]:
-        for a, b, sm in [(mu64, mu1024, 1e-2), (sp64, sp1024, 1e-3)]:
+        for a, b, sm in [(mu64, mu512, 1e-2), (sp64, sp512, 1e-3)]:
             np.testing.assert_allclose(a[layer][name], b[layer][name], rtol=1e-5)
             np.testing.assert_allclose(a[layer][name], sm, rtol=1e-5)
 
@@ -110,7 +110,7 @@ def test_mup_hidden_step_scales_with_fan_in_and_sp_does_not():
 def test_optimizer_side_mup_scales_only_the_readout_step_by_fan_in():
     # Plain model (mup_in="optimizer", the default): the readout's step carries the 1/fan_in
     # that a μP model's forward multiplier would apply; every other leaf is unchanged.
-    for width in (64, 1024):
+    for width in (64, 512):
         plain, model = _step_sizes(width, True, "optimizer"), _step_sizes(width, True)
         np.testing.assert_allclose(plain["Dense_2"]["kernel"], 1e-2 / width, rtol=1e-5)
         for layer, name in [("Dense_0", "kernel"), ("Dense_1", "kernel"), ("Dense_2", "bias")]:
