@@ -1,15 +1,20 @@
-"""One task, a few settings, no tuning: how a learned optimizer (or μAdam) trains under
-changed μP constants, e.g. the μP base width.
+"""One task, a few settings, no tuning: how a learned optimizer or a baseline trains under
+changed constants, e.g. an LO's μP base width or a baseline's options.
 
     python -m eval.probe --lo mulo-frac-cpu --task mlp-fmnist8-w1024-d3 --steps 500 \\
         --set mup_base=1 --set mup_base=512,depth_ref=2,step_mult=1.5625e-4
     python -m eval.probe --muadam --task mlp-fmnist8-w1024-d3 --steps 500 \\
         --set base=1,lr=0.1 --set base=512,lr=2e-3
+    python -m eval.probe --baseline schatten --task lm-fortunes-d64-l2 \\
+        --set lr=0.0959 --set lr=0.3,adam_lr=0.00959 --set lr=0.0959,fixed_p=inf
 
-Each ``--set`` is one run per seed; LO settings are ``LOConfig`` fields applied to the
-LO's own config (its theta unchanged), μAdam settings are ``base`` and ``lr``. Prints the
-final train loss (mean of the last 5% of steps, as the suite reports it) per setting and
-seed. The LO is built with the task's declared roles and ``mup_in="model"``, as in the suite.
+Each ``--set`` is one run per seed. LO settings are ``LOConfig`` fields applied to the
+LO's own config (its theta unchanged). Baseline settings are ``lr`` (required) and keyword
+arguments of the baseline's factory in ``lopt.BASELINES`` (``--muadam`` is ``--baseline
+muadam``: ``base``, ``lr``); the task is trained as named, so pass the ``-sp`` variant for an SP
+baseline. Prints the final train loss (mean of the last 5% of steps, as the suite reports it)
+per setting and seed. The LO is built with the task's declared roles and ``mup_in="model"``,
+as in the suite.
 """
 
 from __future__ import annotations
@@ -44,11 +49,39 @@ def _typed(config, key: str, value: str):
     return value
 
 
+def baseline_with(name: str, setting: dict, roles, num_steps: int):
+    """Baseline ``name`` of ``lopt.BASELINES`` at ``setting["lr"]`` with the setting's other
+    entries as keyword arguments of its factory, on the entry's own schedule."""
+    import functools
+    import inspect
+
+    from lopt.baselines import BASELINES
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
+    if "lr" not in setting:
+        raise ValueError(f"--set {','.join(f'{k}={v}' for k, v in setting.items()) or '(empty)'}"
+                         f": {name} needs lr=")
+    b = BASELINES[name]
+    params = inspect.signature(b.make).parameters
+    accepted = [p for p in params if p not in ("lr", "roles")]
+    bad = sorted(set(setting) - set(accepted) - {"lr"})
+    if bad:
+        raise ValueError(f"{name} has no option {', '.join(bad)}; its options are lr and "
+                         f"{', '.join(accepted) or 'nothing else'}")
+    # typed like the factory's default (int, bool), else float ("inf" allowed)
+    kwargs = {k: (int(v) if type(params[k].default) is int
+                  else v.lower() in ("1", "true", "yes") if type(params[k].default) is bool
+                  else float(v)) for k, v in setting.items() if k != "lr"}
+    entry = dataclasses.replace(b, make=functools.partial(b.make, **kwargs)) if kwargs else b
+    return entry.build(float(setting["lr"]), roles, num_steps=num_steps)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m eval.probe", description=__doc__.split("\n\n")[0])
     who = ap.add_mutually_exclusive_group(required=True)
     who.add_argument("--lo", help="a learned optimizer (shipped name, run or checkpoint dir)")
-    who.add_argument("--muadam", action="store_true", help="μAdam instead of an LO")
+    who.add_argument("--baseline", help="a baseline of lopt.BASELINES instead of an LO")
+    who.add_argument("--muadam", action="store_true", help="μAdam (--baseline muadam)")
     ap.add_argument("--task", required=True)
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--seeds", default="1", help="comma-separated report seeds (default 1)")
@@ -59,7 +92,6 @@ def main(argv=None) -> int:
     import numpy as np
 
     import lopt
-    from lopt.baselines import muadam
     from meta_train.data import DataNotFoundError
     from meta_train.inner import train
     from eval.suite import final_loss
@@ -74,17 +106,18 @@ def main(argv=None) -> int:
                 config, **{k: _typed(config, k, v) for k, v in s.items()}),
                 roles=task.roles, mup_in="model", num_steps=args.steps)) for s in sets]
         else:
-            opts = []
-            for s in sets:
-                bad = set(s) - {"base", "lr"}
-                if bad or "lr" not in s:
-                    raise ValueError(f"μAdam settings are base= and lr= (lr required), got {s}")
-                opts.append((s, muadam(float(s["lr"]), task.roles, base=float(s.get("base", 1)))))
+            name = "muadam" if args.muadam else args.baseline
+            opts = [(s, baseline_with(name, s, task.roles, args.steps)) for s in sets]
     except (ValueError, DataNotFoundError, lopt.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from lopt.baselines import BASELINES
+    needs_acts = not args.lo and BASELINES["muadam" if args.muadam else args.baseline] \
+        .needs_activations and task.activations is not None
+    extra = (lambda p, b: {"activations": task.activations(p, b)}) if needs_acts else None
     for s, opt in opts:
         run = jax.jit(lambda k, opt=opt: train(task, opt, key=k, num_steps=args.steps,
+                                               extra_args=extra,
                                                pass_loss=bool(args.lo) and config.needs_loss))
         for seed in seeds:
             t = time.time()
