@@ -330,9 +330,8 @@ def _compute_md(doc: dict, names: list[str]) -> list[str]:
     when its groups ran in several invocations."""
     if not any("compute_s" in o for c in doc["cells"] for o in c["optimizers"].values()):
         return []       # a document written before rows recorded their seconds
-    threads = doc.get("host", {}).get("cpu_threads", "?")
-    lines = [f"Compute per cell in minutes (compile included; a tuned baseline includes its LR "
-             f"sweep; each group ran on {threads} CPU thread(s)):", "",
+    lines = ["Compute per cell in minutes, as each cached group recorded it (compile included; "
+             "a tuned baseline includes its LR sweep):", "",
              "| task | steps | " + " | ".join(names) + " | cell |",
              "|---|---:|" + "---:|" * (len(names) + 1)]
     total = 0.0
