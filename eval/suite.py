@@ -215,9 +215,12 @@ def blew_up(initial, final) -> np.ndarray:
 
 
 def speedup(reference: np.ndarray, candidate: np.ndarray) -> float:
-    """Steps the reference needs to reach its own final loss / steps the candidate needs.
+    """Steps the reference needs to reach its lowest loss / steps the candidate needs to
+    reach that loss.
 
-    Curves are smoothed with a running minimum. > 1: faster; < 1: slower; 0: never reaches.
+    Curves (seed means) are smoothed with a running minimum, so the target is the reference
+    curve's minimum, which can lie below its final loss (the mean of its last 5% of steps).
+    > 1: faster; < 1: slower; 0: never reaches.
     """
     ref = np.minimum.accumulate(np.asarray(reference, np.float64))
     cand = np.minimum.accumulate(np.asarray(candidate, np.float64))
@@ -380,6 +383,9 @@ class Runner:
             key["schedule"] = schedule or b.schedule
         if adam_lr is not None:
             key["adam_lr"] = adam_lr
+        if b.needs_activations:     # what it was given: layer inputs, or none (whitened)
+            key["activations"] = ("layer inputs" if get_task(task_name).activations is not None
+                                  else "none")
         return self._cached(key, lambda: self._compute(
             task_name, lambda lr, task: b.build(lr, task.roles, num_steps=steps,
                                                 schedule=schedule, adam_lr=adam_lr),

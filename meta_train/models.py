@@ -168,8 +168,10 @@ class TransformerSpec:
     def _w(self, p):
         return p["a"] @ p["b"].T if isinstance(p, dict) else p
 
-    def apply(self, params: dict, tokens: jax.Array) -> jax.Array:
+    def apply(self, params: dict, tokens: jax.Array, return_inputs: bool = False):
+        """Logits ``[batch, t, vocab]``; with ``return_inputs`` also :meth:`layer_inputs`."""
         b, t = tokens.shape
+        ins = {}
         dm, nh = self.d_model, self.heads
         dh = dm // nh
         h = params["embed"][tokens] + params["pos"][:t]
@@ -184,12 +186,31 @@ class TransformerSpec:
             logits = jnp.einsum("bqhd,bkhd->bhqk", q, kk) * att_scale
             logits = jnp.where(mask, logits, -1e30)
             a = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, -1), v)
-            h = h + a.reshape(b, t, dm) @ self._w(blk["wo"])
-            x = _layer_norm(h, blk["ln2"]["scale"], blk["ln2"]["bias"])
-            h = h + jax.nn.gelu(x @ blk["mlp_in"]) @ blk["mlp_out"]
+            a = a.reshape(b, t, dm)
+            h = h + a @ self._w(blk["wo"])
+            x2 = _layer_norm(h, blk["ln2"]["scale"], blk["ln2"]["bias"])
+            u = jax.nn.gelu(x2 @ blk["mlp_in"])
+            h = h + u @ blk["mlp_out"]
+            ins[f"block_{i}"] = {"wq": x, "wk": x, "wv": x, "wo": a, "mlp_in": x2, "mlp_out": u}
         h = _layer_norm(h, params["ln_f"]["scale"], params["ln_f"]["bias"])
         mult = forward_multiplier("output", dm, mup=self.mup, output_mult=self.output_mult)
-        return mult * (h @ params["readout"])
+        logits = mult * (h @ params["readout"])
+        if not return_inputs:
+            return logits
+        flat = lambda z: z.reshape(-1, z.shape[-1])     # noqa: E731
+        tree = jax.tree.map(lambda _: None, params)
+        for name, blk in ins.items():
+            for n, z in blk.items():
+                if not isinstance(params[name][n], dict):   # a factored weight has no kernel
+                    tree[name][n] = flat(z)
+        return logits, tree
+
+    def layer_inputs(self, params: dict, tokens: jax.Array) -> dict:
+        """A tree like params with each hidden kernel's input activations ``[batch * t,
+        fan_in]`` (q, k, v: the first LayerNorm's output; o: the attention output; the MLP's
+        two kernels: the second LayerNorm's output and the GELU output) and None elsewhere,
+        including the factors of a factored weight."""
+        return self.apply(params, tokens, return_inputs=True)[1]
 
 
 @dataclasses.dataclass(frozen=True)

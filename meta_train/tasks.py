@@ -161,6 +161,7 @@ def lm_task(corpus: str = "fortunes", d_model: int = 128, depth: int = 2, heads:
     return Task(name or f"lm-{corpus}-d{d_model}-l{depth}", spec.init, loss, metrics, sample,
                 {"train": ds.train, "test": ds.test}, spec.roles(), math.log(ds.num_classes),
                 batch_size, spec, ds.source,
+                activations=lambda params, batch: spec.layer_inputs(params, batch[0]),
                 split_metrics=_split_metrics_fn(spec.apply, windows))
 
 

@@ -286,7 +286,7 @@ def test_lo_is_judged_against_the_better_adamw_form_per_cell():
     assert (f"| μLO | wider | mlp-a-w128-d15 | 100 | {r['lo_final']:.3f} | adamw-cosine "
             f"{r['adamw_final']:.3f} | win |") in md
     assert "- **μLO**: wins 1 of 3 cells against the better tuned AdamW; geometric-mean " \
-           "speedup 0.00 (0: on some cell it never reaches AdamW's final loss)" in md
+           "speedup 0.00 (0: on some cell it never reaches AdamW's lowest point)" in md
     assert rows[2]["lo_final"] > 1.5 * 2.3
     assert (f"| μLO | wider | mlp-a-w128-d3 | 100 | {rows[2]['lo_final']:.3f} † | adamw "
             f"{rows[2]['adamw_final']:.3f} | loss |") in md
@@ -703,3 +703,15 @@ def test_cli_transformer_override_runs_only_the_named_lm_cells(tmp_path, capsys)
                                transformer=("lm-fortunes-d64-l6",))
     assert [c.task for c in S.cells_for(PRESETS["cpu"].to_dict(), spec)] == [
         "lm-fortunes-d64-l6"]
+
+
+def test_schatten_groups_record_that_they_were_given_layer_inputs(tmp_path, monkeypatch):
+    # groups computed before LM tasks supplied layer inputs (the criterion then always picks
+    # p = 1) have no such key entry, so they are recomputed rather than reused
+    monkeypatch.setattr(S.Runner, "_compute", _fake_compute)
+    S.run_suite(["mulo-cpu"], "full", tmp_path, progress=False, overrides={
+        "axes": ("transformer",), "transformer": ("lm-stdlib-d32-l1-c16-h2",),
+        "baselines": ("adamw", "schatten")})
+    keys = [json.loads(f.read_text())["key"] for f in (tmp_path / "cells").glob("*.json")]
+    assert {k["activations"] for k in keys if k["opt"] == "schatten"} == {"layer inputs"}
+    assert all("activations" not in k for k in keys if k["opt"] != "schatten")

@@ -119,3 +119,36 @@ def test_every_registered_task_starts_near_its_expected_loss_and_adamw_descends(
     res = jax.jit(lambda k: train(t, optax.adamw(lr), key=k, num_steps=25))(jax.random.key(2))
     assert not bool(res.diverged)
     assert float(jnp.mean(res.losses[-5:])) < 0.95 * float(jnp.mean(res.losses[:3])), name
+
+
+def test_transformer_layer_inputs_are_what_each_hidden_kernel_multiplies():
+    # Adaptive Schatten-p picks p from these; without them its criterion always picks p = 1
+    task = T.get_task("lm-stdlib-d32-l1-c16-h2")
+    params = task.init(jax.random.key(0))
+    params["block_0"]["wq"] = 0.1 * jnp.ones_like(params["block_0"]["wq"])   # nonzero query
+    batch = task.sample(task.data, jax.random.key(1))
+    acts = task.activations(params, batch)
+    spec, blk, ins = task.spec, params["block_0"], acts["block_0"]
+    tokens = batch[0]
+    n = tokens.size
+    assert acts["embed"] is None and acts["readout"] is None and ins["ln1"]["scale"] is None
+    for name in ("wq", "wk", "wv", "wo", "mlp_in", "mlp_out"):
+        assert ins[name].shape == (n, blk[name].shape[0]), name
+    # q/k/v share the LayerNorm output; mlp_out's input is gelu of mlp_in's product
+    np.testing.assert_array_equal(ins["wq"], ins["wv"])
+    np.testing.assert_allclose(ins["mlp_out"], jax.nn.gelu(ins["mlp_in"] @ blk["mlp_in"]),
+                               rtol=1e-5, atol=1e-6)
+    # replaying the block from its recorded inputs gives the model's logits
+    h = params["embed"][tokens] + params["pos"][:tokens.shape[1]]
+    h = h.reshape(n, -1) + ins["wo"] @ blk["wo"]
+    h = h + ins["mlp_out"] @ blk["mlp_out"]
+    from meta_train.models import _layer_norm, forward_multiplier
+    h = _layer_norm(h, params["ln_f"]["scale"], params["ln_f"]["bias"])
+    mult = forward_multiplier("output", spec.d_model, mup=spec.mup)
+    np.testing.assert_allclose((mult * h @ params["readout"]).reshape(
+        spec.apply(params, tokens).shape), spec.apply(params, tokens), rtol=1e-4, atol=1e-4)
+    # a factored attention weight has no kernel: its factors get no inputs
+    low = T.get_task("lm-stdlib-d32-l1-c16-h2-r4")
+    lp = low.init(jax.random.key(0))
+    la = low.activations(lp, low.sample(low.data, jax.random.key(1)))["block_0"]
+    assert la["wq"] == {"a": None, "b": None} and la["mlp_in"] is not None
