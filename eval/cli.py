@@ -60,6 +60,11 @@ def main(argv=None):
     ap.add_argument("--cached-only", action="store_true",
                     help="train nothing: report the rows already cached in --out/cells (e.g. "
                          "while the suite still runs elsewhere) and list the ones not run yet")
+    ap.add_argument("--group-runs", type=int, default=None, metavar="N",
+                    help="at most N runs (LRs x seeds) per vmapped group: a tuning sweep is "
+                         "split into groups of whole LRs, each cached on its own, so a killed "
+                         "run keeps its finished groups and a group needs less memory "
+                         "(default: a whole sweep per group)")
     args = ap.parse_args(argv)
     import lopt
     from eval.report import write_all
@@ -89,7 +94,7 @@ def main(argv=None):
         doc = run_suite(args.lo, args.suite, out, progress=not args.no_progress,
                         overrides=overrides,
                         baselines=tuple(b for b in (args.baselines or "").split(",") if b)
-                        or None, cached_only=args.cached_only,
+                        or None, cached_only=args.cached_only, group_runs=args.group_runs,
                         log=lambda line: print(line, file=sys.stderr, flush=True))
     except (lopt.CheckpointError, DataNotFoundError, DataError, SuiteError) as e:
         print(f"error: {e}", file=sys.stderr)

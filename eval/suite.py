@@ -327,11 +327,18 @@ class NotCached(LookupError):
 class Runner:
     """Runs and caches groups of training runs: one compile per (task, optimizer, steps), LR
     grid and seeds vmapped. ``cached_only``: never train; a group missing from the cache
-    raises :class:`NotCached` (for a report of what a run in progress has finished)."""
+    raises :class:`NotCached` (for a report of what a run in progress has finished).
+    ``group_runs``: at most this many runs (LRs x seeds) per vmapped group; a larger LR sweep
+    is split into groups of whole LRs, each cached on its own, so a killed sweep keeps its
+    finished groups and a group needs less memory (None: the whole sweep is one group). A
+    sweep already cached whole is reused."""
 
-    def __init__(self, out: Path, cached_only: bool = False):
+    def __init__(self, out: Path, cached_only: bool = False, group_runs: int | None = None):
+        if group_runs is not None and group_runs < 1:
+            raise SuiteError(f"group_runs must be at least 1, got {group_runs}")
         self.out = Path(out)
         self.cached_only = cached_only
+        self.group_runs = group_runs
         (self.out / "cells").mkdir(parents=True, exist_ok=True)
 
     def _file(self, key: dict) -> Path:
@@ -347,14 +354,14 @@ class Runner:
                 pass  # a damaged cache entry is recomputed
         return None
 
-    def _cached(self, key: dict, fn):
+    def _find(self, key: dict):
+        """The cached group of ``key``: this suite version's, or one cached by an older
+        version whose training runs this version repeats (same algorithm and random streams),
+        its rows naming their test metrics."""
         key = {**key, "version": SUITE_VERSION}
-        f = self._file(key)
-        res = self._read(f)
+        res = self._read(self._file(key))
         if res is not None:
-            return res, True
-        # a group cached by an older suite version whose training runs this version repeats
-        # (same algorithm and random streams): reused, its rows naming their test metrics
+            return res
         unversioned = {k: v for k, v in key.items() if k != "version"}
         for version, test_metrics in COMPATIBLE_VERSIONS.items():
             old = dict(unversioned)
@@ -362,7 +369,32 @@ class Runner:
                 old["version"] = version
             res = self._read(self._file(old))
             if res is not None:
-                return {**res, "version": version, "test_metrics": test_metrics}, True
+                return {**res, "version": version, "test_metrics": test_metrics}
+        return None
+
+    def _split(self, key: dict, compute):
+        """``compute(lrs)`` for ``key``'s LRs, in groups of at most ``group_runs`` runs
+        (whole LRs) unless the whole sweep is cached; the groups' results joined along the
+        LR axis, their seconds and runs summed."""
+        lrs, seeds = list(key["lrs"]), list(key["seeds"])
+        per = max(1, (self.group_runs or len(lrs) * len(seeds)) // len(seeds))
+        if per >= len(lrs) or self._find(key) is not None:
+            return self._cached(key, lambda: compute(lrs))[0]
+        parts = [self._cached({**key, "lrs": lrs[i:i + per]},
+                              lambda chunk=lrs[i:i + per]: compute(chunk))[0]
+                 for i in range(0, len(lrs), per)]
+        out = {k: [x for p in parts for x in p[k]]
+               for k in ("losses", "test_loss", "test_accuracy", "diverged")}
+        return {**parts[0], **out, "wall_s": sum(p["wall_s"] for p in parts),
+                "compile_s": sum(p["compile_s"] for p in parts),
+                "runs": sum(p["runs"] for p in parts), "groups": len(parts)}
+
+    def _cached(self, key: dict, fn):
+        res = self._find(key)
+        if res is not None:
+            return res, True
+        key = {**key, "version": SUITE_VERSION}
+        f = self._file(key)
         if self.cached_only:
             raise NotCached(f"{key['opt']} on {key['task']} ({key['steps']} steps)")
         res = {**fn(), "version": SUITE_VERSION}
@@ -386,10 +418,10 @@ class Runner:
         if b.needs_activations:     # what it was given: layer inputs, or none (whitened)
             key["activations"] = ("layer inputs" if get_task(task_name).activations is not None
                                   else "none")
-        return self._cached(key, lambda: self._compute(
+        return self._split(key, lambda chunk: self._compute(
             task_name, lambda lr, task: b.build(lr, task.roles, num_steps=steps,
                                                 schedule=schedule, adam_lr=adam_lr),
-            steps, lrs, seeds, b.needs_activations))[0]
+            steps, chunk, seeds, b.needs_activations))
 
     def run_lo(self, task_name: str, lo: LearnedOpt, steps: int, seeds, untrained=False):
         """The cache key holds the digest of the theta that runs (the initial one when
@@ -438,7 +470,8 @@ class Runner:
 
 def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
               baselines: tuple[str, ...] | None = None, overrides: dict | None = None,
-              cached_only: bool = False, log: Callable[[str], None] | None = None) -> dict:
+              cached_only: bool = False, log: Callable[[str], None] | None = None,
+              group_runs: int | None = None) -> dict:
     """Runs a named suite for one or more LOs (paths, or ``label=path``).
 
     The first LO's meta-training config defines the cells; every optimizer runs each cell in
@@ -447,6 +480,7 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
     out and listed in the document's ``"not_run"`` (cells with no row at all are dropped).
     ``log``: called with the cell plan (axis, task, steps) before anything trains, and with a
     note for each later LO whose own meta-training config would define other cells.
+    ``group_runs``: at most this many runs per vmapped group (see :class:`Runner`).
     Returns the results document.
     """
     spec = dataclasses.replace(SUITES[suite], **(overrides or {}))
@@ -498,7 +532,7 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
             log(line)
         for sk in skipped:
             log(f"skipped {sk['axis']} cell {sk['task']}: {sk['reason']}")
-    runner = Runner(out, cached_only=cached_only)
+    runner = Runner(out, cached_only=cached_only, group_runs=group_runs)
     not_run: list[dict] = []
     report_seeds = list(range(1, spec.seeds + 1))
     total = (sum(2 * len(cell_names(c)) + int(spec.fixed_adamw) + len(los) for c in cells)

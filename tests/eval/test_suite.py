@@ -715,3 +715,42 @@ def test_schatten_groups_record_that_they_were_given_layer_inputs(tmp_path, monk
     keys = [json.loads(f.read_text())["key"] for f in (tmp_path / "cells").glob("*.json")]
     assert {k["activations"] for k in keys if k["opt"] == "schatten"} == {"layer inputs"}
     assert all("activations" not in k for k in keys if k["opt"] != "schatten")
+
+
+def test_a_sweep_split_into_groups_joins_to_the_whole_sweep(tmp_path, monkeypatch):
+    # --group-runs: a 5-LR sweep on 2 seeds with at most 4 runs per group trains as groups
+    # of 2, 2 and 1 LRs, each cached on its own; joined, the sweep reads as one group
+    calls = []
+
+    def compute(self, task_name, make, steps, lrs, seeds, needs_activations, pass_loss=False):
+        calls.append(list(lrs))
+        return {"losses": [[[lr * 100 + s] * steps for s in seeds] for lr in lrs],
+                "test_loss": [[lr] * len(seeds) for lr in lrs],
+                "test_accuracy": [[0.5] * len(seeds) for lr in lrs],
+                "diverged": [[False] * len(seeds) for lr in lrs],
+                "wall_s": 2.0 * len(lrs), "compile_s": 1.0, "runs": len(lrs) * len(seeds),
+                "steps": steps}
+    monkeypatch.setattr(S.Runner, "_compute", compute)
+    monkeypatch.setattr(S, "data_source", lambda task: "test data")
+    lrs = [0.01, 0.02, 0.03, 0.04, 0.05]
+    task = "mlp-digits8-w32-d2-sp"
+    res = S.Runner(tmp_path / "a", group_runs=4).run_baseline(task, "adamw", 3, lrs, [0, 1])
+    assert calls == [[0.01, 0.02], [0.03, 0.04], [0.05]]
+    assert len(list((tmp_path / "a" / "cells").glob("*.json"))) == 3
+    whole = S.Runner(tmp_path / "b").run_baseline(task, "adamw", 3, lrs, [0, 1])
+    for k in ("losses", "test_loss", "test_accuracy", "diverged"):
+        assert res[k] == whole[k], k
+    assert (res["runs"], res["wall_s"], res["compile_s"], res["groups"]) == (10, 10.0, 3.0, 3)
+    # a killed sweep keeps its finished groups: only the missing one trains again
+    (tmp_path / "a" / "cells" / S.Runner(tmp_path / "a")._file(
+        {"task": task, "source": "test data", "opt": "adamw", "steps": 3, "lrs": [0.05],
+         "seeds": [0, 1], "version": S.SUITE_VERSION}).name).unlink()
+    calls.clear()
+    S.Runner(tmp_path / "a", group_runs=4).run_baseline(task, "adamw", 3, lrs, [0, 1])
+    assert calls == [[0.05]]
+    # a sweep cached whole is reused as it is, whatever the group size
+    calls.clear()
+    again = S.Runner(tmp_path / "b", group_runs=1).run_baseline(task, "adamw", 3, lrs, [0, 1])
+    assert calls == [] and again["losses"] == whole["losses"]
+    with pytest.raises(S.SuiteError, match="group_runs must be at least 1"):
+        S.Runner(tmp_path / "c", group_runs=0)
