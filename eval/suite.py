@@ -385,22 +385,28 @@ class Runner:
                  for i in range(0, len(lrs), per)]
         out = {k: [x for p in parts for x in p[k]]
                for k in ("losses", "test_loss", "test_accuracy", "diverged")}
-        return {**parts[0], **out, "wall_s": sum(p["wall_s"] for p in parts),
-                "compile_s": sum(p["compile_s"] for p in parts),
-                "runs": sum(p["runs"] for p in parts), "groups": len(parts)}
+        whole = {**parts[0], **out, "wall_s": sum(p["wall_s"] for p in parts),
+                 "compile_s": sum(p["compile_s"] for p in parts),
+                 "runs": sum(p["runs"] for p in parts), "groups": len(parts)}
+        if not self.cached_only:    # the joined sweep, found whatever group_runs a later run uses
+            self._write(key, whole)
+        return whole
+
+    def _write(self, key: dict, res: dict):
+        key = {**key, "version": SUITE_VERSION}
+        f = self._file(key)
+        tmp = f.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"key": key, **res}))
+        tmp.replace(f)
 
     def _cached(self, key: dict, fn):
         res = self._find(key)
         if res is not None:
             return res, True
-        key = {**key, "version": SUITE_VERSION}
-        f = self._file(key)
         if self.cached_only:
             raise NotCached(f"{key['opt']} on {key['task']} ({key['steps']} steps)")
         res = {**fn(), "version": SUITE_VERSION}
-        tmp = f.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"key": key, **res}))
-        tmp.replace(f)
+        self._write(key, res)
         return res, False
 
     def run_baseline(self, task_name: str, name: str, steps: int, lrs, seeds,

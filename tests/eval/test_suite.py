@@ -736,15 +736,20 @@ def test_a_sweep_split_into_groups_joins_to_the_whole_sweep(tmp_path, monkeypatc
     task = "mlp-digits8-w32-d2-sp"
     res = S.Runner(tmp_path / "a", group_runs=4).run_baseline(task, "adamw", 3, lrs, [0, 1])
     assert calls == [[0.01, 0.02], [0.03, 0.04], [0.05]]
-    assert len(list((tmp_path / "a" / "cells").glob("*.json"))) == 3
+    # three groups and the joined sweep, which a report without --group-runs finds
+    assert len(list((tmp_path / "a" / "cells").glob("*.json"))) == 4
+    assert S.Runner(tmp_path / "a", cached_only=True).run_baseline(
+        task, "adamw", 3, lrs, [0, 1])["losses"] == res["losses"]
     whole = S.Runner(tmp_path / "b").run_baseline(task, "adamw", 3, lrs, [0, 1])
     for k in ("losses", "test_loss", "test_accuracy", "diverged"):
         assert res[k] == whole[k], k
     assert (res["runs"], res["wall_s"], res["compile_s"], res["groups"]) == (10, 10.0, 3.0, 3)
     # a killed sweep keeps its finished groups: only the missing one trains again
-    (tmp_path / "a" / "cells" / S.Runner(tmp_path / "a")._file(
-        {"task": task, "source": "test data", "opt": "adamw", "steps": 3, "lrs": [0.05],
-         "seeds": [0, 1], "version": S.SUITE_VERSION}).name).unlink()
+    key = {"task": task, "source": "test data", "opt": "adamw", "steps": 3, "lrs": [0.05],
+           "seeds": [0, 1], "version": S.SUITE_VERSION}
+    runner = S.Runner(tmp_path / "a")
+    runner._file(key).unlink()
+    runner._file({**key, "lrs": lrs}).unlink()
     calls.clear()
     S.Runner(tmp_path / "a", group_runs=4).run_baseline(task, "adamw", 3, lrs, [0, 1])
     assert calls == [[0.05]]
