@@ -142,7 +142,7 @@ def bench_optimizers(dims=(784, 1024, 256, 10), task_name="mlp-fmnist8-w512-d3",
             _, state = up(grads, state, params)
         jax.block_until_ready(state)
         t_up = (time.perf_counter() - t0) / steps
-        xa = ((lambda p, b: {"activations": task.activations(p, b)}) if needs_acts else None)
+        xa = task.extra_args(needs_acts)
         run = jax.jit(lambda k, o=task_opt, xa=xa: train(task, o, key=k, num_steps=train_steps,
                                                          extra_args=xa).losses)
         jax.block_until_ready(run(jax.random.PRNGKey(0)))       # compile

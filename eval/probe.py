@@ -112,9 +112,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from lopt.baselines import BASELINES
-    needs_acts = not args.lo and BASELINES["muadam" if args.muadam else args.baseline] \
-        .needs_activations and task.activations is not None
-    extra = (lambda p, b: {"activations": task.activations(p, b)}) if needs_acts else None
+    extra = task.extra_args(not args.lo and BASELINES["muadam" if args.muadam
+                                                      else args.baseline].needs_activations)
     for s, opt in opts:
         run = jax.jit(lambda k, opt=opt: train(task, opt, key=k, num_steps=args.steps,
                                                extra_args=extra,

@@ -447,8 +447,7 @@ class Runner:
     def _compute(self, task_name, make, steps, lrs, seeds, needs_activations,
                  pass_loss=False):
         task = get_task(task_name)
-        extra = ((lambda p, b: {"activations": task.activations(p, b)})
-                 if needs_activations and task.activations is not None else None)
+        extra = task.extra_args(needs_activations)
 
         def one(lr, seed):
             return train(task, make(lr, task), key=jax.random.PRNGKey(seed), num_steps=steps,

@@ -59,6 +59,14 @@ class Task:
     # data, which has no finite split); jittable
     split_metrics: Callable[[Any, Any], dict] | None = None
 
+    def extra_args(self, needs_activations: bool):
+        """The ``extra_args`` function of ``meta_train.inner.train`` for an optimizer that
+        reads layer inputs (``{"activations": ...}`` per batch), or None when it does not or
+        this task has none to give."""
+        if not needs_activations or self.activations is None:
+            return None
+        return lambda params, batch: {"activations": self.activations(params, batch)}
+
     def num_params(self) -> int:
         shapes = jax.eval_shape(self.init, jax.random.key(0))
         return int(sum(np.prod(x.shape) for x in jax.tree.leaves(shapes)))

@@ -240,12 +240,6 @@ def test_riemannian_runs_adamw_at_the_given_lr_on_unfactored_leaves():
         BASELINES["adamw"].build(1e-3, None, adam_lr=1e-3)
 
 
-def _extra(task, baseline):
-    if baseline.needs_activations:
-        return lambda p, b: {"activations": task.activations(p, b)}
-    return None
-
-
 @pytest.mark.parametrize("name", sorted(BASELINES))
 def test_every_baseline_descends_at_its_best_grid_lr(name):
     task = get_task("mlp-digits8-w32-d2" + ("-sp" if BASELINES[name].parametrization == "sp"
@@ -254,7 +248,7 @@ def test_every_baseline_descends_at_its_best_grid_lr(name):
     grid = jnp.asarray(b.lr_grid[1::2], jnp.float32)
     fn = jax.jit(jax.vmap(lambda lr: train(task, b.build(lr, task.roles, num_steps=60),
                                            key=jax.random.PRNGKey(0), num_steps=60,
-                                           extra_args=_extra(task, b)).losses))
+                                           extra_args=task.extra_args(b.needs_activations)).losses))
     losses = np.asarray(fn(grid))
     finals = np.mean(losses[:, -5:], 1)
     finals = np.where(np.isfinite(finals), finals, np.inf)

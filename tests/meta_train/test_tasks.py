@@ -127,7 +127,9 @@ def test_transformer_layer_inputs_are_what_each_hidden_kernel_multiplies():
     params = task.init(jax.random.key(0))
     params["block_0"]["wq"] = 0.1 * jnp.ones_like(params["block_0"]["wq"])   # nonzero query
     batch = task.sample(task.data, jax.random.key(1))
-    acts = task.activations(params, batch)
+    acts = task.extra_args(True)(params, batch)["activations"]
+    assert task.extra_args(False) is None                      # an optimizer that needs none
+    assert T.get_task("rf-s1.0-n64-m512").extra_args(True) is None   # a task that has none
     spec, blk, ins = task.spec, params["block_0"], acts["block_0"]
     tokens = batch[0]
     n = tokens.size
