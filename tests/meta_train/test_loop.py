@@ -4,6 +4,7 @@ and the sharded estimator on 4 host devices."""
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -88,20 +89,19 @@ def test_resume_after_sigkill_is_bitwise_exact(smoke_run, tmp_path):
     assert _theta_equal(res["theta"], full["theta"])
 
 
-@pytest.mark.slow
-def test_corrupt_latest_checkpoint_falls_back_with_warning(tmp_path):
-    cfg = dataclasses.replace(SMOKE, outer_steps=3, validate_every=0)
-    run(cfg, tmp_path, progress=False)
-    latest = tmp_path / "checkpoints" / "3" / "state"
+def test_corrupt_latest_checkpoint_falls_back_with_warning(smoke_run, tmp_path):
+    src, _ = smoke_run                        # a copy of the smoke run: checkpoints 4, 5, 6
+    shutil.copytree(src, tmp_path / "run")
+    latest = tmp_path / "run" / "checkpoints" / str(SMOKE.outer_steps) / "state"
     for f in latest.rglob("*"):
         if f.is_file():
             f.write_bytes(b"\x00garbage")
-    trainer = MetaTrainer(cfg)
-    ck = Checkpointer(tmp_path / "checkpoints")
-    with pytest.warns(UserWarning, match="resumed from step 2"):
+    trainer = MetaTrainer(SMOKE)
+    ck = Checkpointer(tmp_path / "run" / "checkpoints")
+    with pytest.warns(UserWarning, match=f"resumed from step {SMOKE.outer_steps - 1}"):
         state = ck.restore(trainer.init_state())
     ck.close()
-    assert int(state["step"]) == 2
+    assert int(state["step"]) == SMOKE.outer_steps - 1
 
 
 def test_existing_run_needs_resume_flag(smoke_run):
