@@ -263,6 +263,20 @@ def lo_digest(theta, config) -> str:
 _LATER_FIELDS = ("mup_base", "depth_ref", "horizon_ref", "horizon_power")
 
 
+def _depth_rule_key(task_name: str, config) -> int | None:
+    """The depth ``L`` a 1/depth-rule LO reads on a task, where it differs from the task's
+    number of hidden matrices (transformers: ``lopt.roles.model_depth`` counts residual
+    blocks). Such groups record it: groups cached when ``L`` was the matrix count are not
+    reused, while MLP groups, where both counts agree, stay valid."""
+    if not (config.mup and config.depth_ref):
+        return None
+    task = get_task(task_name)
+    params = jax.eval_shape(task.init, jax.random.PRNGKey(0))
+    depth = lopt.roles.model_depth(params, task.roles)
+    hidden = sum(r == "hidden" for r in jax.tree.leaves(task.roles))
+    return None if depth == hidden else depth
+
+
 @functools.lru_cache(maxsize=None)
 def data_source(task_name: str) -> str:
     """Where a task's data comes from (``Task.source``, e.g. "fashion-mnist 8x8 (packaged)").
@@ -440,6 +454,9 @@ class Runner:
         key = {"task": task_name, "source": data_source(task_name),
                "opt": "lo-init" if untrained else "lo", "steps": steps, "lrs": [0.0],
                "seeds": list(seeds), "lo_digest": lo_digest(theta, lo.config)}
+        depth = _depth_rule_key(task_name, lo.config)
+        if depth is not None:
+            key["depth"] = depth
         return self._cached(key, lambda: self._compute(
             task_name, lambda lr, task: make_lo(theta, lo.config, task.roles, steps),
             steps, [0.0], seeds, False, lo.config.needs_loss))[0]

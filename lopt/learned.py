@@ -77,8 +77,9 @@ class LOConfig:
         at width ``b`` every layer steps alike (as in SP) and width scaling is μP from there.
         1 is the classic μLO_M (absolute ``1/fan_in``). Ignored for SP.
       depth_ref: > 0 scales every hidden weight's step by ``min(1, depth_ref / L)``, ``L``
-        the number of hidden matrices of the model (a 1/depth rule: the summed change of
-        the hidden layers stays bounded as depth grows). 0 (classic) = off. Ignored for SP.
+        the model's depth (``lopt.roles.model_depth``: an MLP's hidden matrices, a
+        transformer's residual blocks; a 1/depth rule: the summed change of the hidden
+        layers stays bounded as depth grows). 0 (classic) = off. Ignored for SP.
       horizon_ref: > 0 scales the step of a run of ``T > horizon_ref`` total steps by
         ``(horizon_ref / T) ** horizon_power`` (needs the total step count); 0 = off.
       horizon_power: the exponent ``a`` of that rule (>= 0).

@@ -178,16 +178,53 @@ def resolve_roles(params: Any, roles: Any = None, overrides: Mapping[str, str] |
     return jax.tree_util.tree_unflatten(want, got_leaves)
 
 
+_NUMBERED = re.compile(r"\d")
+
+
+def model_depth(params: Any, roles: Any) -> int:
+    """The depth ``L`` of the 1/depth rule: how many layers of hidden weights the model
+    stacks, read from the numbered components of the hidden leaves' paths.
+
+    A hidden leaf belongs to the layer named by its path up to the first component with a
+    number in it (``layer_2/w`` -> ``layer_2``, ``block_0/wq`` -> ``block_0``, nnx
+    ``blocks/3/mlp/kernel`` -> ``blocks/3``); a leaf with none is a layer of its own. When
+    every hidden leaf falls in one numbered group (a Flax ``MLP_0`` holding ``Dense_1`` ...
+    ``Dense_4``), the count is taken inside it. So an MLP counts its hidden matrices and a
+    transformer its residual blocks, however many matrices each block holds: a 2-block
+    transformer has depth 2, not 12."""
+    paths = [tuple(path_str(p).split("/"))
+             for (p, _), r in zip(jax.tree_util.tree_flatten_with_path(params)[0],
+                                  jax.tree.leaves(roles)) if r == "hidden"]
+    return _count_layers(paths)
+
+
+def _count_layers(paths: list[tuple[str, ...]]) -> int:
+    groups: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
+    loose = 0
+    for p in paths:
+        cut = next((i for i, c in enumerate(p[:-1]) if _NUMBERED.search(c)), None)
+        if cut is None:
+            loose += 1
+        else:
+            groups.setdefault(p[:cut + 1], []).append(p[cut + 1:])
+    if len(groups) == 1:
+        (inner,) = groups.values()
+        numbered = [p for p in inner if any(_NUMBERED.search(c) for c in p[:-1])]
+        return loose + (_count_layers(inner) if len(numbered) > 1 else 1)
+    return loose + len(groups)
+
+
 def lr_multipliers(params: Any, roles: Any, mup: bool = True, base: float = 1.0,
                    depth_ref: int = 0) -> Any:
     """Static per-leaf LR multipliers: ``base/fan_in`` for hidden leaves under μP (``base``:
     the μP base width, 1 = absolute ``1/fan_in``), else 1. ``depth_ref > 0`` further scales
-    hidden leaves by ``min(1, depth_ref / L)``, ``L`` the number of hidden leaves.
+    hidden leaves by ``min(1, depth_ref / L)``, ``L`` the model's depth
+    (:func:`model_depth`: hidden layers of an MLP, residual blocks of a transformer).
 
     Returns a pytree of Python floats (static constants, never traced).
     """
-    num_hidden = sum(r == "hidden" for r in jax.tree.leaves(roles))
-    depth = min(1.0, depth_ref / num_hidden) if (depth_ref and num_hidden) else 1.0
+    num_layers = model_depth(params, roles) if depth_ref else 0
+    depth = min(1.0, depth_ref / num_layers) if (depth_ref and num_layers) else 1.0
 
     def one(role, fi):
         return float(base) * depth / fi if (mup and role == "hidden") else 1.0
@@ -258,4 +295,8 @@ def describe_roles(params: Any, roles: Any = None,
     w = [max(len(x[j]) for x in rows + [("path", "shape", "role", "lr_mult")]) for j in range(4)]
     lines = ["  ".join(h.ljust(w[j]) for j, h in enumerate(("path", "shape", "role", "lr_mult")))]
     lines += ["  ".join(c.ljust(w[j]) for j, c in enumerate(row)) for row in rows]
+    if mup and depth_ref:
+        depth = model_depth(params, roles)
+        lines.append(f"depth {depth} (model_depth): hidden steps x min(1, {depth_ref}/{depth})"
+                     f" = {min(1.0, depth_ref / depth) if depth else 1.0:.3g}")
     return "\n".join(lines)

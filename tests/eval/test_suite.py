@@ -768,3 +768,14 @@ def test_a_sweep_split_into_groups_joins_to_the_whole_sweep(tmp_path, monkeypatc
     assert calls == [] and again["losses"] == whole["losses"]
     with pytest.raises(S.SuiteError, match="group_runs must be at least 1"):
         S.Runner(tmp_path / "c", group_runs=0)
+
+
+def test_lo_groups_record_a_depth_that_differs_from_the_matrix_count():
+    # transformers: the 1/depth rule reads residual blocks, so groups cached when it read the
+    # 12 (36) hidden matrices are recomputed; MLPs: both counts agree and old groups stay valid
+    import lopt
+    rule = lopt.LOConfig(mup_base=512.0, depth_ref=2)
+    assert S._depth_rule_key("lm-fortunes-d64-l2", rule) == 2
+    assert S._depth_rule_key("lm-fortunes-d64-l6", rule) == 6
+    assert S._depth_rule_key("mlp-fmnist8-w128-d16", rule) is None
+    assert S._depth_rule_key("lm-fortunes-d64-l6", lopt.LOConfig()) is None

@@ -89,7 +89,35 @@ def test_base_width_and_depth_rule_set_the_hidden_and_readout_multipliers():
     r_plain = flat(lopt.readout_multipliers(params, roles, base=512.0))
     assert r_model["layer_5/w"] == 512.0 and r_plain["layer_5/w"] == pytest.approx(4.0)
     assert r_model["layer_1/w"] == 1.0
+    assert lopt.roles.model_depth(params, roles) == 4
     with pytest.raises(ValueError, match="mup_base"):
         lopt.LOConfig(mup_base=0.0)
     with pytest.raises(ValueError, match="depth_ref"):
         lopt.LOConfig(depth_ref=-1)
+
+
+def test_depth_counts_an_mlps_hidden_matrices_and_a_transformers_blocks():
+    # The 1/depth rule's L: a 2-block transformer holds 12 hidden matrices but is 2 deep, as
+    # deep as the 3-layer MLPs the shipped depth_ref=2 was meta-trained on; counting matrices
+    # shrank its hidden steps 6x and cost mulo-horizon-cpu 2.49 -> 2.21 final loss (README).
+    from meta_train.tasks import get_task
+    depth = lopt.roles.model_depth
+    for name, want in (("lm-fortunes-d64-l2", 2), ("lm-fortunes-d64-l6", 6),
+                       ("lm-fortunes-d128-l2-r16", 2), ("mlp-fmnist8-w128-d16", 15)):
+        task = get_task(name)
+        assert depth(jax.eval_shape(task.init, jax.random.key(0)), task.roles) == want, name
+    z = lambda *s: np.zeros(s, np.float32)
+    # Flax linen: one MLP_0 holding Dense_0..Dense_5 counts its 4 hidden Dense layers
+    mlp = {"MLP_0": {f"Dense_{i}": {"kernel": z(8, 8), "bias": z(8)} for i in range(6)}}
+    assert depth(mlp, lopt.infer_roles(mlp, {"Dense_0/": "input", "Dense_5/k": "output"})) == 4
+    # nnx-style list of blocks, attention kernels [d, heads, head_dim] inside each
+    blocks = {"embed": {"embedding": z(10, 8)}, "head": {"kernel": z(8, 10)},
+              "blocks": {str(i): {"attn": {"query": {"kernel": z(8, 2, 4)},
+                                           "out": {"kernel": z(2, 4, 8)}},
+                                  "mlp": {"kernel": z(8, 8)}} for i in range(3)}}
+    roles = lopt.infer_roles(blocks)
+    assert depth(blocks, roles) == 3
+    m = lopt.lr_multipliers(blocks, roles, base=16.0, depth_ref=2)
+    assert m["blocks"]["1"]["mlp"]["kernel"] == pytest.approx(16 * (2 / 3) / 8)
+    assert "depth 3 (model_depth)" in lopt.describe_roles(
+        blocks, roles, lo=lopt.LOConfig(mup_base=16.0, depth_ref=2))
