@@ -266,6 +266,11 @@ def markdown(doc: dict, plots: list[str]) -> str:
         lines.append(f"- host: {h['machine']}, {h['cpu_threads']} CPU threads, devices "
                      f"{', '.join(h['devices'])}, jax {h['jax']} (learned-optimizer runs are "
                      "bit-reproducible at the same thread count; see `eval.suite.host_info`)")
+    edges = doc.get("spec", {}).get("extend_edges")
+    if edges:
+        lines.append(f"- a tuned LR at an end of its grid widens the sweep by up to {edges} "
+                     "more grid steps beyond that end (tuning seed only), until the best is "
+                     "inside; a ‡ that remains means the best is still at the widened end")
     above = doc.get("spec", {}).get("mutransfer_above")
     if above:
         lines.append(f"- μTransfer: on wider cells above {above}x the widest meta-training "

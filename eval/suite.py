@@ -74,6 +74,9 @@ class SuiteSpec:
     # μTransfer: on wider cells above this multiplier, μP baselines reuse the LR tuned at the
     # widest cell at or below it, with a 3-point grid around it (0: tune every cell)
     mutransfer_above: int = 0
+    # a tuned LR at an end of its grid: try up to this many more grid steps beyond that end,
+    # one cached single-LR group each, until the best is inside (0: report it with ‡)
+    extend_edges: int = 0
     # fixed cells (not derived from the LO's meta-training tasks), each with its own baselines
     transformer: tuple[str, ...] = ()           # char-level LM tasks
     transformer_steps: int = 500
@@ -90,7 +93,7 @@ SUITES = {
     "quick": SuiteSpec(wider=(4, 8), deeper=5, longer=5, grid_points=6, seeds=3),
     "full": SuiteSpec(wider=(8, 16, 32), deeper=5, longer=25, grid_points=7, seeds=3,
                       baselines=("adamw", "adamw-cosine", "muadam", "muon", "modular",
-                                 "prodigy"), mutransfer_above=8,
+                                 "prodigy"), mutransfer_above=8, extend_edges=2,
                       transformer=("lm-fortunes-d64-l2", "lm-fortunes-d256-l2",
                                    "lm-fortunes-d512-l2", "lm-fortunes-d64-l6"),
                       lowrank=("lm-fortunes-d128-l2-r16",),
@@ -102,7 +105,8 @@ SUITES = {
     # (9.5e-4..9.5e-3) sits ~3x higher. The report flags a tuned LR at a grid end (‡).
     "dev": SuiteSpec(wider=(8,), deeper=5, longer=10, baselines=("adamw", "adamw-cosine"),
                      grid_points=3, seeds=2, in_distribution=False, fixed_adamw=False),
-    "paper": SuiteSpec(wider=(8, 16, 32, 64), deeper=5, longer=25, grid_points=9, seeds=5),
+    "paper": SuiteSpec(wider=(8, 16, 32, 64), deeper=5, longer=25, grid_points=9, seeds=5,
+                       extend_edges=2),
 }
 
 
@@ -194,6 +198,29 @@ def baseline_grid(name: str, spec: SuiteSpec, cell: Cell, widest: int,
     return [float(f"{lr / ratio:.3g}"), lr, float(f"{lr * ratio:.3g}")], src
 
 
+def extend_at_edges(run_one, grid: list[float], finals: list[float], base_grid, steps: int
+                    ) -> tuple[list[float], list[float], float]:
+    """Widens a tuning sweep whose best LR lies at an end of its grid: up to ``steps`` more
+    LRs beyond that end, on the baseline's grid spacing (``base_grid``), each run by
+    ``run_one(lr)`` (a cached single-LR group on the tuning seed), stopping as soon as the
+    best is inside. Returns the widened grid, its final losses and the added groups'
+    compute in seconds."""
+    grid, finals, extra = list(grid), list(finals), 0.0
+    ratio = base_grid[1] / base_grid[0] if len(base_grid) > 1 else 0.0
+    for _ in range(steps if ratio > 1 and len(grid) > 1 else 0):
+        i = int(np.argmin(finals))
+        if 0 < i < len(grid) - 1:
+            break
+        up = i == len(grid) - 1
+        lr = float(f"{grid[i] * (ratio if up else 1 / ratio):.3g}")
+        group = run_one(lr)
+        f = final_loss(np.asarray(group["losses"][0][0]))
+        f = f if np.isfinite(f) else np.inf
+        extra += group_seconds(group)
+        grid, finals = (grid + [lr], finals + [f]) if up else ([lr] + grid, [f] + finals)
+    return grid, finals, extra
+
+
 def final_loss(losses: np.ndarray) -> float:
     """The suite's final loss of a curve: the mean of its last 5% of steps."""
     k = max(1, int(round(0.05 * losses.shape[-1])))
@@ -268,7 +295,7 @@ def _depth_rule_key(task_name: str, config) -> int | None:
     number of hidden matrices (transformers: ``lopt.roles.model_depth`` counts residual
     blocks). Such groups record it: groups cached when ``L`` was the matrix count are not
     reused, while MLP groups, where both counts agree, stay valid."""
-    if not (config.mup and config.depth_ref):
+    if not (config.mup and getattr(config, "depth_ref", 0)):     # μVeLO has no depth rule
         return None
     task = get_task(task_name)
     params = jax.eval_shape(task.init, jax.random.PRNGKey(0))
@@ -614,6 +641,15 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
                 continue
             finals = [final_loss(np.asarray(l[0])) for l in tune["losses"]]
             finals = [f if np.isfinite(f) else np.inf for f in finals]
+            try:
+                grid, finals, extra_s = extend_at_edges(
+                    lambda lr: runner.run_baseline(task, name, cell.steps, [lr], [0],
+                                                   schedule=schedule, adam_lr=adam_lr),
+                    grid, finals, BASELINES[name].lr_grid, spec.extend_edges)
+            except NotCached as e:
+                missing(labels[name], e)
+                bar.update(2)
+                continue
             best = grid[int(np.argmin(finals))]
             best_here[name] = best
             w = _width(cell.task)
@@ -633,7 +669,7 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
                 **({"mutransfer_from_width": transfer} if transfer else {}),
                 **({"adam_lr": adam_lr} if adam_lr is not None else {}),
                 schedule=schedule or BASELINES[name].schedule)
-            entry["optimizers"][labels[name]]["compute_s"] += group_seconds(tune)
+            entry["optimizers"][labels[name]]["compute_s"] += group_seconds(tune) + extra_s
             bar.update(1)
         entry["optimizers"] = {labels[n]: entry["optimizers"][labels[n]]
                                for n in cell_names(cell) if labels[n] in entry["optimizers"]}

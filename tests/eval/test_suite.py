@@ -779,3 +779,30 @@ def test_lo_groups_record_a_depth_that_differs_from_the_matrix_count():
     assert S._depth_rule_key("lm-fortunes-d64-l6", rule) == 6
     assert S._depth_rule_key("mlp-fmnist8-w128-d16", rule) is None
     assert S._depth_rule_key("lm-fortunes-d64-l6", lopt.LOConfig()) is None
+
+
+def test_a_best_lr_at_a_grid_end_widens_the_sweep_until_it_is_inside():
+    # final loss as a function of the LR, lowest at 8: the sweep [1, 2, 4] ends at its best
+    curve = {1.0: 3.0, 2.0: 2.0, 4.0: 1.0, 8.0: 0.5, 16.0: 0.9, 32.0: 5.0, 0.5: 4.0}
+    ran = []
+
+    def run_one(lr):
+        ran.append(lr)
+        return {"losses": [[np.full(20, curve[lr])]], "wall_s": 2.0, "compile_s": 1.0}
+    grid, finals, extra = S.extend_at_edges(run_one, [1.0, 2.0, 4.0], [3.0, 2.0, 1.0],
+                                            (1.0, 2.0, 4.0, 8.0), 2)
+    assert ran == [8.0, 16.0] and grid == [1.0, 2.0, 4.0, 8.0, 16.0] and extra == 6.0
+    assert grid[int(np.argmin(finals))] == 8.0
+    # at most `steps` more points, then the best may still sit at the end (reported with ‡)
+    ran.clear()
+    grid, _, _ = S.extend_at_edges(run_one, [1.0, 2.0, 4.0], [3.0, 2.0, 1.0], (1.0, 2.0), 1)
+    assert ran == [8.0] and grid[-1] == 8.0
+    # the lower end widens downwards; an inside best or 0 steps runs nothing
+    ran.clear()
+    grid, finals, _ = S.extend_at_edges(run_one, [1.0, 2.0], [0.1, 2.0], (1.0, 2.0), 2)
+    assert ran == [0.5] and grid == [0.5, 1.0, 2.0] and finals[0] == 4.0
+    ran.clear()
+    assert S.extend_at_edges(run_one, [1.0, 2.0, 4.0], [3.0, 1.0, 2.0], (1.0, 2.0), 2)[2] == 0
+    assert S.extend_at_edges(run_one, [1.0, 2.0], [3.0, 1.0], (1.0, 2.0), 0)[0] == [1.0, 2.0]
+    assert ran == []
+    assert S._depth_rule_key("lm-fortunes-d64-l6", lopt.MUVELO) is None
