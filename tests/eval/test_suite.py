@@ -779,6 +779,7 @@ def test_lo_groups_record_a_depth_that_differs_from_the_matrix_count():
     assert S._depth_rule_key("lm-fortunes-d64-l6", rule) == 6
     assert S._depth_rule_key("mlp-fmnist8-w128-d16", rule) is None
     assert S._depth_rule_key("lm-fortunes-d64-l6", lopt.LOConfig()) is None
+    assert S._depth_rule_key("lm-fortunes-d64-l6", lopt.MUVELO) is None
 
 
 def test_a_best_lr_at_a_grid_end_widens_the_sweep_until_it_is_inside():
@@ -805,4 +806,3 @@ def test_a_best_lr_at_a_grid_end_widens_the_sweep_until_it_is_inside():
     assert S.extend_at_edges(run_one, [1.0, 2.0, 4.0], [3.0, 1.0, 2.0], (1.0, 2.0), 2)[2] == 0
     assert S.extend_at_edges(run_one, [1.0, 2.0], [3.0, 1.0], (1.0, 2.0), 0)[0] == [1.0, 2.0]
     assert ran == []
-    assert S._depth_rule_key("lm-fortunes-d64-l6", lopt.MUVELO) is None
