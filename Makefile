@@ -26,9 +26,12 @@ XDIST := -n 2 --dist loadfile
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest $(XDIST)
 
-# the inner loop's tier: everything but the tests marked slow
+# the inner loop's tier: everything but the tests marked slow. Its time is mostly XLA
+# compiles of small programs, so it compiles at LLVM optimization level 0 (about a third
+# less compile time, measured: 5m37s -> 4m02s-4m42s); `make test` (CI) keeps XLA's defaults.
 test-fast: $(BIN)/.installed
-	$(BIN)/python -m pytest $(XDIST) -m "not slow"
+	XLA_FLAGS="$$XLA_FLAGS --xla_backend_optimization_level=0" \
+		$(BIN)/python -m pytest $(XDIST) -m "not slow"
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m eval.bench
