@@ -247,7 +247,13 @@ def markdown(doc: dict, plots: list[str]) -> str:
                      f"{doc['cells_defined_by']}'s meta-training config")
     lines += _data_line(doc)
     lines += _test_metrics_line(doc)
-    lines += [f"- commit `{doc['commit']}`; command: `{doc['command']}`",
+    lines += [f"- commit `{doc['commit']}`; command: `{doc['command']}`"]
+    for m in doc.get("merged_from", []):
+        lines.append(f"  - merged from `{m['source']}`: {', '.join(m['cells'])}; computed at "
+                     f"commit `{m.get('commit')}` by `{m.get('command')}`"
+                     + (f" on {m['host']['machine']}, {m['host']['cpu_threads']} CPU threads"
+                        if m.get("host") and m["host"] != doc.get("host") else ""))
+    lines += [
               f"- baselines ({', '.join(doc['baselines'])}) tuned on seed 0 over a log LR grid; "
               f"everything reported on seeds {doc['report_seeds']}: mean ± std of the final "
               "train loss (mean of the last 5% of steps); lower is better; best per row in bold; "
@@ -272,11 +278,16 @@ def markdown(doc: dict, plots: list[str]) -> str:
                      "more grid steps beyond that end (tuning seed only), until the best is "
                      "inside; a ‡ that remains means the best is still at the widened end")
     above = doc.get("spec", {}).get("mutransfer_above")
-    if above:
-        lines.append(f"- μTransfer: on wider cells above {above}x the widest meta-training "
-                     "width, μP baselines search only the LR tuned at the widest cell at or "
-                     "below it and its two grid neighbours (arXiv 2203.03466); SP baselines "
-                     "keep their full grid")
+    lm_above = doc.get("spec", {}).get("lm_mutransfer_above_d")
+    lm_above = lm_above if any(c["axis"] == "transformer" for c in doc["cells"]) else 0
+    if above or lm_above:
+        where = ([f"on wider cells above {above}x the widest meta-training width"]
+                 if above else [])
+        where += [f"on transformer cells with a d_model above {lm_above}"] if lm_above else []
+        lines.append("- μTransfer: " + " and ".join(where) + ", μP baselines search only the "
+                     "LR tuned at the widest cell of the same family at or below that limit and "
+                     "its two grid neighbours (arXiv 2203.03466); SP baselines keep their full "
+                     "grid")
     lines += _overrides(doc) + [""]
     axes = []
     for c in doc["cells"]:
@@ -313,7 +324,8 @@ def markdown(doc: dict, plots: list[str]) -> str:
         f"{c['task']} ({c['steps']} steps): " + ", ".join(
             f"{n}={o['lr']:.3g}" + ("‡" if len(o["grid"]) > 1 and o["lr"] in
                                     (o["grid"][0], o["grid"][-1]) else "")
-            + (f" (μTransfer from w{o['mutransfer_from_width']})"
+            + (f" (μTransfer from {'d' if c['task'].startswith('lm-') else 'w'}"
+               f"{o['mutransfer_from_width']})"
                if o.get("mutransfer_from_width") else "")
             + (f" (AdamW at {o['adam_lr']:.3g} on the other leaves)" if o.get("adam_lr")
                else "")

@@ -74,6 +74,9 @@ class SuiteSpec:
     # μTransfer: on wider cells above this multiplier, μP baselines reuse the LR tuned at the
     # widest cell at or below it, with a 3-point grid around it (0: tune every cell)
     mutransfer_above: int = 0
+    # the same on the transformer axis: cells with a d_model above this reuse the LR tuned at
+    # the widest cell of their family (same depth and data) at or below it (0: tune every cell)
+    lm_mutransfer_above_d: int = 0
     # a tuned LR at an end of its grid: try up to this many more grid steps beyond that end,
     # one cached single-LR group each, until the best is inside (0: report it with ‡)
     extend_edges: int = 0
@@ -93,7 +96,8 @@ SUITES = {
     "quick": SuiteSpec(wider=(4, 8), deeper=5, longer=5, grid_points=6, seeds=3),
     "full": SuiteSpec(wider=(8, 16, 32), deeper=5, longer=25, grid_points=7, seeds=3,
                       baselines=("adamw", "adamw-cosine", "muadam", "muon", "modular",
-                                 "prodigy"), mutransfer_above=8, extend_edges=2,
+                                 "prodigy"), mutransfer_above=8, lm_mutransfer_above_d=256,
+                      extend_edges=2,
                       transformer=("lm-fortunes-d64-l2", "lm-fortunes-d256-l2",
                                    "lm-fortunes-d512-l2", "lm-fortunes-d64-l6"),
                       lowrank=("lm-fortunes-d128-l2-r16",),
@@ -176,25 +180,44 @@ def _width(task: str) -> int | None:
     return _dim(task, _dim_keys(task)[0])
 
 
-def baseline_grid(name: str, spec: SuiteSpec, cell: Cell, widest: int,
-                  tuned: dict[str, tuple[int, float]]) -> tuple[list[float], int | None]:
+def family(task: str) -> str:
+    """A task's name with its width wildcarded (``mlp-fmnist8-w*-d3``, ``lm-fortunes-d*-l2``):
+    the tasks an LR can transfer between under μP."""
+    key = _dim_keys(task)[0]
+    return re.sub(rf"-{key}\d+", f"-{key}*", task, count=1) if key else task
+
+
+def transfer_limit(cell: Cell, spec: SuiteSpec, widest: int) -> int:
+    """The widest a cell of ``cell``'s axis may be and still be tuned on the full grid; wider
+    cells transfer a tuned LR (0: none do). MLPs: ``spec.mutransfer_above`` x the widest
+    meta-training width; transformers: ``spec.lm_mutransfer_above_d`` (a d_model)."""
+    if cell.axis in ("in-distribution", "wider"):
+        return spec.mutransfer_above * widest
+    if cell.axis == "transformer":
+        return spec.lm_mutransfer_above_d
+    return 0
+
+
+def baseline_grid(name: str, spec: SuiteSpec, cell: Cell, limit: int,
+                  tuned: dict[tuple[str, str], tuple[int, float]]
+                  ) -> tuple[list[float], int | None]:
     """The LR grid a baseline is tuned over in ``cell``, and the width its LR transfers from.
 
     μTransfer (Yang et al., Tensor Programs V, arXiv 2203.03466): under μP the best LR does
-    not move with width, so on wider cells beyond ``spec.mutransfer_above`` x ``widest`` a μP
-    baseline searches only its LR tuned at the widest cell at or below that multiplier
-    (``tuned[name] = (width, lr)``) and its two neighbours on the baseline's grid spacing.
-    SP baselines and every other cell use the baseline's centered grid.
+    not move with width, so on a cell wider than ``limit`` (:func:`transfer_limit`) a μP
+    baseline searches only its LR tuned at the widest cell of the same family at or below
+    the limit (``tuned[family, name] = (width, lr)``) and its two neighbours on the baseline's
+    grid spacing. SP baselines and every other cell use the baseline's centered grid.
     """
     grid = _grid(name, spec.grid_points)
     width = _width(cell.task)
-    if (cell.axis != "wider" or not spec.mutransfer_above or width is None
-            or width <= spec.mutransfer_above * widest or name not in tuned
+    key = (family(cell.task), name)
+    if (not limit or width is None or width <= limit or key not in tuned
             or BASELINES[name].parametrization != "mup"):
         return grid, None
     full = BASELINES[name].lr_grid
     ratio = full[1] / full[0]
-    src, lr = tuned[name]
+    src, lr = tuned[key]
     return [float(f"{lr / ratio:.3g}"), lr, float(f"{lr * ratio:.3g}")], src
 
 
@@ -589,7 +612,8 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
     bar = progress_bar(total, desc=f"eval {suite}", unit="group", enabled=progress, every=1)
     results = []
     widest = max([_width(t) or 0 for t in meta_cfg["tasks"]])
-    tuned: dict[str, tuple[int, float]] = {}      # μP baseline -> (width, LR) for μTransfer
+    # (task family, μP baseline) -> (width, LR) for μTransfer
+    tuned: dict[tuple[str, str], tuple[int, float]] = {}
     for cell in cells:
         entry = {"axis": cell.axis, "task": variant(cell.task, "mup"), "steps": cell.steps,
                  "source": sources[cell], "optimizers": {}}
@@ -630,7 +654,8 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
         for name in sorted(cell_names(cell), key=lambda n: (BASELINES[n].matrix_functions,
                                                             bool(BASELINES[n].adam_lr_from))):
             task = variant(cell.task, BASELINES[name].parametrization)
-            grid, transfer = baseline_grid(name, spec, cell, widest, tuned)
+            limit = transfer_limit(cell, spec, widest)
+            grid, transfer = baseline_grid(name, spec, cell, limit, tuned)
             adam_lr = best_here.get(BASELINES[name].adam_lr_from)
             try:
                 tune = runner.run_baseline(task, name, cell.steps, grid, [0],
@@ -652,10 +677,9 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
                 continue
             best = grid[int(np.argmin(finals))]
             best_here[name] = best
-            w = _width(cell.task)
-            if (cell.axis in ("in-distribution", "wider") and w and not transfer
-                    and w <= spec.mutransfer_above * widest and w > tuned.get(name, (0,))[0]):
-                tuned[name] = (w, best)
+            w, fam = _width(cell.task), (family(cell.task), name)
+            if w and not transfer and w <= limit and w > tuned.get(fam, (0,))[0]:
+                tuned[fam] = (w, best)
             bar.update(1)
             try:
                 rep = runner.run_baseline(task, name, cell.steps, [best], report_seeds,
