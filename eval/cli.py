@@ -19,7 +19,11 @@ def main(argv=None):
         description="Run the generalization suite for a learned optimizer: in-distribution, "
                     "wider, deeper and longer tasks than it was meta-trained on, next to "
                     "baselines tuned per task. Writes results.json, results.csv, report.md and "
-                    "PNG plots to --out; finished cells are cached and never recomputed.")
+                    "PNG plots to --out; finished cells are cached and never recomputed. "
+                    "Several processes may share one --out, e.g. one per core (`taskset -c 0 "
+                    "python -m eval ...` and `taskset -c 1 python -m eval ...`, same "
+                    "arguments): each takes the groups no other is computing, waits for the "
+                    "rest, and writes the whole report.")
     ap.add_argument("--lo", required=True, action="append",
                     help="learned optimizer: a meta-training run directory, a checkpoint "
                          "directory, or a shipped checkpoint name; optionally LABEL=PATH. "

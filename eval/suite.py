@@ -31,7 +31,9 @@ import dataclasses
 import functools
 import hashlib
 import json
+import os
 import re
+import socket
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -388,6 +390,41 @@ class NotCached(LookupError):
     """A group a ``cached_only`` runner would have to compute."""
 
 
+LOCK_POLL_S = 5.0     # how often a run waiting for another process's groups looks again
+
+
+class Busy(NotCached):
+    """A group another process is computing right now (it holds the group's lock file)."""
+
+    def __init__(self, msg: str, lock: Path):
+        super().__init__(msg)
+        self.lock = lock
+
+
+def _lock_is_stale(lock: Path) -> bool:
+    """A lock left by a process that is gone: one on this host whose pid no longer runs. A
+    lock from another host (a shared file system) is trusted; delete it by hand if its
+    process died."""
+    try:
+        info = json.loads(lock.read_text())
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError):        # being written this instant, or damaged
+        try:
+            return time.time() - lock.stat().st_mtime > 60
+        except FileNotFoundError:
+            return True
+    if info.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(info["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return False
+    return False
+
+
 class Runner:
     """Runs and caches groups of training runs: one compile per (task, optimizer, steps), LR
     grid and seeds vmapped. ``cached_only``: never train; a group missing from the cache
@@ -395,7 +432,12 @@ class Runner:
     ``group_runs``: at most this many runs (LRs x seeds) per vmapped group; a larger LR sweep
     is split into groups of whole LRs, each cached on its own, so a killed sweep keeps its
     finished groups and a group needs less memory (None: the whole sweep is one group). A
-    sweep already cached whole is reused."""
+    sweep already cached whole is reused.
+
+    Several processes can share one ``out`` (e.g. one per core, each pinned with
+    ``taskset``): a process computing a group holds ``<group>.lock`` next to its cache file,
+    and another process that needs that group gets :class:`Busy` and moves on to other work.
+    A lock whose process is gone (killed) is taken over."""
 
     def __init__(self, out: Path, cached_only: bool = False, group_runs: int | None = None):
         if group_runs is not None and group_runs < 1:
@@ -444,9 +486,15 @@ class Runner:
         per = max(1, (self.group_runs or len(lrs) * len(seeds)) // len(seeds))
         if per >= len(lrs) or self._find(key) is not None:
             return self._cached(key, lambda: compute(lrs))[0]
-        parts = [self._cached({**key, "lrs": lrs[i:i + per]},
-                              lambda chunk=lrs[i:i + per]: compute(chunk))[0]
-                 for i in range(0, len(lrs), per)]
+        parts, busy = [], None
+        for i in range(0, len(lrs), per):     # a part another process holds: do the others
+            try:
+                parts.append(self._cached({**key, "lrs": lrs[i:i + per]},
+                                          lambda chunk=lrs[i:i + per]: compute(chunk))[0])
+            except Busy as e:
+                busy = e
+        if busy is not None:
+            raise busy
         out = {k: [x for p in parts for x in p[k]]
                for k in ("losses", "test_loss", "test_accuracy", "diverged")}
         whole = {**parts[0], **out, "wall_s": sum(p["wall_s"] for p in parts),
@@ -467,11 +515,40 @@ class Runner:
         res = self._find(key)
         if res is not None:
             return res, True
+        what = f"{key['opt']} on {key['task']} ({key['steps']} steps)"
         if self.cached_only:
-            raise NotCached(f"{key['opt']} on {key['task']} ({key['steps']} steps)")
-        res = {**fn(), "version": SUITE_VERSION}
-        self._write(key, res)
+            raise NotCached(what)
+        lock = self._claim(key, what)
+        try:
+            res = self._find(key)       # finished by another process since the check above
+            if res is not None:
+                return res, True
+            res = {**fn(), "version": SUITE_VERSION}
+            self._write(key, res)
+        finally:
+            lock.unlink(missing_ok=True)
         return res, False
+
+    def _claim(self, key: dict, what: str) -> Path:
+        """The lock file of ``key``'s group, created for this process.
+
+        Raises:
+          Busy: another live process holds it.
+        """
+        lock = self._file({**key, "version": SUITE_VERSION}).with_suffix(".lock")
+        for _ in range(3):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                if not _lock_is_stale(lock):
+                    raise Busy(f"{what}: being computed by another process ({lock})", lock)
+                lock.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as fh:
+                json.dump({"pid": os.getpid(), "host": socket.gethostname(),
+                           "since": time.time()}, fh)
+            return lock
+        raise Busy(f"{what}: its lock {lock} keeps reappearing", lock)
 
     def run_baseline(self, task_name: str, name: str, steps: int, lrs, seeds,
                      schedule: str | None = None, adam_lr: float | None = None) -> dict:
@@ -605,108 +682,140 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
         for sk in skipped:
             log(f"skipped {sk['axis']} cell {sk['task']}: {sk['reason']}")
     runner = Runner(out, cached_only=cached_only, group_runs=group_runs)
-    not_run: list[dict] = []
     report_seeds = list(range(1, spec.seeds + 1))
     total = (sum(2 * len(cell_names(c)) + int(spec.fixed_adamw) + len(los) for c in cells)
              + sum(len(los) for c in cells if c.axis == "in-distribution"))
-    bar = progress_bar(total, desc=f"eval {suite}", unit="group", enabled=progress, every=1)
-    results = []
     widest = max([_width(t) or 0 for t in meta_cfg["tasks"]])
-    # (task family, μP baseline) -> (width, LR) for μTransfer
-    tuned: dict[tuple[str, str], tuple[int, float]] = {}
-    for cell in cells:
-        entry = {"axis": cell.axis, "task": variant(cell.task, "mup"), "steps": cell.steps,
-                 "source": sources[cell], "optimizers": {}}
-        # LOs first: they are the point of the suite, so an interrupted run has them cached
-        lo_rows = {}
+    busy: list[Busy] = []       # groups other processes sharing ``out`` were computing
 
-        def missing(row, e):
-            not_run.append({"axis": cell.axis, "task": cell.task, "steps": cell.steps,
-                            "optimizer": row, "group": str(e)})
-        for lo in los:
-            task = variant(cell.task, "mup" if lo.config.mup else "sp")
-            try:
-                lo_rows[lo.label] = _summary(runner.run_lo(task, lo, cell.steps, report_seeds),
-                                             0, task=task)
-            except NotCached as e:
-                missing(lo.label, e)
-            bar.update(1)
-            if cell.axis == "in-distribution":
+    def one_pass(bar) -> tuple[list[dict], list[dict]]:
+        """Every cell once: computes or reads each group; (results, rows not run)."""
+        results: list[dict] = []
+        not_run: list[dict] = []
+        # (task family, μP baseline) -> (width, LR) for μTransfer
+        tuned: dict[tuple[str, str], tuple[int, float]] = {}
+        # ... and those whose tuning another process holds: (width, its Busy); a wider cell
+        # that would transfer from it waits for it rather than tune on another grid
+        pending: dict[tuple[str, str], tuple[int, Busy]] = {}
+        for cell in cells:
+            entry = {"axis": cell.axis, "task": variant(cell.task, "mup"), "steps": cell.steps,
+                     "source": sources[cell], "optimizers": {}}
+            # LOs first: they are the point of the suite, so an interrupted run has them cached
+            lo_rows = {}
+
+            def missing(row, e):
+                if isinstance(e, Busy):     # another process computes it: wait, then redo
+                    busy.append(e)
+                    return
+                not_run.append({"axis": cell.axis, "task": cell.task, "steps": cell.steps,
+                                "optimizer": row, "group": str(e)})
+            for lo in los:
+                task = variant(cell.task, "mup" if lo.config.mup else "sp")
                 try:
-                    lo_rows[f"{lo.label} (untrained)"] = _summary(
-                        runner.run_lo(task, lo, cell.steps, report_seeds, untrained=True), 0,
-                        task=task)
+                    lo_rows[lo.label] = _summary(runner.run_lo(task, lo, cell.steps, report_seeds),
+                                                 0, task=task)
                 except NotCached as e:
-                    missing(f"{lo.label} (untrained)", e)
+                    missing(lo.label, e)
                 bar.update(1)
-        fixed = None
-        if spec.fixed_adamw:
-            task = variant(cell.task, "sp")
-            try:
-                fixed = _summary(runner.run_baseline(task, "adamw", cell.steps, [1e-3],
-                                                     report_seeds), 0, lr=1e-3, task=task)
-            except NotCached as e:
-                missing("adamw@1e-3", e)
-            bar.update(1)
-        # matrix-function baselines last: an interrupted cell keeps its cheap rows; a baseline
-        # that runs AdamW on part of its leaves after the AdamW it takes the LR from
-        best_here: dict[str, float] = {}
-        for name in sorted(cell_names(cell), key=lambda n: (BASELINES[n].matrix_functions,
-                                                            bool(BASELINES[n].adam_lr_from))):
-            task = variant(cell.task, BASELINES[name].parametrization)
-            limit = transfer_limit(cell, spec, widest)
-            grid, transfer = baseline_grid(name, spec, cell, limit, tuned)
-            adam_lr = best_here.get(BASELINES[name].adam_lr_from)
-            try:
-                tune = runner.run_baseline(task, name, cell.steps, grid, [0],
-                                           schedule=schedule, adam_lr=adam_lr)
-            except NotCached as e:
-                missing(labels[name], e)
-                bar.update(2)
-                continue
-            finals = [final_loss(np.asarray(l[0])) for l in tune["losses"]]
-            finals = [f if np.isfinite(f) else np.inf for f in finals]
-            try:
-                grid, finals, extra_s = extend_at_edges(
-                    lambda lr: runner.run_baseline(task, name, cell.steps, [lr], [0],
-                                                   schedule=schedule, adam_lr=adam_lr),
-                    grid, finals, BASELINES[name].lr_grid, spec.extend_edges)
-            except NotCached as e:
-                missing(labels[name], e)
-                bar.update(2)
-                continue
-            best = grid[int(np.argmin(finals))]
-            best_here[name] = best
-            w, fam = _width(cell.task), (family(cell.task), name)
-            if w and not transfer and w <= limit and w > tuned.get(fam, (0,))[0]:
-                tuned[fam] = (w, best)
-            bar.update(1)
-            try:
-                rep = runner.run_baseline(task, name, cell.steps, [best], report_seeds,
-                                          schedule=schedule, adam_lr=adam_lr)
-            except NotCached as e:
-                missing(labels[name], e)
+                if cell.axis == "in-distribution":
+                    try:
+                        lo_rows[f"{lo.label} (untrained)"] = _summary(
+                            runner.run_lo(task, lo, cell.steps, report_seeds, untrained=True), 0,
+                            task=task)
+                    except NotCached as e:
+                        missing(f"{lo.label} (untrained)", e)
+                    bar.update(1)
+            fixed = None
+            if spec.fixed_adamw:
+                task = variant(cell.task, "sp")
+                try:
+                    fixed = _summary(runner.run_baseline(task, "adamw", cell.steps, [1e-3],
+                                                         report_seeds), 0, lr=1e-3, task=task)
+                except NotCached as e:
+                    missing("adamw@1e-3", e)
                 bar.update(1)
-                continue
-            entry["optimizers"][labels[name]] = _summary(
-                rep, 0, lr=best, grid=grid, tune=finals, task=task,
-                **({"mutransfer_from_width": transfer} if transfer else {}),
-                **({"adam_lr": adam_lr} if adam_lr is not None else {}),
-                schedule=schedule or BASELINES[name].schedule)
-            entry["optimizers"][labels[name]]["compute_s"] += group_seconds(tune) + extra_s
-            bar.update(1)
-        entry["optimizers"] = {labels[n]: entry["optimizers"][labels[n]]
-                               for n in cell_names(cell) if labels[n] in entry["optimizers"]}
-        if fixed is not None:
-            entry["optimizers"]["adamw@1e-3"] = fixed
-        entry["optimizers"].update(lo_rows)
-        ref = entry["optimizers"].get("adamw", entry["optimizers"].get("adamw-cosine"))
-        for o in entry["optimizers"].values():
-            if ref is not None:
-                o["speedup_vs_adamw"] = speedup(ref["mean_curve"], o["mean_curve"])
-        if entry["optimizers"]:
-            results.append(entry)
-    bar.close()
+            # matrix-function baselines last: an interrupted cell keeps its cheap rows; a baseline
+            # that runs AdamW on part of its leaves after the AdamW it takes the LR from
+            best_here: dict[str, float] = {}
+            for name in sorted(cell_names(cell), key=lambda n: (BASELINES[n].matrix_functions,
+                                                                bool(BASELINES[n].adam_lr_from))):
+                task = variant(cell.task, BASELINES[name].parametrization)
+                limit = transfer_limit(cell, spec, widest)
+                w, fam = _width(cell.task), (family(cell.task), name)
+                if (limit and w and w > limit and fam in pending
+                        and pending[fam][0] > tuned.get(fam, (0,))[0]
+                        and BASELINES[name].parametrization == "mup"):
+                    missing(labels[name], pending[fam][1])
+                    bar.update(2)
+                    continue
+                grid, transfer = baseline_grid(name, spec, cell, limit, tuned)
+                adam_lr = best_here.get(BASELINES[name].adam_lr_from)
+                try:
+                    tune = runner.run_baseline(task, name, cell.steps, grid, [0],
+                                               schedule=schedule, adam_lr=adam_lr)
+                    finals = [final_loss(np.asarray(l[0])) for l in tune["losses"]]
+                    finals = [f if np.isfinite(f) else np.inf for f in finals]
+                    grid, finals, extra_s = extend_at_edges(
+                        lambda lr: runner.run_baseline(task, name, cell.steps, [lr], [0],
+                                                       schedule=schedule, adam_lr=adam_lr),
+                        grid, finals, BASELINES[name].lr_grid, spec.extend_edges)
+                except NotCached as e:
+                    if isinstance(e, Busy) and w and not transfer and w <= limit:
+                        pending[fam] = max(pending.get(fam, (0, e)), (w, e),
+                                           key=lambda p: p[0])
+                    missing(labels[name], e)
+                    bar.update(2)
+                    continue
+                best = grid[int(np.argmin(finals))]
+                best_here[name] = best
+                if w and not transfer and w <= limit and w > tuned.get(fam, (0,))[0]:
+                    tuned[fam] = (w, best)
+                bar.update(1)
+                try:
+                    rep = runner.run_baseline(task, name, cell.steps, [best], report_seeds,
+                                              schedule=schedule, adam_lr=adam_lr)
+                except NotCached as e:
+                    missing(labels[name], e)
+                    bar.update(1)
+                    continue
+                entry["optimizers"][labels[name]] = _summary(
+                    rep, 0, lr=best, grid=grid, tune=finals, task=task,
+                    **({"mutransfer_from_width": transfer} if transfer else {}),
+                    **({"adam_lr": adam_lr} if adam_lr is not None else {}),
+                    schedule=schedule or BASELINES[name].schedule)
+                entry["optimizers"][labels[name]]["compute_s"] += group_seconds(tune) + extra_s
+                bar.update(1)
+            entry["optimizers"] = {labels[n]: entry["optimizers"][labels[n]]
+                                   for n in cell_names(cell) if labels[n] in entry["optimizers"]}
+            if fixed is not None:
+                entry["optimizers"]["adamw@1e-3"] = fixed
+            entry["optimizers"].update(lo_rows)
+            ref = entry["optimizers"].get("adamw", entry["optimizers"].get("adamw-cosine"))
+            for o in entry["optimizers"].values():
+                if ref is not None:
+                    o["speedup_vs_adamw"] = speedup(ref["mean_curve"], o["mean_curve"])
+            if entry["optimizers"]:
+                results.append(entry)
+        return results, not_run
+
+    attempt = 0
+    while True:
+        attempt += 1
+        busy.clear()
+        bar = progress_bar(total, desc=f"eval {suite}" + (f" (pass {attempt})" if attempt > 1
+                                                          else ""),
+                           unit="group", enabled=progress, every=1)
+        results, not_run = one_pass(bar)
+        bar.close()
+        if not busy:
+            break
+        # rows whose groups other processes hold: wait for those, then a pass that reads
+        # them (and computes what depended on them, e.g. a tuned baseline's report seeds)
+        if log is not None:
+            log(f"waiting for {len(busy)} group(s) other processes are computing: "
+                + "; ".join(str(e).split(":")[0] for e in busy))
+        while any(e.lock.exists() and not _lock_is_stale(e.lock) for e in busy):
+            time.sleep(LOCK_POLL_S)
     if not results:
         raise SuiteError(f"nothing of this suite is cached in {out}/cells yet; run it "
                          "without --cached-only (or point --out at the run in progress)")

@@ -834,3 +834,88 @@ def test_a_best_lr_at_a_grid_end_widens_the_sweep_until_it_is_inside():
     assert S.extend_at_edges(run_one, [1.0, 2.0, 4.0], [3.0, 1.0, 2.0], (1.0, 2.0), 2)[2] == 0
     assert S.extend_at_edges(run_one, [1.0, 2.0], [3.0, 1.0], (1.0, 2.0), 0)[0] == [1.0, 2.0]
     assert ran == []
+
+
+def test_a_group_another_live_process_computes_is_busy_and_a_dead_ones_lock_is_taken_over(
+        tmp_path, monkeypatch):
+    import os
+    import socket
+    import subprocess
+    monkeypatch.setattr(S.Runner, "_compute", _fake_compute)
+    monkeypatch.setattr(S, "data_source", lambda task: "test data")
+    runner = S.Runner(tmp_path)
+    key = {"task": "mlp-fmnist8-w32-d3-sp", "source": "test data", "opt": "adamw",
+           "steps": 4, "lrs": [1e-3], "seeds": [1], "version": S.SUITE_VERSION}
+    lock = runner._file(key).with_suffix(".lock")
+
+    def hold(pid, host=socket.gethostname()):
+        lock.write_text(json.dumps({"pid": pid, "host": host, "since": 0}))
+
+    def go():
+        return runner.run_baseline("mlp-fmnist8-w32-d3-sp", "adamw", 4, [1e-3], [1])
+    hold(os.getpid())                                   # alive: this process
+    with pytest.raises(S.Busy, match="another process"):
+        go()
+    hold(12345, host="another-host")                    # another host's lock is trusted
+    with pytest.raises(S.Busy):
+        go()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    hold(dead.pid)                                      # its process is gone: taken over
+    assert go()["runs"] == 1
+    assert not lock.exists() and runner._file(key).is_file()
+
+
+def test_two_processes_sharing_an_out_split_the_groups_and_report_the_same(tmp_path,
+                                                                           monkeypatch):
+    """Two runs of one suite on one --out (here threads: a lock held by a live pid is busy
+    for every other caller) compute each group once between them and both report every
+    row; a wider cell waits for the LR it transfers from rather than tune a full grid."""
+    import threading
+    import time as _time
+    calls, mutex = [], threading.Lock()
+
+    def slow(self, task_name, make, steps, lrs, seeds, needs_activations, pass_loss=False):
+        with mutex:
+            calls.append((threading.current_thread().name, task_name, tuple(lrs), tuple(seeds)))
+        # the μP d256 sweep takes longest, so the other run reaches d512 while it runs
+        _time.sleep(1.0 if task_name == "lm-fortunes-d256-l2" and len(lrs) > 1 else 0.05)
+        res = _fake_compute(self, task_name, make, steps, lrs, seeds, needs_activations)
+        # the μP tasks' best LR moves with width (d64: 0.0306, wider: 0.00979), so an LR
+        # transferred from the wrong width shows
+        best = 0.0306 if "d64" in task_name else 0.00979
+        res["losses"] = [[list(np.asarray(c) + (abs(np.log10(lr / best)) if lr else 0.0))
+                          for c in per_lr] for lr, per_lr in zip(lrs, res["losses"])]
+        return res
+    monkeypatch.setattr(S.Runner, "_compute", slow)
+    monkeypatch.setattr(S, "data_source", lambda task: "test data")
+    monkeypatch.setattr(S, "LOCK_POLL_S", 0.05)
+    ov = {"axes": ("transformer",), "extend_edges": 0,
+          "transformer": ("lm-fortunes-d64-l2", "lm-fortunes-d256-l2", "lm-fortunes-d512-l2")}
+    docs, logs = {}, []
+
+    def one(name):
+        docs[name] = S.run_suite(["mulo-cpu"], "full", tmp_path, progress=False, overrides=ov,
+                                 baselines=("adamw", "muadam"), log=logs.append)
+    threads = [threading.Thread(target=one, args=(n,), name=n) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    groups = [c[1:] for c in calls]
+    assert len(groups) == len(set(groups)), "a group was computed twice"
+    assert {c[0] for c in calls} == {"a", "b"}, "one process did all the work"
+    # the d512 μP sweep ran once, around the d256 LR: a run that did not wait for the d256
+    # sweep another run was computing would sweep around the d64 LR (0.0306) instead
+    (sweep,) = [c[2] for c in calls if c[1] == "lm-fortunes-d512-l2" and len(c[2]) > 1]
+    assert sweep[1] == 0.00979
+    rows = lambda d: {(c["task"], n, o["final_mean"], o.get("lr"))      # noqa: E731
+                      for c in d["cells"] for n, o in c["optimizers"].items()}
+    assert rows(docs["a"]) == rows(docs["b"]) and len(docs["a"]["cells"]) == 3
+    for doc in docs.values():
+        d512 = doc["cells"][2]["optimizers"]
+        assert d512["muadam"]["mutransfer_from_width"] == 256
+        assert len(d512["muadam"]["grid"]) == 3
+        assert d512["adamw"]["grid"] == S._grid("adamw", 7)
+    assert any(line.startswith("waiting for") for line in logs)
+    assert not list((tmp_path / "cells").glob("*.lock"))
