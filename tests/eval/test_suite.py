@@ -872,14 +872,18 @@ def test_two_processes_sharing_an_out_split_the_groups_and_report_the_same(tmp_p
     for every other caller) compute each group once between them and both report every
     row; a wider cell waits for the LR it transfers from rather than tune a full grid."""
     import threading
-    import time as _time
     calls, mutex = [], threading.Lock()
+    at_d512 = threading.Event()
 
     def slow(self, task_name, make, steps, lrs, seeds, needs_activations, pass_loss=False):
         with mutex:
             calls.append((threading.current_thread().name, task_name, tuple(lrs), tuple(seeds)))
-        # the μP d256 sweep takes longest, so the other run reaches d512 while it runs
-        _time.sleep(1.0 if task_name == "lm-fortunes-d256-l2" and len(lrs) > 1 else 0.05)
+        # the μP d256 sweep ends only once the other run has reached the d512 cell, so that
+        # run meets it in progress (and both runs have work)
+        if task_name.startswith("lm-fortunes-d512-l2"):
+            at_d512.set()
+        if task_name == "lm-fortunes-d256-l2" and len(lrs) > 1:
+            assert at_d512.wait(timeout=60), "the other run never reached d512"
         res = _fake_compute(self, task_name, make, steps, lrs, seeds, needs_activations)
         # the μP tasks' best LR moves with width (d64: 0.0306, wider: 0.00979), so an LR
         # transferred from the wrong width shows
