@@ -33,7 +33,6 @@ import hashlib
 import json
 import os
 import re
-import socket
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -43,6 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import lopt
+from eval.cache import (COMPATIBLE_VERSIONS, SUITE_VERSION, Busy, GroupCache,  # noqa: F401
+                        NotCached, lock_is_stale)
 from lopt.baselines import BASELINES, SCHEDULES
 from meta_train.inner import train
 from meta_train.progress import progress_bar
@@ -375,180 +376,18 @@ def variant(task: str, parametrization: str) -> str:
     return base + "-sp" if parametrization == "sp" else base
 
 
-# The version of what a cached group means. Part of every cache key and recorded in every
-# row of results.json: bump it when a change alters the numbers a group holds.
-#   1: test metrics from 8 test batches drawn with replacement (cached without a version)
-#   2: test metrics on the whole test split (``Task.split_metrics``)
-SUITE_VERSION = 2
-# Older versions whose training runs this version repeats unchanged (same algorithm and
-# random streams; only the test metrics differ, as named): their groups are reused instead
-# of retrained.
-COMPATIBLE_VERSIONS = {1: "8 sampled test batches"}
-
-
-class NotCached(LookupError):
-    """A group a ``cached_only`` runner would have to compute."""
-
-
 LOCK_POLL_S = 5.0     # how often a run waiting for another process's groups looks again
 
 
-class Busy(NotCached):
-    """A group another process is computing right now (it holds the group's lock file)."""
-
-    def __init__(self, msg: str, lock: Path):
-        super().__init__(msg)
-        self.lock = lock
-
-
-def _lock_is_stale(lock: Path) -> bool:
-    """A lock left by a process that is gone: one on this host whose pid no longer runs. A
-    lock from another host (a shared file system) is trusted; delete it by hand if its
-    process died."""
-    try:
-        info = json.loads(lock.read_text())
-    except FileNotFoundError:
-        return True
-    except (OSError, ValueError):        # being written this instant, or damaged
-        try:
-            return time.time() - lock.stat().st_mtime > 60
-        except FileNotFoundError:
-            return True
-    if info.get("host") != socket.gethostname():
-        return False
-    try:
-        os.kill(int(info["pid"]), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, KeyError, ValueError, TypeError):
-        return False
-    return False
-
-
-class Runner:
+class Runner(GroupCache):
     """Runs and caches groups of training runs: one compile per (task, optimizer, steps), LR
-    grid and seeds vmapped. ``cached_only``: never train; a group missing from the cache
-    raises :class:`NotCached` (for a report of what a run in progress has finished).
-    ``group_runs``: at most this many runs (LRs x seeds) per vmapped group; a larger LR sweep
-    is split into groups of whole LRs, each cached on its own, so a killed sweep keeps its
-    finished groups and a group needs less memory (None: the whole sweep is one group). A
-    sweep already cached whole is reused.
-
-    Several processes can share one ``out`` (e.g. one per core, each pinned with
-    ``taskset``): a process computing a group holds ``<group>.lock`` next to its cache file,
-    and another process that needs that group gets :class:`Busy` and moves on to other work.
-    A lock whose process is gone (killed) is taken over."""
+    grid and seeds vmapped; caching, sweep splitting (``group_runs``) and the locks that let
+    processes share ``out`` are :class:`eval.cache.GroupCache`'s."""
 
     def __init__(self, out: Path, cached_only: bool = False, group_runs: int | None = None):
         if group_runs is not None and group_runs < 1:
             raise SuiteError(f"group_runs must be at least 1, got {group_runs}")
-        self.out = Path(out)
-        self.cached_only = cached_only
-        self.group_runs = group_runs
-        (self.out / "cells").mkdir(parents=True, exist_ok=True)
-
-    def _file(self, key: dict) -> Path:
-        h = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        return self.out / "cells" / f"{h}.json"
-
-    @staticmethod
-    def _read(f: Path):
-        if f.is_file():
-            try:
-                return json.loads(f.read_text())
-            except json.JSONDecodeError:
-                pass  # a damaged cache entry is recomputed
-        return None
-
-    def _find(self, key: dict):
-        """The cached group of ``key``: this suite version's, or one cached by an older
-        version whose training runs this version repeats (same algorithm and random streams),
-        its rows naming their test metrics."""
-        key = {**key, "version": SUITE_VERSION}
-        res = self._read(self._file(key))
-        if res is not None:
-            return res
-        unversioned = {k: v for k, v in key.items() if k != "version"}
-        for version, test_metrics in COMPATIBLE_VERSIONS.items():
-            old = dict(unversioned)
-            if version > 1:
-                old["version"] = version
-            res = self._read(self._file(old))
-            if res is not None:
-                return {**res, "version": version, "test_metrics": test_metrics}
-        return None
-
-    def _split(self, key: dict, compute):
-        """``compute(lrs)`` for ``key``'s LRs, in groups of at most ``group_runs`` runs
-        (whole LRs) unless the whole sweep is cached; the groups' results joined along the
-        LR axis, their seconds and runs summed."""
-        lrs, seeds = list(key["lrs"]), list(key["seeds"])
-        per = max(1, (self.group_runs or len(lrs) * len(seeds)) // len(seeds))
-        if per >= len(lrs) or self._find(key) is not None:
-            return self._cached(key, lambda: compute(lrs))[0]
-        parts, busy = [], None
-        for i in range(0, len(lrs), per):     # a part another process holds: do the others
-            try:
-                parts.append(self._cached({**key, "lrs": lrs[i:i + per]},
-                                          lambda chunk=lrs[i:i + per]: compute(chunk))[0])
-            except Busy as e:
-                busy = e
-        if busy is not None:
-            raise busy
-        out = {k: [x for p in parts for x in p[k]]
-               for k in ("losses", "test_loss", "test_accuracy", "diverged")}
-        whole = {**parts[0], **out, "wall_s": sum(p["wall_s"] for p in parts),
-                 "compile_s": sum(p["compile_s"] for p in parts),
-                 "runs": sum(p["runs"] for p in parts), "groups": len(parts)}
-        if not self.cached_only:    # the joined sweep, found whatever group_runs a later run uses
-            self._write(key, whole)
-        return whole
-
-    def _write(self, key: dict, res: dict):
-        key = {**key, "version": SUITE_VERSION}
-        f = self._file(key)
-        tmp = f.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"key": key, **res}))
-        tmp.replace(f)
-
-    def _cached(self, key: dict, fn):
-        res = self._find(key)
-        if res is not None:
-            return res, True
-        what = f"{key['opt']} on {key['task']} ({key['steps']} steps)"
-        if self.cached_only:
-            raise NotCached(what)
-        lock = self._claim(key, what)
-        try:
-            res = self._find(key)       # finished by another process since the check above
-            if res is not None:
-                return res, True
-            res = {**fn(), "version": SUITE_VERSION}
-            self._write(key, res)
-        finally:
-            lock.unlink(missing_ok=True)
-        return res, False
-
-    def _claim(self, key: dict, what: str) -> Path:
-        """The lock file of ``key``'s group, created for this process.
-
-        Raises:
-          Busy: another live process holds it.
-        """
-        lock = self._file({**key, "version": SUITE_VERSION}).with_suffix(".lock")
-        for _ in range(3):
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                if not _lock_is_stale(lock):
-                    raise Busy(f"{what}: being computed by another process ({lock})", lock)
-                lock.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as fh:
-                json.dump({"pid": os.getpid(), "host": socket.gethostname(),
-                           "since": time.time()}, fh)
-            return lock
-        raise Busy(f"{what}: its lock {lock} keeps reappearing", lock)
+        super().__init__(out, cached_only=cached_only, group_runs=group_runs)
 
     def run_baseline(self, task_name: str, name: str, steps: int, lrs, seeds,
                      schedule: str | None = None, adam_lr: float | None = None) -> dict:
@@ -814,7 +653,7 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
         if log is not None:
             log(f"waiting for {len(busy)} group(s) other processes are computing: "
                 + "; ".join(str(e).split(":")[0] for e in busy))
-        while any(e.lock.exists() and not _lock_is_stale(e.lock) for e in busy):
+        while any(e.lock.exists() and not lock_is_stale(e.lock) for e in busy):
             time.sleep(LOCK_POLL_S)
     if not results:
         raise SuiteError(f"nothing of this suite is cached in {out}/cells yet; run it "
