@@ -21,9 +21,10 @@ import shlex
 import sys
 from pathlib import Path
 
-# suite settings that only choose which cells run: they may differ between merged runs
+# suite settings that only choose which cells run, or whose effect each row records (the LR
+# a μTransfer row took and the width it came from): they may differ between merged runs
 CELL_SETTINGS = ("axes", "wider", "transformer", "lowrank", "other_data", "in_distribution",
-                 "deeper", "longer")
+                 "deeper", "longer", "mutransfer_above", "lm_mutransfer_above_d")
 
 
 class MergeError(ValueError):
@@ -75,8 +76,9 @@ def merge(docs: list[dict], sources: list[str] | None = None) -> dict:
             raise MergeError(f"{src} reports seeds {doc.get('report_seeds')}, {sources[0]} "
                              f"{first.get('report_seeds')}; rerun one with the other's --seeds")
         a, b = first.get("spec", {}), doc.get("spec", {})
-        diff = sorted(k for k in set(a) | set(b)
-                      if k not in CELL_SETTINGS and a.get(k) != b.get(k))
+        # a setting only one run has came after the other run's version: not a difference
+        diff = sorted(k for k in set(a) & set(b)
+                      if k not in CELL_SETTINGS and a[k] != b[k])
         if diff:
             raise MergeError(f"{src} and {sources[0]} differ in suite setting(s) "
                              + ", ".join(f"{k} ({b.get(k)!r} vs {a.get(k)!r})" for k in diff)
@@ -90,7 +92,7 @@ def merge(docs: list[dict], sources: list[str] | None = None) -> dict:
         for c in doc["cells"]:
             order.setdefault(c["axis"], []).append((c["axis"], c["task"], c["steps"]))
     merged = [cells[k] for axis in order for k in dict.fromkeys(order[axis])]
-    spec = dict(first.get("spec", {}))
+    spec = {k: v for d in docs for k, v in d.get("spec", {}).items()}   # the latest's
     for k in ("transformer", "lowrank", "other_data", "axes", "wider"):
         vals = [v for d in docs for v in d.get("spec", {}).get(k, ()) or ()]
         if k in spec or vals:

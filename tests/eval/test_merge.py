@@ -69,8 +69,11 @@ def test_runs_that_differ_only_in_which_cells_ran_merge(whole):
     a, b = _split(whole)
     a["spec"]["transformer"] = ["lm-fortunes-d64-l2"]
     b["spec"]["transformer"] = ["lm-fortunes-d64-l6"]
+    # a setting that came after the earlier run's version (absent there) is no difference
+    b["spec"]["a_later_setting"] = 3
     doc = M.merge([a, b])
     assert doc["spec"]["transformer"] == ["lm-fortunes-d64-l2", "lm-fortunes-d64-l6"]
+    assert doc["spec"]["a_later_setting"] == 3
 
 
 def test_the_cli_writes_one_report_naming_both_runs(whole, tmp_path, capsys):
