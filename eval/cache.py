@@ -3,16 +3,20 @@ that let several processes share one output directory.
 
 A group is a vmapped set of runs (LRs x seeds) of one optimizer on one task; its key names
 everything its numbers depend on and is hashed into ``<out>/cells/<hash>.json``. A process
-computing a group holds ``<hash>.lock`` (its pid and host), so processes sharing ``<out>``
-(one per core) never compute a group twice; a lock whose process died is taken over.
+computing a group holds an exclusive ``flock`` on ``<hash>.lock`` (the file names its pid and
+host), so processes on one machine sharing ``<out>`` (one per core) never compute a group
+twice. The kernel drops a lock when its process dies, so a killed run blocks no one (flock
+between machines on a network file system is not relied on).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -32,35 +36,61 @@ class NotCached(LookupError):
 
 
 class Busy(NotCached):
-    """A group another process is computing right now (it holds the group's lock file)."""
+    """A group another process is computing right now (it holds the group's lock)."""
 
     def __init__(self, msg: str, lock: Path):
         super().__init__(msg)
         self.lock = lock
 
 
-def lock_is_stale(lock: Path) -> bool:
-    """A lock left by a process that is gone: one on this host whose pid no longer runs. A
-    lock from another host (a shared file system) is trusted; delete it by hand if its
-    process died."""
-    try:
-        info = json.loads(lock.read_text())
-    except FileNotFoundError:
-        return True
-    except (OSError, ValueError):        # being written this instant, or damaged
+def _tmp(f: Path) -> Path:
+    """A temporary name next to ``f`` that no other process or thread writes."""
+    return f.with_name(f"{f.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+
+def try_lock(path: Path) -> int | None:
+    """A file descriptor holding an exclusive ``flock`` on ``path`` (created if missing), or
+    None when another open file holds it. The kernel drops the lock when its process dies, so
+    a killed run leaves nothing that blocks others (its file stays, unlocked)."""
+    while True:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
         try:
-            return time.time() - lock.stat().st_mtime > 60
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:        # the holder before us may have removed the file after we opened it
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
-            return True
-    if info.get("host") != socket.gethostname():
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+
+
+def is_held(path: Path) -> bool:
+    """Whether a live process (or another thread here) holds ``path``'s lock."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
         return False
     try:
-        os.kill(int(info["pid"]), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, KeyError, ValueError, TypeError):
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         return False
-    return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)        # closing drops the shared lock if it was taken
+
+
+def holder(path: Path) -> str:
+    """Who holds a lock, as its file says (pid, host, since when), for messages."""
+    try:
+        info = json.loads(path.read_text())
+        return (f"pid {info['pid']} on {info['host']} since "
+                f"{time.strftime('%H:%M:%S', time.localtime(info['since']))}")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
 
 
 class GroupCache:
@@ -73,10 +103,14 @@ class GroupCache:
     finished groups and a group needs less memory (None: the whole sweep is one group). A
     sweep already cached whole is reused.
 
-    Several processes can share one ``out`` (e.g. one per core, each pinned with
-    ``taskset``): a process computing a group holds ``<group>.lock`` next to its cache file,
-    and another process that needs that group gets :class:`Busy` and moves on to other work.
-    A lock whose process is gone (killed) is taken over."""
+    Several processes on one machine can share one ``out`` (e.g. one per core, each pinned
+    with ``taskset``): a process computing a group holds the lock on ``<group>.lock`` next
+    to its cache file, and another process that needs that group gets :class:`Busy` and
+    moves on to other work. A killed process's lock goes with it.
+
+    Raises:
+      ValueError: ``group_runs`` below 1.
+    """
 
     def __init__(self, out: Path, cached_only: bool = False, group_runs: int | None = None):
         if group_runs is not None and group_runs < 1:
@@ -146,7 +180,7 @@ class GroupCache:
     def _write(self, key: dict, res: dict):
         key = {**key, "version": SUITE_VERSION}
         f = self._file(key)
-        tmp = f.with_suffix(".tmp")
+        tmp = _tmp(f)
         tmp.write_text(json.dumps({"key": key, **res}))
         tmp.replace(f)
 
@@ -157,7 +191,7 @@ class GroupCache:
         what = f"{key['opt']} on {key['task']} ({key['steps']} steps)"
         if self.cached_only:
             raise NotCached(what)
-        lock = self._claim(key, what)
+        lock, fd = self._claim(key, what)
         try:
             res = self._find(key)       # finished by another process since the check above
             if res is not None:
@@ -165,26 +199,21 @@ class GroupCache:
             res = {**fn(), "version": SUITE_VERSION}
             self._write(key, res)
         finally:
-            lock.unlink(missing_ok=True)
+            lock.unlink(missing_ok=True)    # while still held, so no one locks a dead file
+            os.close(fd)
         return res, False
 
-    def _claim(self, key: dict, what: str) -> Path:
-        """The lock file of ``key``'s group, created for this process.
+    def _claim(self, key: dict, what: str) -> tuple[Path, int]:
+        """``key``'s lock file and the descriptor holding its lock, taken for this process.
 
         Raises:
-          Busy: another live process holds it.
+          Busy: another live process (or another thread here) holds it.
         """
         lock = self._file({**key, "version": SUITE_VERSION}).with_suffix(".lock")
-        for _ in range(3):
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                if not lock_is_stale(lock):
-                    raise Busy(f"{what}: being computed by another process ({lock})", lock)
-                lock.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as fh:
-                json.dump({"pid": os.getpid(), "host": socket.gethostname(),
-                           "since": time.time()}, fh)
-            return lock
-        raise Busy(f"{what}: its lock {lock} keeps reappearing", lock)
+        fd = try_lock(lock)
+        if fd is None:
+            raise Busy(f"{what}: being computed by {holder(lock)} (lock {lock})", lock)
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "since": time.time()}).encode())
+        return lock, fd

@@ -8,15 +8,20 @@ plots, TensorBoard); nothing is retrained.
     python -m eval.merge checkpoints/eval-full-lm runs/eval-lm-d256 --out runs/eval-lm
 
 The runs must agree on what a number means: the suite, the learned optimizers (label and
-theta digest), the report seeds and every suite setting except which cells ran. A cell that
-more than one run holds is taken from the last run listed. The report names each source run's
-command and commit.
+theta digest), the report seeds and every suite setting except which cells ran and the
+μTransfer limits (each row records the width its LR came from); a setting a run predates
+counts at its off value. Rows are merged one by one: a row (an optimizer on a cell) that more
+than one run holds is taken from the last run listed, and speedups are recomputed where a
+cell's rows come from several runs. The report names each run that supplied rows, with its
+command, commit and the rows it supplied.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -40,30 +45,57 @@ def load(path: str | Path) -> dict:
                          "(`python -m eval --out DIR`) or its results.json")
     try:
         doc = json.loads(f.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise MergeError(f"{f}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise MergeError(f"{f}: cannot be read ({e.strerror})") from None
     if not isinstance(doc, dict) or "cells" not in doc or "los" not in doc:
         raise MergeError(f"{f}: not the results.json of a suite run (no cells or los)")
     return doc
 
 
 def _los(doc: dict) -> list[tuple[str, str]]:
-    return [(lo["label"], lo["digest"]) for lo in doc["los"]]
+    try:
+        return [(lo["label"], lo["digest"]) for lo in doc["los"]]
+    except (KeyError, TypeError) as e:
+        raise MergeError(f"a run's results.json has a learned optimizer without {e}; it is not "
+                         "the output of `python -m eval`") from None
+
+
+def _settings(doc: dict) -> dict:
+    """A run's suite settings; one it predates at its off value (the ``SuiteSpec`` default),
+    which is how that run behaved."""
+    from eval.suite import SuiteSpec
+    off = json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(SuiteSpec)}))
+    return {**off, **doc.get("spec", {})}
+
+
+def _order(suite: str) -> tuple[list[str], dict[str, list[str]]]:
+    """The suite's axes, and its fixed cells per axis, in the order its reports list them."""
+    from eval.suite import AXES, SUITES
+    spec = SUITES.get(suite)
+    fixed = ({"transformer": list(spec.transformer), "transformer-lowrank": list(spec.lowrank),
+              "other-data": list(spec.other_data)} if spec else {})
+    return list(AXES), fixed
 
 
 def merge(docs: list[dict], sources: list[str] | None = None) -> dict:
-    """One results document from ``docs`` (in order; a cell several hold comes from the last).
+    """One results document from ``docs``, row by row: a row (an optimizer on a cell) several
+    runs hold comes from the last of them. Axes and cells follow the suite's order.
 
-    ``sources``: a name for each document (its path), recorded with its command and commit.
+    ``sources``: a name for each document (its path); the result's ``merged_from`` lists each
+    run that supplied a row, with its command, commit, host and the rows it supplied.
 
     Raises:
       MergeError: fewer than two documents, or two that differ in suite, learned optimizers,
-        report seeds or a suite setting other than which cells ran.
+        report seeds or a suite setting other than which cells ran (a setting a run predates
+        counts at its off value).
     """
+    from eval.suite import speedup
     if len(docs) < 2:
         raise MergeError("give at least two runs to merge")
     sources = sources or [f"run {i + 1}" for i in range(len(docs))]
-    first = docs[0]
+    first, ref = docs[0], _settings(docs[0])
     for doc, src in zip(docs[1:], sources[1:]):
         if doc.get("suite") != first.get("suite"):
             raise MergeError(f"{src} ran suite {doc.get('suite')!r}, {sources[0]} ran "
@@ -75,44 +107,97 @@ def merge(docs: list[dict], sources: list[str] | None = None) -> dict:
         if doc.get("report_seeds") != first.get("report_seeds"):
             raise MergeError(f"{src} reports seeds {doc.get('report_seeds')}, {sources[0]} "
                              f"{first.get('report_seeds')}; rerun one with the other's --seeds")
-        a, b = first.get("spec", {}), doc.get("spec", {})
-        # a setting only one run has came after the other run's version: not a difference
-        diff = sorted(k for k in set(a) & set(b)
-                      if k not in CELL_SETTINGS and a[k] != b[k])
+        mine = _settings(doc)
+        diff = sorted(k for k in set(ref) | set(mine)
+                      if k not in CELL_SETTINGS and ref.get(k) != mine.get(k))
         if diff:
             raise MergeError(f"{src} and {sources[0]} differ in suite setting(s) "
-                             + ", ".join(f"{k} ({b.get(k)!r} vs {a.get(k)!r})" for k in diff)
+                             + ", ".join(f"{k} ({mine.get(k)!r} vs {ref.get(k)!r})"
+                                         for k in diff)
                              + "; their numbers are not comparable")
+    # every run that computed rows, each row tagged with the index of its run
+    runs: list[dict] = []
     cells: dict[tuple, dict] = {}
-    for doc in docs:
+    seen: list[tuple] = []
+    for doc, src in zip(docs, sources):
+        base = len(runs)
+        runs += _provenance(doc, src)
         for c in doc["cells"]:
-            cells[(c["axis"], c["task"], c["steps"])] = c       # the later run's cell wins
-    order = {}
-    for doc in docs:          # axes in first-seen order, cells in first-seen order within
-        for c in doc["cells"]:
-            order.setdefault(c["axis"], []).append((c["axis"], c["task"], c["steps"]))
-    merged = [cells[k] for axis in order for k in dict.fromkeys(order[axis])]
+            k = (c["axis"], c["task"], c["steps"])
+            if k not in cells:
+                cells[k] = {**c, "optimizers": {}}
+                seen.append(k)
+            cell = cells[k]
+            for n, o in c["optimizers"].items():
+                cell["optimizers"][n] = {**o, "run": base + o.get("run", 0)}  # later wins
+            if c.get("source"):
+                cell["source"] = c["source"]
+    axes, fixed = _order(first.get("suite"))
+    inf = float("inf")
+
+    def place(k):
+        axis, task, steps = k
+        pos = fixed.get(axis, [])
+        width = re.search(r"-[wd](\d+)", task)
+        return (axes.index(axis) if axis in axes else inf,
+                pos.index(task) if task in pos else inf,
+                int(width[1]) if width and axis not in fixed else 0, steps, seen.index(k))
+    merged = [cells[k] for k in sorted(seen, key=place)]
+    for c in merged:     # speedups against the cell's AdamW as merged (rows may come from
+        sources_here = {o["run"] for o in c["optimizers"].values()}     # several runs)
+        adamw = c["optimizers"].get("adamw", c["optimizers"].get("adamw-cosine"))
+        if len(sources_here) > 1 and adamw is not None:
+            for o in c["optimizers"].values():
+                o["speedup_vs_adamw"] = speedup(adamw["mean_curve"], o["mean_curve"])
+    # the runs that supplied a row, renumbered, each with what it supplied
+    used = sorted({o["run"] for c in merged for o in c["optimizers"].values()})
+    renum = {r: i for i, r in enumerate(used)}
+    merged_from = []
+    for r in used:
+        parts = []
+        for c in merged:
+            mine = [n for n, o in c["optimizers"].items() if o["run"] == r]
+            if mine:
+                label = f"{c['task']} ({c['steps']} steps)"
+                parts.append(label if len(mine) == len(c["optimizers"])
+                             else f"{label}: {', '.join(mine)}")
+        merged_from.append({**runs[r], "cells": parts})
+    for c in merged:
+        for o in c["optimizers"].values():
+            o["run"] = renum[o["run"]]
+    have_cell = {(c["axis"], c["task"]) for c in merged}
+    have_row = {(c["axis"], c["task"], c["steps"], n) for c in merged for n in c["optimizers"]}
+    skipped = list({(s["axis"], s["task"]): s for d in docs for s in d.get("skipped", [])
+                    if (s["axis"], s["task"]) not in have_cell}.values())
+    not_run = list({(n["axis"], n["task"], n["steps"], n["optimizer"]): n
+                    for d in docs for n in d.get("not_run", [])
+                    if (n["axis"], n["task"], n["steps"], n["optimizer"]) not in have_row
+                    }.values())
     spec = {k: v for d in docs for k, v in d.get("spec", {}).items()}   # the latest's
-    for k in ("transformer", "lowrank", "other_data", "axes", "wider"):
-        vals = [v for d in docs for v in d.get("spec", {}).get(k, ()) or ()]
+    for k, axis in (("transformer", "transformer"), ("lowrank", "transformer-lowrank"),
+                    ("other_data", "other-data")):
+        vals = list(dict.fromkeys(v for d in docs for v in d.get("spec", {}).get(k, ()) or ()))
         if k in spec or vals:
-            spec[k] = list(dict.fromkeys(vals))
+            pos = fixed.get(axis, [])
+            spec[k] = sorted(vals, key=lambda t: (pos.index(t) if t in pos else inf,
+                                                  vals.index(t)))
+    spec["axes"] = sorted({a for d in docs for a in d.get("spec", {}).get("axes", ())},
+                          key=lambda a: axes.index(a) if a in axes else inf)
+    spec["wider"] = sorted({w for d in docs for w in d.get("spec", {}).get("wider", ())})
     return {**first, "spec": spec, "cells": merged,
             "baselines": list(dict.fromkeys(b for d in docs for b in d.get("baselines", []))),
-            "skipped": [s for d in docs for s in d.get("skipped", [])],
-            **({"not_run": [n for d in docs for n in d.get("not_run", [])]}
-               if any("not_run" in d for d in docs) else {}),
-            "merged_from": [m for d, s in zip(docs, sources) for m in _provenance(d, s)]}
+            "skipped": skipped,
+            **({"not_run": not_run} if any("not_run" in d for d in docs) else {}),
+            "merged_from": merged_from}
 
 
 def _provenance(doc: dict, source: str) -> list[dict]:
-    """Where a document's cells were computed: its own run, or, for an earlier merge, the
-    runs it was merged from."""
+    """The runs a document's rows were computed by: its own run, or, for an earlier merge,
+    the runs it was merged from (its rows' ``run`` indices point into that list)."""
     if doc.get("merged_from"):
-        return list(doc["merged_from"])
+        return [{k: v for k, v in m.items() if k != "cells"} for m in doc["merged_from"]]
     return [{"source": source, "command": doc.get("command"), "commit": doc.get("commit"),
-             "host": doc.get("host"),
-             "cells": [f"{c['task']} ({c['steps']} steps)" for c in doc["cells"]]}]
+             "host": doc.get("host")}]
 
 
 def main(argv=None) -> int:
@@ -121,8 +206,8 @@ def main(argv=None) -> int:
         description="Join several runs of one suite for the same learned optimizers (cells run "
                     "in different sessions, on different machines or in processes pinned to "
                     "different cores) into one report: results.json, results.csv, report.md, "
-                    "plots, TensorBoard. Nothing is retrained; a cell several runs hold comes "
-                    "from the last one listed.")
+                    "plots, TensorBoard. Nothing is retrained; a row (an optimizer on a cell) "
+                    "several runs hold comes from the last one listed.")
     ap.add_argument("runs", nargs="+", help="suite output directories (or their results.json)")
     ap.add_argument("--out", required=True, help="output directory of the merged report")
     args = ap.parse_args(argv)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 import re
 from pathlib import Path
 
@@ -28,11 +30,19 @@ def _rounded_curves(doc: dict) -> dict:
     return dict(doc, cells=cells)
 
 
+def _write_text(path: Path, text: str) -> None:
+    """``path`` replaced whole: a reader (or another process writing the same report from a
+    shared ``--out``) never sees it half written."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def write_all(doc: dict, out: Path, command: str) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     doc = dict(doc, commit=_commit(), command=command)
-    (out / "results.json").write_text(json.dumps(_rounded_curves(doc)))
+    _write_text(out / "results.json", json.dumps(_rounded_curves(doc)))
     rows = []
     for c in doc["cells"]:
         for name, o in c["optimizers"].items():
@@ -47,14 +57,15 @@ def write_all(doc: dict, out: Path, command: str) -> dict:
                          "diverged": diverged(o),
                          "speedup_vs_adamw": o.get("speedup_vs_adamw", ""),
                          "seconds_per_step": o.get("wall_s_per_step", "")})
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    _write_text(out / "results.csv", buf.getvalue())
     plots = _plots(doc, out)
     _tensorboard(doc, out / "tb")
     md = markdown(doc, plots)
-    (out / "report.md").write_text(md)
+    _write_text(out / "report.md", md)
     return {"markdown": md, "plots": plots}
 
 

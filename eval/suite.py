@@ -43,7 +43,7 @@ import numpy as np
 
 import lopt
 from eval.cache import (COMPATIBLE_VERSIONS, SUITE_VERSION, Busy, GroupCache,  # noqa: F401
-                        NotCached, lock_is_stale)
+                        NotCached, is_held)
 from lopt.baselines import BASELINES, SCHEDULES
 from meta_train.inner import train
 from meta_train.progress import progress_bar
@@ -377,6 +377,7 @@ def variant(task: str, parametrization: str) -> str:
 
 
 LOCK_POLL_S = 5.0     # how often a run waiting for another process's groups looks again
+WAIT_NOTE_S = 600.0   # how often it says what it waits for
 
 
 class Runner(GroupCache):
@@ -576,6 +577,7 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
             # matrix-function baselines last: an interrupted cell keeps its cheap rows; a baseline
             # that runs AdamW on part of its leaves after the AdamW it takes the LR from
             best_here: dict[str, float] = {}
+            unavailable: dict[str, NotCached] = {}      # tunings not done here (yet)
             for name in sorted(cell_names(cell), key=lambda n: (BASELINES[n].matrix_functions,
                                                                 bool(BASELINES[n].adam_lr_from))):
                 task = variant(cell.task, BASELINES[name].parametrization)
@@ -587,8 +589,13 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
                     missing(labels[name], pending[fam][1])
                     bar.update(2)
                     continue
+                source = BASELINES[name].adam_lr_from
+                if source in unavailable:   # not with another AdamW LR than the cell's own
+                    missing(labels[name], unavailable[source])
+                    bar.update(2)
+                    continue
                 grid, transfer = baseline_grid(name, spec, cell, limit, tuned)
-                adam_lr = best_here.get(BASELINES[name].adam_lr_from)
+                adam_lr = best_here.get(source)
                 try:
                     tune = runner.run_baseline(task, name, cell.steps, grid, [0],
                                                schedule=schedule, adam_lr=adam_lr)
@@ -602,6 +609,7 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
                     if isinstance(e, Busy) and w and not transfer and w <= limit:
                         pending[fam] = max(pending.get(fam, (0, e)), (w, e),
                                            key=lambda p: p[0])
+                    unavailable[name] = e
                     missing(labels[name], e)
                     bar.update(2)
                     continue
@@ -648,12 +656,15 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
         bar.close()
         if not busy:
             break
-        # rows whose groups other processes hold: wait for those, then a pass that reads
-        # them (and computes what depended on them, e.g. a tuned baseline's report seeds)
-        if log is not None:
-            log(f"waiting for {len(busy)} group(s) other processes are computing: "
-                + "; ".join(str(e).split(":")[0] for e in busy))
-        while any(e.lock.exists() and not lock_is_stale(e.lock) for e in busy):
+        # rows whose groups other processes hold: wait until one of those is done, then a
+        # pass that reads it (and computes what depended on it, e.g. a tuned baseline's report
+        # seeds, a wider cell's μTransfer) and takes any group no one holds
+        said = 0.0
+        while all(is_held(e.lock) for e in busy):
+            if log is not None and time.time() - said > WAIT_NOTE_S:
+                log(f"waiting for {len(busy)} group(s) other processes are computing: "
+                    + "; ".join(dict.fromkeys(str(e) for e in busy)))
+                said = time.time()
             time.sleep(LOCK_POLL_S)
     if not results:
         raise SuiteError(f"nothing of this suite is cached in {out}/cells yet; run it "
@@ -688,6 +699,21 @@ def cell_plan(los, cells: list[Cell], spec: SuiteSpec) -> list[str]:
             lines.append(f"note: {lo.label} was meta-trained with horizon {horizon} on "
                          f"{', '.join(cfg.get('tasks', []))}; it runs on {first.label}'s "
                          f"cells above (list it first to run the cells its own config defines)")
+    widest = max([_width(t) or 0 for t in (first.meta.get("config") or {}).get("tasks", [])]
+                 or [0])
+    for c in cells:     # μTransfer reads LRs tuned in this run only: say where they come from
+        limit, w = transfer_limit(c, spec, widest), _width(c.task)
+        if not limit or not w or w <= limit:
+            continue
+        src = [_width(o.task) for o in cells if family(o.task) == family(c.task)
+               and transfer_limit(o, spec, widest) == limit and (_width(o.task) or 0) <= limit]
+        if not src:
+            lines.append(f"note: {c.task} is above the μTransfer limit ({limit}) but no cell "
+                         "of its family at or below it runs here: its μP baselines are tuned "
+                         "on their full grid")
+        elif max(src) < limit:
+            lines.append(f"note: {c.task}'s μP baselines transfer the LR tuned at width "
+                         f"{max(src)}, the widest cell of its family at or below {limit} here")
     return lines
 
 

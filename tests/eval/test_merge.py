@@ -29,33 +29,58 @@ def _split(whole):
 
 def test_merging_two_runs_gives_back_every_cell_with_its_numbers_and_sources(whole):
     a, b = _split(whole)
-    doc = M.merge([a, b], ["runs/a", "runs/b"])
+    doc = M.merge([b, a], ["runs/b", "runs/a"])     # listed out of order: the suite's order
     assert [(c["axis"], c["task"]) for c in doc["cells"]] == \
         [(c["axis"], c["task"]) for c in whole["cells"]]
     for got, want in zip(doc["cells"], whole["cells"]):
         for name, o in want["optimizers"].items():
             assert got["optimizers"][name]["final_mean"] == o["final_mean"]
-    assert [m["source"] for m in doc["merged_from"]] == ["runs/a", "runs/b"]
-    assert doc["merged_from"][1]["cells"] == [f"{c['task']} ({c['steps']} steps)"
-                                               for c in whole["cells"][1:]]
-    # a merge of a merge keeps the runs the cells were computed by
-    again = M.merge([doc, b], ["merged", "runs/b"])
-    assert [m["source"] for m in again["merged_from"]] == ["runs/a", "runs/b", "runs/b"]
+            assert got["optimizers"][name]["speedup_vs_adamw"] == o["speedup_vs_adamw"]
+    by_source = {m["source"]: m for m in doc["merged_from"]}
+    assert by_source["runs/a"]["cells"] == [f"{whole['cells'][0]['task']} (500 steps)"]
+    assert by_source["runs/b"]["cells"] == [f"{c['task']} ({c['steps']} steps)"
+                                            for c in whole["cells"][1:]]
+    # a merge of a merge keeps the runs the rows were computed by
+    again = M.merge([doc, b], ["merged", "runs/b2"])
+    assert {m["source"] for m in again["merged_from"]} == {"runs/a", "runs/b2"}
 
 
-def test_a_cell_both_runs_hold_comes_from_the_later_one(whole):
+def test_rows_merge_one_by_one_and_the_later_run_wins_a_row(whole):
+    """A cell run in two parts (e.g. the SP baselines in one session, the μP ones in the
+    next) keeps every row; a row both hold comes from the later run; speedups are taken
+    against the merged cell's AdamW."""
     a, b = _split(whole)
-    b["cells"].insert(0, copy.deepcopy(a["cells"][0]))
-    b["cells"][0]["optimizers"]["adamw"]["final_mean"] = 9.0
-    doc = M.merge([a, b])
-    assert len(doc["cells"]) == len(whole["cells"])
-    assert doc["cells"][0]["optimizers"]["adamw"]["final_mean"] == 9.0
+    cell = copy.deepcopy(a["cells"][0])
+    names = list(cell["optimizers"])
+    early = {**cell, "optimizers": {n: cell["optimizers"][n] for n in names[:3]}}
+    late = copy.deepcopy({**cell, "optimizers": {n: cell["optimizers"][n] for n in names[2:]}})
+    late["optimizers"][names[2]]["final_mean"] = 9.0
+    for o in late["optimizers"].values():
+        o["speedup_vs_adamw"] = -1.0        # against no AdamW: recomputed after the merge
+    a["cells"], b["cells"] = [early], [late]
+    b["not_run"] = [{"axis": cell["axis"], "task": cell["task"], "steps": cell["steps"],
+                     "optimizer": names[0], "group": "x"}]
+    doc = M.merge([a, b], ["runs/early", "runs/late"])
+    (got,) = doc["cells"]
+    assert list(got["optimizers"]) == names
+    assert got["optimizers"][names[2]]["final_mean"] == 9.0
+    for n in names:
+        if n != names[2]:
+            assert got["optimizers"][n]["final_mean"] == cell["optimizers"][n]["final_mean"]
+            assert got["optimizers"][n]["speedup_vs_adamw"] == pytest.approx(
+                cell["optimizers"][n]["speedup_vs_adamw"], rel=1e-3)
+    assert doc["not_run"] == []                         # the early run has that row
+    early_src = next(m for m in doc["merged_from"] if m["source"] == "runs/early")
+    assert early_src["cells"] == [f"{cell['task']} ({cell['steps']} steps): "
+                                  + ", ".join(names[:2])]
 
 
 @pytest.mark.parametrize("change, words", [
     (lambda d: d["los"][0].update(digest="0" * 12), "same learned optimizers"),
     (lambda d: d.update(report_seeds=[1, 2]), "--seeds"),
     (lambda d: d["spec"].update(grid_points=3), "grid_points"),
+    # a run that predates a setting ran with it off: edges not widened is a difference
+    (lambda d: d["spec"].pop("extend_edges"), "extend_edges"),
     (lambda d: d.update(suite="quick"), "one suite"),
 ])
 def test_runs_whose_numbers_mean_different_things_are_refused(whole, change, words):
@@ -69,11 +94,13 @@ def test_runs_that_differ_only_in_which_cells_ran_merge(whole):
     a, b = _split(whole)
     a["spec"]["transformer"] = ["lm-fortunes-d64-l2"]
     b["spec"]["transformer"] = ["lm-fortunes-d64-l6"]
-    # a setting that came after the earlier run's version (absent there) is no difference
-    b["spec"]["a_later_setting"] = 3
+    b["spec"]["transformer"] = ["lm-fortunes-d64-l6", "lm-fortunes-d256-l2"]
+    # the μTransfer limits may differ: each row records where its LR came from
+    a["spec"].pop("lm_mutransfer_above_d", None)
+    b["spec"]["lm_mutransfer_above_d"] = 256
     doc = M.merge([a, b])
-    assert doc["spec"]["transformer"] == ["lm-fortunes-d64-l2", "lm-fortunes-d64-l6"]
-    assert doc["spec"]["a_later_setting"] == 3
+    assert doc["spec"]["transformer"] == ["lm-fortunes-d64-l2", "lm-fortunes-d256-l2",
+                                          "lm-fortunes-d64-l6"]    # the full suite's order
 
 
 def test_the_cli_writes_one_report_naming_both_runs(whole, tmp_path, capsys):

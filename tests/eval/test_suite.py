@@ -836,11 +836,13 @@ def test_a_best_lr_at_a_grid_end_widens_the_sweep_until_it_is_inside():
     assert ran == []
 
 
-def test_a_group_another_live_process_computes_is_busy_and_a_dead_ones_lock_is_taken_over(
+def test_a_group_another_live_process_computes_is_busy_and_a_killed_ones_lock_is_free(
         tmp_path, monkeypatch):
     import os
-    import socket
     import subprocess
+    import sys
+
+    from eval.cache import is_held, try_lock
     monkeypatch.setattr(S.Runner, "_compute", _fake_compute)
     monkeypatch.setattr(S, "data_source", lambda task: "test data")
     runner = S.Runner(tmp_path)
@@ -848,22 +850,34 @@ def test_a_group_another_live_process_computes_is_busy_and_a_dead_ones_lock_is_t
            "steps": 4, "lrs": [1e-3], "seeds": [1], "version": S.SUITE_VERSION}
     lock = runner._file(key).with_suffix(".lock")
 
-    def hold(pid, host=socket.gethostname()):
-        lock.write_text(json.dumps({"pid": pid, "host": host, "since": 0}))
-
     def go():
         return runner.run_baseline("mlp-fmnist8-w32-d3-sp", "adamw", 4, [1e-3], [1])
-    hold(os.getpid())                                   # alive: this process
-    with pytest.raises(S.Busy, match="another process"):
+    # another process holds the group, then is killed mid-group (SIGKILL: no cleanup)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, json, os, sys; "
+         f"fd = os.open({str(lock)!r}, os.O_CREAT | os.O_RDWR); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); "
+         "os.write(fd, json.dumps({'pid': os.getpid(), 'host': 'h', 'since': 0}).encode()); "
+         "print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    assert is_held(lock)
+    with pytest.raises(S.Busy, match=f"being computed by pid {holder.pid} on h"):
         go()
-    hold(12345, host="another-host")                    # another host's lock is trusted
-    with pytest.raises(S.Busy):
-        go()
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    hold(dead.pid)                                      # its process is gone: taken over
+    holder.kill()
+    holder.wait()
+    assert lock.exists() and not is_held(lock)          # its file stays, unlocked
     assert go()["runs"] == 1
     assert not lock.exists() and runner._file(key).is_file()
+    # a lock held through another open file in this process (another thread's) is busy too
+    other = {**key, "lrs": [2e-3]}
+    fd = try_lock(runner._file(other).with_suffix(".lock"))
+    try:
+        with pytest.raises(S.Busy):
+            runner._cached(other, lambda: {})
+        assert try_lock(runner._file(other).with_suffix(".lock")) is None
+    finally:
+        os.close(fd)
 
 
 def test_two_processes_sharing_an_out_split_the_groups_and_report_the_same(tmp_path,
@@ -921,5 +935,35 @@ def test_two_processes_sharing_an_out_split_the_groups_and_report_the_same(tmp_p
         assert d512["muadam"]["mutransfer_from_width"] == 256
         assert len(d512["muadam"]["grid"]) == 3
         assert d512["adamw"]["grid"] == S._grid("adamw", 7)
-    assert any(line.startswith("waiting for") for line in logs)
     assert not list((tmp_path / "cells").glob("*.lock"))
+
+
+def test_a_baseline_that_takes_adamws_lr_waits_for_adamw_another_process_is_tuning(
+        tmp_path, monkeypatch):
+    """Riemannian low-rank runs its other leaves at the LR AdamW tuned on the same cell: while
+    another process tunes AdamW, it waits, rather than train its sweep at a default LR."""
+    import os
+
+    from eval.cache import try_lock
+    monkeypatch.setattr(S.Runner, "_compute", _fake_compute)
+    monkeypatch.setattr(S, "data_source", lambda task: "test data")
+    monkeypatch.setattr(S, "LOCK_POLL_S", 0.01)
+    task = "lm-fortunes-d128-l2-r16"
+    key = {"task": task + "-sp", "source": "test data", "opt": "adamw", "steps": 500,
+           "lrs": S._grid("adamw", S.SUITES["full"].grid_points), "seeds": [0],
+           "version": S.SUITE_VERSION}
+    fd = try_lock(S.Runner(tmp_path)._file(key).with_suffix(".lock"))   # "another process"
+    released = []
+
+    def log(line):      # the run says it waits: the other process finishes its group
+        if line.startswith("waiting for") and not released:
+            os.close(fd)
+            released.append(line)
+    doc = S.run_suite(["mulo-cpu"], "full", tmp_path, progress=False, log=log,
+                      overrides={"axes": ("transformer-lowrank",), "lowrank": (task,)})
+    assert released and "adamw on lm-fortunes-d128-l2-r16-sp" in released[0]
+    riem = [json.loads(f.read_text())["key"] for f in (tmp_path / "cells").glob("*.json")]
+    riem = [k for k in riem if k["opt"] == "riemannian"]
+    adamw_lr = doc["cells"][0]["optimizers"]["adamw"]["lr"]
+    assert riem and all(k.get("adam_lr") == adamw_lr for k in riem)
+    assert doc["cells"][0]["optimizers"]["riemannian"]["adam_lr"] == adamw_lr
