@@ -71,7 +71,7 @@ def main(argv=None):
                          "(default: a whole sweep per group)")
     args = ap.parse_args(argv)
     import lopt
-    from eval.report import write_all
+    from eval.report import publish
     from meta_train.data import DataError, DataNotFoundError
     from eval.suite import AXES, SuiteError, run_suite
     out = Path(args.out or f"runs/eval-{args.suite}")
@@ -103,11 +103,8 @@ def main(argv=None):
     except (lopt.CheckpointError, DataNotFoundError, DataError, SuiteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    rep = write_all(doc, out, "python -m eval " + " ".join(shlex.quote(a) for a in
-                                                              (argv or sys.argv[1:])))
-    print(rep["markdown"])
-    print(f"wrote {out}/report.md, results.json, results.csv, tb/ (TensorBoard), "
-          + ", ".join(rep["plots"]))
+    publish(doc, out, "python -m eval " + " ".join(shlex.quote(a) for a in
+                                                   (argv or sys.argv[1:])))
     return 0
 
 

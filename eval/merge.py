@@ -211,18 +211,14 @@ def main(argv=None) -> int:
     ap.add_argument("runs", nargs="+", help="suite output directories (or their results.json)")
     ap.add_argument("--out", required=True, help="output directory of the merged report")
     args = ap.parse_args(argv)
-    from eval.report import write_all
+    from eval.report import publish
     try:
         doc = merge([load(r) for r in args.runs], list(args.runs))
     except MergeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    rep = write_all(doc, out, "python -m eval.merge " + " ".join(
+    publish(doc, Path(args.out), "python -m eval.merge " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])))
-    print(rep["markdown"])
-    print(f"wrote {out}/report.md, results.json, results.csv, tb/ (TensorBoard), "
-          + ", ".join(rep["plots"]))
     return 0
 
 

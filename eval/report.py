@@ -69,6 +69,15 @@ def write_all(doc: dict, out: Path, command: str) -> dict:
     return {"markdown": md, "plots": plots}
 
 
+def publish(doc: dict, out: Path, command: str) -> None:
+    """``write_all``, then the report on stdout and a line naming the files written (what the
+    CLIs end with)."""
+    rep = write_all(doc, out, command)
+    print(rep["markdown"])
+    print(f"wrote {out}/report.md, results.json, results.csv, tb/ (TensorBoard), "
+          + ", ".join(rep["plots"]))
+
+
 def _overrides(doc: dict) -> list[str]:
     """A line naming where this run departs from its named suite (e.g. fewer widths)."""
     import dataclasses
