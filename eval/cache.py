@@ -152,27 +152,37 @@ class GroupCache:
         return None
 
     def _split(self, key: dict, compute):
-        """``compute(lrs)`` for ``key``'s LRs, in groups of at most ``group_runs`` runs
-        (whole LRs) unless the whole sweep is cached; the groups' results joined along the
-        LR axis, their seconds and runs summed."""
+        """``compute(lrs, seeds)`` for ``key``'s runs, in groups of at most ``group_runs`` runs
+        unless the whole sweep is cached: groups of whole LRs, or, when one LR's seeds are
+        more than ``group_runs``, groups of seeds of one LR. The groups' results joined along
+        the seed and LR axes, their seconds and runs summed.
+
+        Raises:
+          Busy: another process holds one of the groups (the others are computed first).
+          NotCached: ``cached_only`` and a group is missing.
+        """
         lrs, seeds = list(key["lrs"]), list(key["seeds"])
-        per = max(1, (self.group_runs or len(lrs) * len(seeds)) // len(seeds))
-        if per >= len(lrs) or self._find(key) is not None:
-            return self._cached(key, lambda: compute(lrs))[0]
-        parts, busy = [], None
-        for i in range(0, len(lrs), per):     # a part another process holds: do the others
-            try:
-                parts.append(self._cached({**key, "lrs": lrs[i:i + per]},
-                                          lambda chunk=lrs[i:i + per]: compute(chunk))[0])
-            except Busy as e:
-                busy = e
+        budget = self.group_runs or len(lrs) * len(seeds)
+        if len(lrs) * len(seeds) <= budget or self._find(key) is not None:
+            return self._cached(key, lambda: compute(lrs, seeds))[0]
+        per_lr = max(1, budget // len(seeds))
+        lr_chunks = [lrs[i:i + per_lr] for i in range(0, len(lrs), per_lr)]
+        seed_chunks = ([seeds] if budget >= len(seeds) else
+                       [seeds[i:i + budget] for i in range(0, len(seeds), budget)])
+        rows, busy = [], None
+        for lc in lr_chunks:            # a group another process holds: do the others
+            parts = []
+            for sc in seed_chunks:
+                try:
+                    parts.append(self._cached({**key, "lrs": lc, "seeds": sc},
+                                              lambda lc=lc, sc=sc: compute(lc, sc))[0])
+                except Busy as e:
+                    busy = e
+            rows.append(parts)
         if busy is not None:
             raise busy
-        out = {k: [x for p in parts for x in p[k]]
-               for k in ("losses", "test_loss", "test_accuracy", "diverged")}
-        whole = {**parts[0], **out, "wall_s": sum(p["wall_s"] for p in parts),
-                 "compile_s": sum(p["compile_s"] for p in parts),
-                 "runs": sum(p["runs"] for p in parts), "groups": len(parts)}
+        per_row = [_join(parts, axis=1) for parts in rows]      # seeds of each LR chunk
+        whole = {**_join(per_row, axis=0), "groups": sum(len(p) for p in rows)}
         if not self.cached_only:    # the joined sweep, found whatever group_runs a later run uses
             self._write(key, whole)
         return whole
@@ -217,3 +227,21 @@ class GroupCache:
         os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                  "since": time.time()}).encode())
         return lock, fd
+
+
+_RUN_FIELDS = ("losses", "test_loss", "test_accuracy", "diverged")    # [lrs, seeds, ...]
+
+
+def _join(parts: list[dict], axis: int) -> dict:
+    """Groups joined along the LR (0) or seed (1) axis of their per-run fields; seconds and
+    runs summed; everything else as the first group has it."""
+    if len(parts) == 1:
+        return parts[0]
+    if axis == 0:
+        runs = {k: [x for p in parts for x in p[k]] for k in _RUN_FIELDS}
+    else:
+        runs = {k: [[x for p in parts for x in p[k][i]] for i in range(len(parts[0][k]))]
+                for k in _RUN_FIELDS}
+    return {**parts[0], **runs, "wall_s": sum(p["wall_s"] for p in parts),
+            "compile_s": sum(p["compile_s"] for p in parts),
+            "runs": sum(p["runs"] for p in parts)}

@@ -66,9 +66,11 @@ def main(argv=None):
                          "while the suite still runs elsewhere) and list the ones not run yet")
     ap.add_argument("--group-runs", type=int, default=None, metavar="N",
                     help="at most N runs (LRs x seeds) per vmapped group: a tuning sweep is "
-                         "split into groups of whole LRs, each cached on its own, so a killed "
-                         "run keeps its finished groups and a group needs less memory "
-                         "(default: a whole sweep per group)")
+                         "split into groups of whole LRs, and an LR with more than N seeds "
+                         "(report seeds, an LO's runs) into groups of seeds, each cached on its "
+                         "own, so a killed run keeps its finished groups, a group needs less "
+                         "memory and processes sharing --out share its groups (default: a "
+                         "whole sweep per group)")
     args = ap.parse_args(argv)
     import lopt
     from eval.report import publish

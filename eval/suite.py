@@ -405,10 +405,10 @@ class Runner(GroupCache):
         if b.needs_activations:     # what it was given: layer inputs, or none (whitened)
             key["activations"] = ("layer inputs" if get_task(task_name).activations is not None
                                   else "none")
-        return self._split(key, lambda chunk: self._compute(
+        return self._split(key, lambda lr_chunk, seed_chunk: self._compute(
             task_name, lambda lr, task: b.build(lr, task.roles, num_steps=steps,
                                                 schedule=schedule, adam_lr=adam_lr),
-            steps, chunk, seeds, b.needs_activations))
+            steps, lr_chunk, seed_chunk, b.needs_activations))
 
     def run_lo(self, task_name: str, lo: LearnedOpt, steps: int, seeds, untrained=False):
         """The cache key holds the digest of the theta that runs (the initial one when
@@ -424,9 +424,9 @@ class Runner(GroupCache):
         depth = _depth_rule_key(task_name, lo.config)
         if depth is not None:
             key["depth"] = depth
-        return self._cached(key, lambda: self._compute(
+        return self._split(key, lambda lr_chunk, seed_chunk: self._compute(
             task_name, lambda lr, task: make_lo(theta, lo.config, task.roles, steps),
-            steps, [0.0], seeds, False, lo.config.needs_loss))[0]
+            steps, lr_chunk, seed_chunk, False, lo.config.needs_loss))
 
     def _compute(self, task_name, make, steps, lrs, seeds, needs_activations,
                  pass_loss=False):

@@ -796,6 +796,16 @@ def test_a_sweep_split_into_groups_joins_to_the_whole_sweep(tmp_path, monkeypatc
     assert calls == [] and again["losses"] == whole["losses"]
     with pytest.raises(S.SuiteError, match="group_runs must be at least 1"):
         S.Runner(tmp_path / "c", group_runs=0)
+    # more seeds on one LR than a group holds (report seeds; an LO's runs): groups of seeds
+    calls.clear()
+    seeds = [1, 2, 3]
+    split = S.Runner(tmp_path / "d", group_runs=2).run_baseline(task, "adamw", 3, [0.01, 0.02],
+                                                                seeds)
+    assert calls == [[0.01], [0.01], [0.02], [0.02]]
+    one = S.Runner(tmp_path / "e").run_baseline(task, "adamw", 3, [0.01, 0.02], seeds)
+    for k in ("losses", "test_loss", "test_accuracy", "diverged"):
+        assert split[k] == one[k], k
+    assert (split["runs"], split["groups"]) == (6, 4)
 
 
 def test_lo_groups_record_a_depth_that_differs_from_the_matrix_count():
