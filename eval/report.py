@@ -254,6 +254,17 @@ def _against_adamw_md(doc: dict) -> list[str]:
     return lines + [""]
 
 
+def _tuned_names(doc: dict) -> list[str]:
+    """The tuned baselines the report's cells hold, in first-seen order.
+
+    A fixed cell (a transformer, the factored LM) runs its own baselines, so the run's
+    `baselines` list alone would name optimizers no row holds; it is the answer only when no
+    cell ran yet.
+    """
+    names = [n for c in doc.get("cells", []) for n, r in c["optimizers"].items() if r.get("grid")]
+    return list(dict.fromkeys(names)) or list(doc["baselines"])
+
+
 def markdown(doc: dict, plots: list[str]) -> str:
     lines = [f"# Generalization suite `{doc['suite']}`", ""]
     for lo in doc["los"]:
@@ -274,7 +285,7 @@ def markdown(doc: dict, plots: list[str]) -> str:
                      + (f" on {m['host']['machine']}, {m['host']['cpu_threads']} CPU threads"
                         if m.get("host") and m["host"] != doc.get("host") else ""))
     lines += [
-              f"- baselines ({', '.join(doc['baselines'])}) tuned on seed 0 over a log LR grid; "
+              f"- baselines ({', '.join(_tuned_names(doc))}) tuned on seed 0 over a log LR grid; "
               f"everything reported on seeds {doc['report_seeds']}: mean ± std of the final "
               "train loss (mean of the last 5% of steps); lower is better; best per row in bold; "
               "† = a run diverged (non-finite, or a seed's final loss above "

@@ -132,3 +132,16 @@ def test_the_cli_writes_one_report_naming_both_runs(whole, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not found" in err[0]
     assert not (tmp_path / "x").exists()
+
+
+def test_the_header_names_the_baselines_the_cells_tuned_not_the_runs_mlp_list(whole):
+    """Transformer cells run their own baselines (Schatten-p, Riemannian low-rank); the run's
+    `baselines` option is the MLP suite's list, which no row of an LM report holds."""
+    from eval import report as R
+    doc = copy.deepcopy(whole)
+    doc["baselines"] = ["adamw", "muadam", "muon", "modular", "prodigy"]
+    line = next(s for s in R.markdown(doc, []).splitlines() if s.startswith("- baselines ("))
+    named = line[len("- baselines ("):line.index(")")].split(", ")
+    tuned = {n for c in whole["cells"] for n, o in c["optimizers"].items() if o.get("grid")}
+    assert set(named) == tuned and "schatten" in named
+    assert "modular" not in named and "prodigy" not in named
