@@ -3,8 +3,8 @@
 Presets (``PRESETS``):
 
 * ``smoke``: seconds; the tests run the real entry point with it.
-* ``quick``: a few minutes on 2 CPU cores; the README's main job. μLO on 8x8
-  Fashion-MNIST MLPs of width 32 and 64.
+* ``quick``: a few minutes on 2 CPU cores; the README's main job. μLO (μP base width 512,
+  1/depth hidden steps) on 8x8 Fashion-MNIST MLPs of width 32 and 64.
 * ``cpu``: a real run on a 2-core machine (~25 min alone): μLO_M over widths 32/64/128,
   horizons 50-500 in truncations of 20.
 * ``cpu-frac``: the ``cpu`` μLO continued with fraction-of-training features, a cosine
@@ -140,8 +140,11 @@ PRESETS: dict[str, MetaTrainConfig] = {
         es=_pes(unroll=5, horizons=(10, 30), pairs=2),
         outer_steps=6, warmup_steps=2, checkpoint_every=2, validate_every=3,
         validate_steps=20, validate_seeds=1),
+    # μP relative to base width 512 with 1/depth hidden steps, as mulo-base-cpu (below):
+    # with the classic absolute 1/fan_in a 5-minute μLO lost to AdamW(1e-3) at 4x/8x width
     "quick": MetaTrainConfig(
         tasks=("mlp-fmnist8-w32-d3", "mlp-fmnist8-w64-d3"),
+        lo=LOConfig(mup_base=512.0, depth_ref=2, step_mult=1.5625e-4),
         es=_pes(unroll=20, horizons=(50, 200)),
         outer_steps=300, warmup_steps=30, meta_lr=3e-3, final_lr=1e-3, checkpoint_every=50,
         validate_every=100, validate_task="mlp-fmnist8-w128-d3", validate_steps=200),
@@ -201,7 +204,11 @@ def sp_variant(config: MetaTrainConfig) -> MetaTrainConfig:
     μLO paper's SP LO baseline (identical architecture, compute and task distribution)."""
     def sp(name):
         return name if (not name or name.endswith("-sp") or "-sp-" in name) else name + "-sp"
-    return dataclasses.replace(config, lo=dataclasses.replace(config.lo, mup=False),
+    lo = dataclasses.replace(config.lo, mup=False)
+    if isinstance(lo, LOConfig) and lo.mup_base != 1.0:
+        # a base width's step_mult compensates for μP's b/fan_in steps, which SP does not take
+        lo = dataclasses.replace(lo, mup_base=1.0, depth_ref=0, step_mult=None)
+    return dataclasses.replace(config, lo=lo,
                                tasks=tuple(sp(t) for t in config.tasks),
                                validate_task=sp(config.validate_task))
 

@@ -155,3 +155,15 @@ def test_sharded_estimate_equals_single_device():
     # reduction order across devices moves each entry by ~1e-7 / 2e-4 relative to the largest.
     np.testing.assert_allclose(g4, g1, rtol=0, atol=1e-3 * np.abs(g1).max())
     assert g4 @ g1 / np.linalg.norm(g4) / np.linalg.norm(g1) > 0.99999
+
+
+def test_an_sp_twin_drops_the_base_widths_step_scale():
+    """A μP base width's step_mult (1e-2 / 64) compensates for the b/fan_in hidden steps SP
+    never takes; the SP twin of such a preset is the classic SP LO (step_mult 1e-3)."""
+    for name in ("quick", "cpu-base"):
+        mu, sp = PRESETS[name].lo, PRESETS[f"{name}-sp"].lo
+        assert mu.mup and mu.mup_base == 512.0 and mu.resolved_step_mult == 1.5625e-4
+        assert not sp.mup and sp.resolved_step_mult == 1e-3
+        assert (sp.mup_base, sp.depth_ref) == (1.0, 0)
+    # presets without a base width keep their twin's constants as they were
+    assert PRESETS["cpu-sp"].lo == dataclasses.replace(PRESETS["cpu"].lo, mup=False)
