@@ -7,6 +7,8 @@ import io
 import json
 import os
 import re
+import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -503,7 +505,33 @@ def _plots(doc: dict, out: Path) -> list[str]:
 
 
 def _tensorboard(doc: dict, logdir: Path) -> None:
-    """Mean train-loss curves (<= 500 points each) and final losses as TensorBoard scalars."""
+    """Mean train-loss curves (<= 500 points each) and final losses as TensorBoard scalars,
+    in a directory that replaces ``logdir`` whole.
+
+    TensorBoard reads every event file of a directory, so a report written again into the
+    same ``--out`` (a rerun, ``--cached-only``, another process sharing it) would show each
+    series twice; the directory is written aside and swapped in instead.
+    """
+    tag = f"{os.getpid()}.{threading.get_ident()}"
+    fresh = logdir.with_name(f".{logdir.name}.{tag}.new")
+    _tb_scalars(doc, fresh)
+    olds = []
+    for attempt in range(10):               # another writer may swap its own in between
+        olds.append(logdir.with_name(f".{logdir.name}.{tag}.{attempt}.old"))
+        try:
+            logdir.rename(olds[-1])
+        except FileNotFoundError:
+            pass
+        try:
+            fresh.rename(logdir)
+            break
+        except OSError:                     # logdir reappeared: another process's swap
+            continue
+    for d in olds + [fresh]:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _tb_scalars(doc: dict, logdir: Path) -> None:
     from meta_train.tblog import TBWriter
     w = TBWriter(logdir)
     for c in doc["cells"]:

@@ -91,6 +91,24 @@ def test_tensorboard_scalars_are_written(smoke_eval):
     assert curve[0].step == 1 and curve[-1].step == c["steps"]
 
 
+def test_a_report_written_again_replaces_its_tensorboard_rather_than_adding_to_it(
+        smoke_eval, tmp_path):
+    """A rerun, a --cached-only report or a second process on one --out writes the report
+    again; TensorBoard reads every event file in tb/, so each series must be there once."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from eval import report as R
+    _, doc, _ = smoke_eval
+    for _ in range(2):
+        R.write_all(doc, tmp_path, "python -m eval ...")
+    assert len(list((tmp_path / "tb").glob("events.out.tfevents.*"))) == 1
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    c = doc["cells"][0]
+    steps = [e.step for e in acc.Scalars(f"{c['axis']}/{c['task']}/adamw/train_loss")]
+    assert len(steps) == len(set(steps)) and steps[-1] == c["steps"]
+
+
 def test_tuning_uses_only_the_tuning_seed_and_picks_the_best(smoke_eval):
     root, doc, _ = smoke_eval
     seen = [json.loads(f.read_text()) for f in (root / "ev" / "cells").glob("*.json")]
