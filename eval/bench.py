@@ -6,8 +6,11 @@
 * the μLO update's achieved FLOP/s vs a plain float32 matmul of the LO's shape;
 * the μLO update on a 1.91M-parameter MLP tree (64-1024-1024-768-10);
 * every optimizer (μLO and each baseline of ``lopt.BASELINES``): update time on that tree and
-  train-step time (forward + backward + update, compile excluded) on a task, both relative
-  to AdamW, plus optimizer-state bytes and XLA's compiled peak temporary memory;
+  train-step time (forward + backward + update, compile excluded) on a task (``--task``;
+  ``--optimizers`` picks the baselines), both relative to AdamW, plus optimizer-state bytes
+  and XLA's compiled peak temporary memory. ``--only-optimizers --task
+  mlp-fmnist8-w4096-d3 --train-steps 2 --optimizers muon`` prices the full suite's 32x
+  wider cell per optimizer;
 * ES/PES meta-training throughput (inner steps/s across the population, outer steps/min)
   for presets ``quick`` and ``cpu`` and for a reference configuration
   (MLP 64-128-128-10 on 8x8 digits, batch 128, 8 pairs, K=50, horizons 100-1000).
@@ -188,10 +191,34 @@ def main(argv=None):
     ap.add_argument("--only-optimizers", action="store_true",
                     help="only the per-optimizer table (update, train step, memory)")
     ap.add_argument("--json", default=None, help="also write every figure to this JSON file")
+    ap.add_argument("--task", default="mlp-fmnist8-w512-d3",
+                    help="task of the optimizer table's train-step column, e.g. "
+                         "mlp-fmnist8-w4096-d3 for the full suite's 32x wider cell")
+    ap.add_argument("--train-steps", type=int, default=50, metavar="N",
+                    help="timed train steps per optimizer (default 50; 2 at width 4096)")
+    ap.add_argument("--optimizers", default=None, metavar="A,B",
+                    help="baselines of the optimizer table besides AdamW and the μLO "
+                         "(default: every one in lopt.BASELINES)")
     args = ap.parse_args(argv)
+    from lopt.baselines import BASELINES
+    names = None if args.optimizers is None else [n.strip() for n in
+                                                  args.optimizers.split(",") if n.strip()]
+    unknown = sorted(set(names or ()) - set(BASELINES))
+    if unknown:
+        ap.error(f"--optimizers: unknown {', '.join(unknown)}; choose from "
+                 f"{', '.join(BASELINES)}")
+    if args.train_steps < 1:
+        ap.error(f"--train-steps must be at least 1, got {args.train_steps}")
+    from meta_train.data import DataNotFoundError
+    from meta_train.tasks import get_task
+    try:
+        get_task(args.task)
+    except (ValueError, DataNotFoundError) as e:
+        ap.error(f"--task {args.task}: {e}")
+    table = dict(task_name=args.task, train_steps=args.train_steps, names=names)
     report = {}
     if args.only_optimizers:
-        report["optimizers"] = bench_optimizers()
+        report["optimizers"] = bench_optimizers(**table)
         print_optimizer_table(report["optimizers"])
         _dump(args.json, report)
         return 0
@@ -203,7 +230,7 @@ def main(argv=None):
               f"adamw {r['adamw_ms']:.2f} ms -> {r['lo_over_adamw']:.1f}x adamw; "
               f"{r['lo_gflops']:.1f} GFLOP/s vs matmul [n,32]x[32,32] "
               f"{r['matmul_gflops']:.1f} GFLOP/s -> {r['lo_over_matmul_flops']:.2f} of matmul")
-    report["optimizers"] = bench_optimizers()
+    report["optimizers"] = bench_optimizers(**table)
     print_optimizer_table(report["optimizers"])
     if args.skip_es:
         _dump(args.json, report)
