@@ -221,6 +221,28 @@ def bootstrap_speedup(pairs: list[tuple[np.ndarray, np.ndarray]], n: int = 2000,
     return float(lo), float(hi)
 
 
+def _narrower_timing(doc: dict, row: dict) -> str:
+    """What a row that did not run costs where it did: its measured time per run-step on the
+    widest narrower cell of the same axis and task family (the report's own numbers, not an
+    extrapolation); "" when it ran on no such cell."""
+    from eval.suite import _width, family
+    base = re.sub(r"-sp(?=-|$)", "", row["task"])
+    width = _width(base)
+    found = [(_width(c["task"]), c) for c in doc["cells"]
+             if c["axis"] == row["axis"] and family(c["task"]) == family(base)
+             and row["optimizer"] in c["optimizers"]]
+    found = [(w, c) for w, c in found if w is not None and width is not None and w < width]
+    if not found:
+        return ""
+    w, c = max(found, key=lambda p: p[0])
+    o = c["optimizers"][row["optimizer"]]
+    per = o.get("wall_s_per_step")
+    if not per:
+        return ""
+    return (f" (measured on `{c['task']}`, {width / w:g}x narrower: "
+            f"{per * 1e3:.0f} ms per run-step)")
+
+
 def _against_adamw_md(doc: dict) -> list[str]:
     rows = against_adamw(doc)
     if not rows:
@@ -350,7 +372,7 @@ def markdown(doc: dict, plots: list[str]) -> str:
         lines += ["## Not run yet", "", "Report made with `--cached-only`: these rows had no "
                   "cached results and are missing from the tables above.", ""]
         lines += [f"- {r['axis']} `{r['task']}` ({r['steps']} steps): {r['optimizer']}"
-                  for r in doc["not_run"]] + [""]
+                  + _narrower_timing(doc, r) for r in doc["not_run"]] + [""]
     lines += _against_adamw_md(doc)
     lines += ["Tuned learning rates (‡ = the best LR is at an end of its grid, so a wider grid "
               "might do better): " + "; ".join(

@@ -995,3 +995,23 @@ def test_a_baseline_that_takes_adamws_lr_waits_for_adamw_another_process_is_tuni
     adamw_lr = doc["cells"][0]["optimizers"]["adamw"]["lr"]
     assert riem and all(k.get("adam_lr") == adamw_lr for k in riem)
     assert doc["cells"][0]["optimizers"]["riemannian"]["adam_lr"] == adamw_lr
+
+
+def test_a_row_not_run_states_its_measured_cost_on_the_widest_narrower_cell():
+    from eval.report import markdown
+    doc = _doc({"mlp-a-w1024-d3": {"muon": _curve(0.4)}, "mlp-a-w2048-d3": {"muon": _curve(0.4)},
+                "mlp-a-w128-d15": {"muon": _curve(0.5)}, "mlp-a-w8192-d3": {"adamw": _curve(0.4)}})
+    times = {"mlp-a-w1024-d3": 0.555, "mlp-a-w2048-d3": 4.2, "mlp-a-w128-d15": 0.01}
+    for c in doc["cells"]:
+        if c["task"] in times:
+            c["optimizers"]["muon"]["wall_s_per_step"] = times[c["task"]]
+    doc["not_run"] = [{"axis": "wider", "task": "mlp-a-w4096-d3", "steps": 100,
+                       "optimizer": "muon"},
+                      {"axis": "wider", "task": "mlp-a-w512-d3-sp", "steps": 100,
+                       "optimizer": "muon"}]
+    md = markdown(doc, [])
+    # the widest narrower cell of the same family and axis: w2048, not w1024, not the d15 cell
+    assert ("- wider `mlp-a-w4096-d3` (100 steps): muon (measured on `mlp-a-w2048-d3`, 2x "
+            "narrower: 4200 ms per run-step)") in md
+    # nothing narrower ran it: the line says only what is missing
+    assert "- wider `mlp-a-w512-d3-sp` (100 steps): muon\n" in md
