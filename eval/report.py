@@ -225,8 +225,8 @@ def _narrower_timing(doc: dict, row: dict) -> str:
     """What a row that did not run costs where it did: its measured time per run-step on the
     widest narrower cell of the same axis and task family (the report's own numbers, not an
     extrapolation); "" when it ran on no such cell."""
-    from eval.suite import _width, family
-    base = re.sub(r"-sp(?=-|$)", "", row["task"])
+    from eval.suite import _width, family, variant
+    base = variant(row["task"], "mup")
     width = _width(base)
     found = [(_width(c["task"]), c) for c in doc["cells"]
              if c["axis"] == row["axis"] and family(c["task"]) == family(base)
