@@ -230,8 +230,8 @@ def _narrower_timing(doc: dict, row: dict) -> str:
     width = _width(base)
     found = [(_width(c["task"]), c) for c in doc["cells"]
              if c["axis"] == row["axis"] and family(c["task"]) == family(base)
-             and row["optimizer"] in c["optimizers"]]
-    found = [(w, c) for w, c in found if w is not None and width is not None and w < width]
+             and row["optimizer"] in c["optimizers"]] if width is not None else []
+    found = [(w, c) for w, c in found if w is not None and w < width]
     if not found:
         return ""
     w, c = max(found, key=lambda p: p[0])
