@@ -103,18 +103,34 @@ def schatten_direction(g: jax.Array, p: float, inf_method: str = "svd") -> jax.A
     ``g V S^(1/p - 1) V^T`` from the Gram eigenbasis.
     """
     m = as_matrix(g).astype(jnp.float32)
-    k = min(m.shape)
     if p == 1:
-        out = m * jnp.sqrt(k) / (jnp.linalg.norm(m) + EPS)
+        out = normalized_direction(m)
     elif p == float("inf"):
         out = orthogonalize(m, inf_method)
     else:
-        s, v, side = gram_spectrum(m)
-        floor = 1e-6 * jnp.max(s) + EPS  # directions with s below this are numerically null
-        t = jnp.where(s > floor, s ** (1.0 / p) / jnp.maximum(s, floor), 0.0)  # S^(1/p-1)
-        out = (m @ (v * t) @ v.T) if side == 1 else ((v * t) @ v.T @ m)
-        out = out * jnp.sqrt(k / (jnp.sum(jnp.where(s > floor, s ** (2.0 / p), 0.0)) + EPS))
+        out = schatten_directions(m, (p,), 0)
     return out.reshape(g.shape).astype(g.dtype)
+
+
+def normalized_direction(m: jax.Array) -> jax.Array:
+    """The p = 1 Schatten direction of a matrix: ``m * sqrt(k) / ||m||_F``, k = min(m.shape)."""
+    return m * jnp.sqrt(min(m.shape)) / (jnp.linalg.norm(m) + EPS)
+
+
+def schatten_directions(m: jax.Array, ps, j) -> jax.Array:
+    """The Schatten direction of matrix ``m`` for ``ps[j]`` (finite p > 1; ``j`` may be traced),
+    from one Gram eigendecomposition whatever the number of candidates: a batched ``j``
+    under vmap selects among cheap per-p spectral factors instead of recomputing ``eigh``."""
+    k = min(m.shape)
+    s, v, side = gram_spectrum(m)
+    floor = 1e-6 * jnp.max(s) + EPS  # directions with s below this are numerically null
+    live = s > floor
+    # Python-constant exponents per p, so XLA sees the same powers as for a single p
+    ts = [jnp.where(live, s ** (1.0 / p) / jnp.maximum(s, floor), 0.0) for p in ps]  # S^(1/p-1)
+    sums = [jnp.sum(jnp.where(live, s ** (2.0 / p), 0.0)) for p in ps]
+    t, total = (ts[0], sums[0]) if len(ps) == 1 else (jnp.stack(ts)[j], jnp.stack(sums)[j])
+    out = (m @ (v * t) @ v.T) if side == 1 else ((v * t) @ v.T @ m)
+    return out * jnp.sqrt(k / (total + EPS))
 
 
 def rms_normalize(x: jax.Array, axis=None) -> jax.Array:

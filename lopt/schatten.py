@@ -87,10 +87,28 @@ def adaptive_schatten(lr: float, roles: Any, p_grid=DEFAULT_P_GRID, every: int =
                             else None, params, roles)
         return SchattenState(mom, pidx, jnp.int32(0), adam.init(others(params)))
 
-    def direction(m, i):
-        branches = [lambda m, p=p: dualize.schatten_direction(m, p, "newton-schulz")
-                    for p in p_grid]
-        return branches[0](m) if len(branches) == 1 else jax.lax.switch(i, branches, m)
+    finite = tuple(p for p in p_grid if p not in (1.0, INF))
+    kinds = [k for k, present in (("one", 1.0 in p_grid), ("finite", bool(finite)),
+                                  ("inf", INF in p_grid)) if present]
+    # grid index -> (branch, index among the finite p)
+    kind_of = jnp.asarray([kinds.index("one" if p == 1.0 else "inf" if p == INF else "finite")
+                           for p in p_grid], jnp.int32)
+    sub_of = jnp.asarray([finite.index(p) if p in finite else 0 for p in p_grid], jnp.int32)
+    branch_fns = {"one": lambda m, j: dualize.normalized_direction(m),
+                  "finite": lambda m, j: dualize.schatten_directions(m, finite, j),
+                  "inf": lambda m, j: dualize.orthogonalize(m, "newton-schulz")}
+
+    def direction(g, i):
+        """``schatten_direction(g, p_grid[i], "newton-schulz")``. The suite vmaps runs, which
+        batches i and turns ``lax.switch`` into computing every branch: the finite p share
+        one branch (one Gram ``eigh``), so that costs 3 branches, not len(p_grid)."""
+        if len(p_grid) == 1:
+            return dualize.schatten_direction(g, p_grid[0], "newton-schulz")
+        m = dualize.as_matrix(g).astype(jnp.float32)
+        fns = [branch_fns[k] for k in kinds]
+        out = fns[0](m, sub_of[i]) if len(fns) == 1 else jax.lax.switch(
+            kind_of[i], fns, m, sub_of[i])
+        return out.reshape(g.shape).astype(g.dtype)
 
     def update_fn(updates, state, params=None, *, activations=None, **extra):
         del extra

@@ -100,7 +100,13 @@ def _train(task, opt, p0, k_data, k_test, num_steps, every, n_eval, eval_batches
                                                  pass_loss=pass_loss, **extra)
         bad = ~jnp.isfinite(loss) | dead
         bad_after = bad | ~all_finite(new_params)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(bad_after, b, a), new, old)
+        # a dead run keeps its last finite params and float state (its later losses read inf).
+        # Integer state (step counts, choices) moves on: it carries no NaN, and a select on it
+        # would make a vmapped group's counts batched, turning every optimizer's periodic
+        # ``lax.cond`` (e.g. Schatten-p's re-choice of p) into computing both branches each step
+        keep = lambda new, old: jax.tree.map(
+            lambda a, b: a if jnp.issubdtype(a.dtype, jnp.integer) else
+            jnp.where(bad_after, b, a), new, old)
         carry = (keep(new_params, params), keep(new_state, state), bad_after,
                  jnp.where(bad_after & ~dead, i, dead_at))
         return carry, jnp.where(bad, jnp.inf, loss)

@@ -11,7 +11,7 @@ from lopt import dualize
 from lopt.baselines import (BASELINES, modular, muon, spectral,
                             warmup_cosine)
 from lopt.riemannian import factored_pairs, riemannian_lowrank, tangent_step
-from lopt.schatten import adaptive_schatten, chosen_p, criterion
+from lopt.schatten import DEFAULT_P_GRID, adaptive_schatten, chosen_p, criterion
 from meta_train.inner import train
 from meta_train.tasks import get_task
 
@@ -126,6 +126,26 @@ def test_schatten_direction_matches_svd_for_every_p():
     # large p approaches U V^T (spectral descent)
     big = np.asarray(dualize.schatten_direction(jnp.asarray(g), 256.0))
     assert np.linalg.norm(big - u @ vt) / np.linalg.norm(u @ vt) < 0.01
+
+
+def test_schatten_update_with_a_batched_p_index_matches_each_fixed_p():
+    # the suite vmaps runs, so p_index is batched: every grid entry must still step along
+    # its own p (the finite p share one Gram eigendecomposition)
+    params, g = _tree(0), _tree(10)
+    opt = adaptive_schatten(0.02, ROLES)
+    state = opt.init(params)._replace(count=jnp.int32(1))  # not a re-choose step
+
+    def step(i):
+        s = state._replace(p_index=jax.tree.map(lambda _: i, state.p_index))
+        return opt.update(g, s, params)[0]["layer_1"]["w"]
+
+    got = jax.jit(jax.vmap(step))(jnp.arange(len(DEFAULT_P_GRID), dtype=jnp.int32))
+    for i, p in enumerate(DEFAULT_P_GRID):
+        fixed = adaptive_schatten(0.02, ROLES, fixed_p=p)
+        want = fixed.update(g, fixed.init(params), params)[0]["layer_1"]["w"]
+        np.testing.assert_allclose(got[i], want, rtol=2e-5, atol=1e-7, err_msg=str(p))
+    for i in range(1, len(got)):   # and the p really differ (equal norms, other directions)
+        assert float(jnp.linalg.norm(got[i] - got[i - 1])) > 0.05 * float(jnp.linalg.norm(got[i]))
 
 
 def test_schatten_p1_update_is_normalized_sgd():
