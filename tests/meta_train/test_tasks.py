@@ -103,6 +103,32 @@ def test_divergence_is_reported_not_raised():
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(res.params))
 
 
+def test_a_vmapped_group_runs_an_optimizers_periodic_branch_only_on_its_steps():
+    # the eval suite vmaps LRs and seeds; a periodic lax.cond on the step count (Schatten-p's
+    # re-choice of p) must stay a branch, not become a select computing it every step, and a
+    # diverged member must still keep its last finite params
+    t = T.get_task("mlp-digits8-w64-d2-sp")
+    seen = []
+
+    def periodic(every):
+        def update(u, count, params=None):
+            def costly():
+                jax.debug.callback(lambda c: seen.append(int(np.max(c))), count)
+                return jax.tree.map(lambda x: 2.0 * x, u)
+            u = jax.lax.cond(count % every == 0, costly, lambda: u)
+            return u, count + 1
+        return optax.GradientTransformation(lambda p: jnp.int32(0), update)
+
+    def one(lr):
+        return train(t, optax.chain(periodic(3), optax.scale(-lr)), key=jax.random.key(0),
+                     num_steps=9)
+
+    res = jax.jit(jax.vmap(one))(jnp.asarray([1e-2, 1e6]))
+    assert seen and sorted(set(seen)) == [0, 3, 6]
+    assert not bool(res.diverged[0]) and bool(res.diverged[1])
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(res.params))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(T.TASKS))
 def test_every_registered_task_starts_near_its_expected_loss_and_adamw_descends(name):
