@@ -287,17 +287,25 @@ def image_dataset(name: str, resolution: int) -> Dataset:
     return Dataset(train, test, 10, source)
 
 
-def _fortunes_text() -> str | None:
-    for d in FORTUNES_DIRS:
-        p = Path(d)
-        if not p.is_dir():
-            continue
-        files = sorted(f for f in p.iterdir()
-                       if f.is_file() and f.suffix == "" and not f.name.startswith("."))
-        text = "".join(f.read_text(encoding="latin-1") for f in files)
-        if len(text) > 10_000:
-            return text
+def _fortune_files(d: Path) -> list[Path]:
+    return sorted(f for f in d.iterdir()
+                  if f.is_file() and f.suffix == "" and not f.name.startswith("."))
+
+
+def fortunes_dir() -> Path | None:
+    """The directory holding the Debian ``fortunes`` text files (over 10k characters in
+    all), or None when the package is not installed."""
+    for d in map(Path, FORTUNES_DIRS):
+        if d.is_dir() and sum(f.stat().st_size for f in _fortune_files(d)) > 10_000:
+            return d
     return None
+
+
+def _fortunes_text() -> str | None:
+    d = fortunes_dir()
+    if d is None:
+        return None
+    return "".join(f.read_text(encoding="latin-1") for f in _fortune_files(d))
 
 
 def _stdlib_text(max_chars: int = 3_000_000) -> str:

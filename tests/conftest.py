@@ -32,3 +32,18 @@ def pytest_unconfigure(config):
             "mulo-xla-cache-"):
         import shutil
         shutil.rmtree(cache, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter):
+    # `make test` passes without the Debian data packages; say how many tests that skipped
+    from needs_data import REASON_PREFIX
+    by_package = {}
+    for rep in terminalreporter.stats.get("skipped", ()):
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        if REASON_PREFIX in reason:
+            package = reason.split(REASON_PREFIX, 1)[1].split("(")[0].strip()
+            by_package[package] = by_package.get(package, 0) + 1
+    if by_package:
+        terminalreporter.write_line(
+            f"{sum(by_package.values())} skipped for missing data: " + "; ".join(
+                f"{n} need {p}" for p, n in sorted(by_package.items())))

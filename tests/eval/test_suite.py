@@ -831,11 +831,12 @@ def test_lo_groups_record_a_depth_that_differs_from_the_matrix_count():
     # 12 (36) hidden matrices are recomputed; MLPs: both counts agree and old groups stay valid
     import lopt
     rule = lopt.LOConfig(mup_base=512.0, depth_ref=2)
-    assert S._depth_rule_key("lm-fortunes-d64-l2", rule) == 2
-    assert S._depth_rule_key("lm-fortunes-d64-l6", rule) == 6
+    # (lm-stdlib-*: the suite's lm-fortunes-* models on the corpus that always ships)
+    assert S._depth_rule_key("lm-stdlib-d64-l2", rule) == 2
+    assert S._depth_rule_key("lm-stdlib-d64-l6", rule) == 6
     assert S._depth_rule_key("mlp-fmnist8-w128-d16", rule) is None
-    assert S._depth_rule_key("lm-fortunes-d64-l6", lopt.LOConfig()) is None
-    assert S._depth_rule_key("lm-fortunes-d64-l6", lopt.MUVELO) is None
+    assert S._depth_rule_key("lm-stdlib-d64-l6", lopt.LOConfig()) is None
+    assert S._depth_rule_key("lm-stdlib-d64-l6", lopt.MUVELO) is None
 
 
 def test_a_best_lr_at_a_grid_end_widens_the_sweep_until_it_is_inside():

@@ -10,10 +10,10 @@ import pytest
 
 from meta_train import data as D
 from meta_train import tasks as T
+from needs_data import FMNIST, needs_data
 
 ROOT = Path(__file__).resolve().parents[2]
 IDX_DIR = D.fashion_mnist_dir()     # before any test hides it
-HAVE_IDX = IDX_DIR is not None
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def no_idx_files(monkeypatch, tmp_path):
     D.image_dataset.cache_clear()
 
 
-@pytest.mark.skipif(not HAVE_IDX, reason="dataset-fashion-mnist not installed")
+@needs_data(FMNIST)
 def test_packaged_arrays_equal_the_idx_files_after_the_same_preprocessing(tmp_path):
     with np.load(D.packaged_path(8)) as f:
         packaged = {k: f[k] for k in f.files}
@@ -45,7 +45,7 @@ def test_packaged_arrays_equal_the_idx_files_after_the_same_preprocessing(tmp_pa
     assert (tmp_path / "fmnist8.npz").read_bytes() == D.packaged_path(8).read_bytes()
 
 
-@pytest.mark.skipif(not HAVE_IDX, reason="dataset-fashion-mnist not installed")
+@needs_data(FMNIST)
 def test_packaged_and_idx_paths_give_the_same_task_inputs(monkeypatch):
     D.image_dataset.cache_clear()
     try:
@@ -98,7 +98,7 @@ def test_cli_turns_missing_data_into_one_line(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.skipif(not HAVE_IDX, reason="dataset-fashion-mnist not installed")
+@needs_data(FMNIST)
 def test_user_directory_serves_unpackaged_resolutions(no_idx_files, monkeypatch, tmp_path):
     d = tmp_path / "fm"
     d.mkdir()

@@ -12,9 +12,10 @@ from meta_train import data as D
 from meta_train import tasks as T
 from meta_train.inner import train
 from meta_train.models import MLPSpec
+from needs_data import FMNIST, needs_data
 
 
-@pytest.mark.skipif(D.fashion_mnist_dir() is None, reason="dataset-fashion-mnist not installed")
+@needs_data(FMNIST)
 def test_idx_reader_on_real_fashion_mnist():
     d = D.fashion_mnist_dir()
     xtr = D.read_idx(d / "train-images-idx3-ubyte.gz")
@@ -130,7 +131,7 @@ def test_a_vmapped_group_runs_an_optimizers_periodic_branch_only_on_its_steps():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(T.TASKS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=needs_data(n)) for n in T.TASKS])
 def test_every_registered_task_starts_near_its_expected_loss_and_adamw_descends(name):
     t = T.get_task(name)
     params = t.init(jax.random.key(0))
