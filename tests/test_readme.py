@@ -52,3 +52,49 @@ def test_readme_flax_snippet_trains_with_the_shipped_mulo(capsys):
     lo_final, adam_final = np.mean(losses[-10:]), np.mean(adam[-10:])
     print(f"README snippet, {steps} steps: μLO {lo_final:.4f}, AdamW(1e-3) {adam_final:.4f}")
     assert lo_final <= 2 * adam_final + 0.01, (lo_final, adam_final)
+
+
+def _shell_commands() -> list[str]:
+    text = README.read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    return [line.split("#", 1)[0].strip() for b in blocks for line in b.splitlines()
+            if line.split("#", 1)[0].strip()]
+
+
+def test_readme_stays_a_short_front_door():
+    assert len(README.read_text().splitlines()) <= 250
+
+
+def test_every_command_in_the_readme_names_a_cli_whose_help_works_and_a_real_make_target():
+    import subprocess
+    import sys
+    root = README.parent
+    commands = _shell_commands()
+    modules = sorted({c.split()[2] for c in commands if c.startswith("python -m ")})
+    targets = {c.split()[1] for c in commands if c.startswith("make ")}
+    assert {"meta_train", "eval", "eval.merge", "eval.bench"} <= set(modules)
+    assert targets == {"demo", "test"}
+    makefile = (root / "Makefile").read_text()
+    assert all(re.search(rf"^{t}:", makefile, re.M) for t in targets)
+    for m in modules:
+        r = subprocess.run([sys.executable, "-m", m, "--help"], cwd=root, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0 and "usage" in r.stdout.lower(), (m, r.stderr[-500:])
+    # each command's options are ones its CLI's --help lists
+    for c in commands:
+        if c.startswith("python -m "):
+            m = c.split()[2]
+            help_text = subprocess.run([sys.executable, "-m", m, "--help"], cwd=root,
+                                       capture_output=True, text=True, timeout=300).stdout
+            for opt in re.findall(r"(?<!\S)(--[a-z][\w.-]*)", c):
+                assert opt in help_text or opt.split(".")[0] + "." in help_text, (c, opt)
+
+
+def test_every_checkpoint_the_readme_names_is_shipped():
+    from lopt.checkpoint import shipped_dir
+    names = set(re.findall(r"`((?:mu|sp)[a-z-]*-cpu)`", README.read_text()))
+    names |= set(re.findall(r'lopt\.load\("([\w-]+)"', README.read_text()))
+    assert {"mulo-horizon-cpu", "mulo-cpu", "muvelo-cpu", "sp-lo-cpu"} <= names
+    shipped = shipped_dir()
+    for n in sorted(names):
+        assert (shipped / n / "lopt.json").is_file(), n
