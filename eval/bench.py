@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import jax
@@ -106,6 +107,14 @@ def _nbytes(tree):
     return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)))
 
 
+# The compact learned optimizer's rows (``lopt.compact``): hidden 8, normalized direction, no
+# magnitude head; with and without Muon's orthogonalization of hidden matrices.
+COMPACT_ROWS = {
+    "μLO-compact": lopt.COMPACT,
+    "μLO-compact-orth": dataclasses.replace(lopt.COMPACT, orthogonalize=True),
+}
+
+
 def bench_optimizers(dims=(784, 1024, 256, 10), task_name="mlp-fmnist8-w512-d3", steps=20,
                      train_steps=50, names=None):
     """Per-optimizer update time, train-step time, state memory; ratios to AdamW."""
@@ -123,6 +132,10 @@ def bench_optimizers(dims=(784, 1024, 256, 10), task_name="mlp-fmnist8-w512-d3",
                       BASELINES["adamw"].make(1e-3, task.roles))}
     opts["μLO"] = (lopt.make(theta, roles=roles, mup_in="model"), False,
                     lopt.make(theta, roles=task.roles, mup_in="model"))
+    for label, cfg in COMPACT_ROWS.items():      # lopt.compact, random theta
+        th = lopt.init_theta(jax.random.PRNGKey(0), cfg)
+        opts[label] = (lopt.make(th, roles=roles, mup_in="model", config=cfg), False,
+                       lopt.make(th, roles=task.roles, mup_in="model", config=cfg))
     for name, b in BASELINES.items():
         if name != "adamw" and (names is None or name in names):
             opts[name] = (b.make(1e-3, roles), b.needs_activations, b.make(1e-3, task.roles))

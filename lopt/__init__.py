@@ -9,9 +9,9 @@ from lopt.baselines import BASELINES, Baseline, modular, muon, spectral
 from lopt.checkpoint import CheckpointError, load, load_theta, save
 from lopt.features import NUM_INPUTS, time_features
 from lopt.interop import from_learned_optimization, to_learned_optimization
-from lopt.learned import (LOConfig, LOState, MULO, SP_LO, NumStepsError, check_theta,
-                          config_from_dict, decays, extend_theta, init_theta, make,
-                          make_from_config)
+from lopt.learned import (COMPACT, LOConfig, LOState, MULO, SP_LO, NumStepsError, adam_theta,
+                          check_theta, config_from_dict, decays, extend_theta, init_theta,
+                          make, make_from_config)
 from lopt.mup import forward_multiplier, init_leaf, kernel_init, mup_init_params
 from lopt.riemannian import riemannian_lowrank
 from lopt.roles import (ROLES, describe_roles, fan_in, fan_ins, infer_roles, leaf_fan_in,
@@ -24,7 +24,7 @@ __all__ = [
     "adaptive_schatten",
     "CheckpointError", "load", "load_theta", "save",
     "NUM_INPUTS", "time_features", "from_learned_optimization", "to_learned_optimization",
-    "LOConfig", "LOState", "MULO", "SP_LO", "NumStepsError", "extend_theta", "check_theta",
+    "COMPACT", "LOConfig", "LOState", "MULO", "SP_LO", "NumStepsError", "adam_theta", "extend_theta", "check_theta",
     "config_from_dict", "decays", "init_theta", "make",
     "make_from_config", "forward_multiplier", "init_leaf", "kernel_init", "mup_init_params",
     "ROLES", "describe_roles", "fan_in", "fan_ins", "infer_roles", "leaf_fan_in",

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lopt import compact as C
 from lopt import features as F
 from lopt import roles as R
 
@@ -55,6 +56,7 @@ INITIAL_ADAFACTOR_DECAYS = (0.9, 0.99, 0.999)
 TIME_FEATURES = ("tau", "fraction")
 SCHEDULES = ("none", "cosine")
 MUP_IN = ("optimizer", "model")
+FEATURE_SETS = ("adafac", "compact")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +85,15 @@ class LOConfig:
       horizon_ref: > 0 scales the step of a run of ``T > horizon_ref`` total steps by
         ``(horizon_ref / T) ** horizon_power`` (needs the total step count); 0 = off.
       horizon_power: the exponent ``a`` of that rule (>= 0).
+      features: "adafac" (the classic μLO: AdafacMLPLOpt's 28 tensor features) or
+        "compact" (:mod:`lopt.compact`: 8 features, 3 accumulators per element; with
+        ``hidden_size=8`` about a fifteenth of the classic network's work per parameter).
+      magnitude: the network also outputs a magnitude ``a`` (step x ``exp(a exp_mult)``);
+        False: direction only (compact only).
+      output_norm: the direction is scaled to root-mean-square 1 over each tensor before
+        the step sizes apply (compact only).
+      orthogonalize: hidden matrices step along the Newton-Schulz orthogonalization of the
+        direction, scaled as Muon (compact μLO only; :func:`lopt.compact.orthogonal_direction`).
     """
     mup: bool = True
     hidden_size: int = 32
@@ -96,6 +107,10 @@ class LOConfig:
     depth_ref: int = 0
     horizon_ref: int = 0
     horizon_power: float = 0.0
+    features: str = "adafac"
+    magnitude: bool = True
+    output_norm: bool = False
+    orthogonalize: bool = False
 
     def __post_init__(self):
         # Types first: a checkpoint's JSON may say "mup": "false", which is truthy.
@@ -105,7 +120,8 @@ class LOConfig:
                  "exp_mult": real, "step_mult": real + (type(None),),
                  "time_features": (str,), "tau_clamp": integer, "schedule": (str,),
                  "mup_base": real, "depth_ref": integer, "horizon_ref": integer,
-                 "horizon_power": real}
+                 "horizon_power": real, "features": (str,), "magnitude": (bool,),
+                 "output_norm": (bool,), "orthogonalize": (bool,)}
         names = {bool: "bool", numbers.Integral: "an integer", numbers.Real: "a number",
                  str: "a string", type(None): "None"}
         for name, ok in kinds.items():
@@ -129,6 +145,14 @@ class LOConfig:
                              ">= 0")
         if self.hidden_size < 1 or self.hidden_layers < 1:
             raise ValueError("hidden_size and hidden_layers must be >= 1")
+        if self.features not in FEATURE_SETS:
+            raise ValueError(f"features={self.features!r}: must be one of {FEATURE_SETS}")
+        if self.features != "compact" and (
+                self.output_norm or self.orthogonalize or not self.magnitude):
+            raise ValueError("output_norm, orthogonalize and magnitude=False need "
+                             "features='compact'")
+        if self.orthogonalize and not self.mup:
+            raise ValueError("orthogonalize=True is defined for the μLO only (mup=True)")
 
     # the architecture family, as stored in checkpoints ("velo": lopt.velo.VeLOConfig)
     arch: ClassVar[str] = "mlp"
@@ -143,6 +167,8 @@ class LOConfig:
 
     @property
     def num_inputs(self) -> int:
+        if self.features == "compact":
+            return F.num_inputs(self.time_features) - F.NUM_TENSOR_FEATURES + C.NUM_FEATURES
         return F.num_inputs(self.time_features)
 
     @property
@@ -167,6 +193,11 @@ class LOConfig:
 
 MULO = LOConfig(mup=True)
 SP_LO = LOConfig(mup=False)
+# The compact μLO (lopt.compact): hidden 8, normalized direction, no magnitude head, μP relative
+# to base width 512 with 1/depth hidden steps (the shipped μLOs' constants), and a step of
+# root-mean-square 1e-3 at the base width: Adam's default learning rate, not tuned.
+COMPACT = LOConfig(features="compact", hidden_size=8, output_norm=True, magnitude=False,
+                   mup_base=512.0, depth_ref=2, step_mult=1e-3)
 
 
 def config_from_dict(d: Mapping[str, Any]):
@@ -195,6 +226,22 @@ def param_to_decay(x):
     return 1 - jnp.exp(x * 10.0)
 
 
+def adam_theta(config: LOConfig) -> dict:
+    """Hand-set meta-parameters of a compact learned optimizer whose direction is Adam's
+    (:func:`lopt.compact.adam_nn`): with ``output_norm`` it steps like μAdam normalized per
+    tensor. A starting point for meta-training and the ablation's "no meta-training" row.
+
+    Raises:
+      ValueError: ``config`` is not a compact one.
+    """
+    if config.features != "compact":
+        raise ValueError("adam_theta is defined for features='compact'")
+    return {"momentum_decays": jnp.zeros((len(C.INITIAL_MOMENTUM_DECAYS),), jnp.float32),
+            "rms_decays": jnp.zeros((len(C.INITIAL_RMS_DECAYS),), jnp.float32),
+            "nn": C.adam_nn(config.num_inputs, config.hidden_size, config.hidden_layers,
+                            2 if config.magnitude else 1)}
+
+
 def init_theta(key: jax.Array, config: LOConfig = MULO) -> dict:
     """Random meta-parameters: MLP weights (truncated normal, std 1/sqrt(fan_in)), zero
     biases, and zero decay offsets (decays start at 0.9/0.99/0.999). A
@@ -211,6 +258,11 @@ def init_theta(key: jax.Array, config: LOConfig = MULO) -> dict:
     if config.arch == "velo":
         from lopt.velo import init_velo_theta
         return init_velo_theta(key, config)
+    if config.features == "compact":
+        return {"momentum_decays": jnp.zeros((len(C.INITIAL_MOMENTUM_DECAYS),), jnp.float32),
+                "rms_decays": jnp.zeros((len(C.INITIAL_RMS_DECAYS),), jnp.float32),
+                "nn": C.init_nn(key, config.num_inputs, config.hidden_size,
+                                config.hidden_layers, 2 if config.magnitude else 1)}
     sizes = [config.num_inputs] + [config.hidden_size] * config.hidden_layers + [2]
     nn = {}
     keys = jax.random.split(key, len(sizes) - 1)
@@ -235,6 +287,10 @@ def extend_theta(theta, source: LOConfig, target: LOConfig) -> dict:
     Raises:
       ValueError: the hidden sizes differ, or ``target`` has fewer inputs.
     """
+    if (source.features, source.magnitude) != (target.features, target.magnitude):
+        raise ValueError(f"cannot start a features={target.features!r}, magnitude="
+                         f"{target.magnitude} optimizer from a features={source.features!r}, "
+                         f"magnitude={source.magnitude} one")
     if (source.hidden_size, source.hidden_layers) != (target.hidden_size, target.hidden_layers):
         raise ValueError(
             f"cannot start a hidden_size={target.hidden_size}, hidden_layers="
@@ -259,6 +315,9 @@ def decays(theta) -> dict:
         return {}
     def one(init, off):
         return param_to_decay(decay_to_param(jnp.asarray(init, jnp.float32)) + off)
+    if "adafactor_decays" not in theta:      # lopt.compact
+        return {"momentum": one(C.INITIAL_MOMENTUM_DECAYS, theta["momentum_decays"]),
+                "rms": one(C.INITIAL_RMS_DECAYS, theta["rms_decays"])}
     return {"momentum": one(INITIAL_MOMENTUM_DECAYS, theta["momentum_decays"]),
             "rms": one(INITIAL_RMS_DECAYS, theta["rms_decays"]),
             "adafactor": one(INITIAL_ADAFACTOR_DECAYS, theta["adafactor_decays"])}
@@ -273,7 +332,8 @@ def check_theta(theta, config: LOConfig = MULO) -> None:
     check_theta_shapes(theta, lambda: init_theta(jax.random.key(0), config),
                        f"learned-optimizer architecture (hidden_size={config.hidden_size}, "
                        f"hidden_layers={config.hidden_layers}, "
-                       f"time_features={config.time_features!r})")
+                       f"time_features={config.time_features!r}, "
+                       f"features={config.features!r}, magnitude={config.magnitude})")
 
 
 def check_theta_shapes(theta, init, architecture: str) -> None:
@@ -430,9 +490,12 @@ def make(theta: Any, *, mup: bool | None = None, step_mult: float | None = None,
     multipliers = R.step_multipliers(roles, role_overrides, mup=config.mup,
                                      base=config.mup_base, depth_ref=config.depth_ref,
                                      in_model=mup_in == "model")
+    splits = _orthogonal_splits(roles, role_overrides, config.orthogonalize)
+    compact = config.features == "compact"
+    init_acc = C.init_accumulators if compact else F.init_accumulators
 
     def init_fn(params):
-        return LOState(acc=jax.tree.map(lambda p: F.init_accumulators(as_tensor(p)), params),
+        return LOState(acc=jax.tree.map(lambda p: init_acc(as_tensor(p)), params),
                        count=jnp.zeros([], jnp.int32))
 
     def time_inputs(count, total):
@@ -463,8 +526,10 @@ def make(theta: Any, *, mup: bool | None = None, step_mult: float | None = None,
         a_leaves = treedef.flatten_up_to(state.acc)
         m_leaves = treedef.flatten_up_to(mults)
         c_leaves = treedef.flatten_up_to(convs)
+        s_leaves = treedef.flatten_up_to(splits(params))
         out_u, out_a = [], []
-        for p, g, acc, mult, c in zip(p_leaves, g_leaves, a_leaves, m_leaves, c_leaves):
+        for p, g, acc, mult, c, split in zip(p_leaves, g_leaves, a_leaves, m_leaves, c_leaves,
+                                             s_leaves):
             if np.size(p) == 0:
                 out_u.append(jnp.zeros_like(g))
                 out_a.append(acc)
@@ -473,18 +538,60 @@ def make(theta: Any, *, mup: bool | None = None, step_mult: float | None = None,
             gt = F.neutralize(gt)
             if c != 1.0:
                 pt, gt = pt / c, gt * c
-            acc, fac_g, fac_m = F.update_accumulators(
-                acc, gt, dec["momentum"], dec["rms"], dec["adafactor"])
-            elem, row, col, scale = F.feature_parts(pt, gt, acc, fac_g, fac_m)
-            d, a = _mlp_direction_magnitude(theta["nn"], elem, row, col, scale, time_in,
-                                            tuple(pt.shape))
-            step = d * jnp.exp(a * config.exp_mult) * (sm * sched)
+            leaf_step = _compact_step if compact else _classic_step
+            step, acc = leaf_step(theta["nn"], config, dec, pt, gt, acc, time_in, split)
+            step = step * (sm * sched)
             out_u.append((-(mult * c) * step).reshape(np.shape(p)).astype(jnp.result_type(g)))
             out_a.append(acc)
         new_state = LOState(acc=jax.tree.unflatten(treedef, out_a), count=state.count + 1)
         return jax.tree.unflatten(treedef, out_u), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _classic_step(nn, config, dec, p, g, acc, time_in, split):
+    """AdafacMLPLOpt's step direction times magnitude for one tensor, and its accumulators."""
+    del split
+    acc, fac_g, fac_m = F.update_accumulators(acc, g, dec["momentum"], dec["rms"],
+                                              dec["adafactor"])
+    elem, row, col, scale = F.feature_parts(p, g, acc, fac_g, fac_m)
+    d, a = _mlp_direction_magnitude(nn, elem, row, col, scale, time_in, tuple(p.shape))
+    return d * jnp.exp(a * config.exp_mult), acc
+
+
+def _compact_step(nn, config, dec, p, g, acc, time_in, split):
+    """:mod:`lopt.compact`'s step for one tensor, and its accumulators. Non-finite parameter
+    elements enter the features as 0, so they do not poison the tensor's normalizers."""
+    acc = C.update_accumulators(acc, g, dec["momentum"], dec["rms"])
+    out = C.raw_outputs(nn, g, F.neutralize(p), acc, time_in)
+    d = out[0]
+    if config.output_norm:
+        d = C.rms_normalize(d)
+    if split is not None:
+        d = C.orthogonal_direction(d, split, config.mup_base)
+    if config.magnitude:
+        d = d * jnp.exp(out[1] * config.exp_mult)
+    return d, acc
+
+
+def _orthogonal_splits(roles, overrides, enabled: bool):
+    """``params -> tree`` of each hidden matrix's fan-in axes (the leaves a compact μLO
+    orthogonalizes), None elsewhere; computed once per parameter structure."""
+    cache: dict = {}
+
+    def get(params):
+        leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+        key = (treedef, tuple(np.shape(x) for _, x in leaves))
+        if key not in cache:
+            out = [None] * len(leaves)
+            if enabled:
+                role_leaves = treedef.flatten_up_to(R.resolve_roles(params, roles, overrides))
+                out = [R.fan_in_axes(R.path_str(path), np.shape(x))
+                       if role == "hidden" and np.ndim(x) >= 2 else None
+                       for (path, x), role in zip(leaves, role_leaves)]
+            cache[key] = jax.tree_util.tree_unflatten(treedef, out)
+        return cache[key]
+    return get
 
 
 def make_from_config(theta: Any, config: LOConfig, *, roles: Any = None,

@@ -6,6 +6,7 @@ here only states the role of each of its parameters.
 * MLP classifier: ``depth`` hidden layers of ``width`` units, then a readout.
 * Pre-LayerNorm transformer LM: μP attention ``q.k / d_head`` (SP: ``/ sqrt(d_head)``),
   zero-init query and readout in μP; optional rank-factored attention ``W = A B^T``.
+* CNN classifier: 3x3 convolutions (stride 2 down to 4x4), global average pooling, readout.
 * Random-feature regression: fixed random linear (Gaussian) features of a latent Gaussian
   input with a power-law spectrum; only the readout trains.
 
@@ -100,6 +101,65 @@ class MLPSpec:
                                       output_mult=self.output_mult)
             out[f"layer_{i}"] = {"w": mult * h, "b": None}
         return out
+
+
+@dataclasses.dataclass(frozen=True)
+class CNNSpec:
+    """Convolutional classifier on square grey-scale images (inputs flattened, as the image
+    tasks store them): a 3x3 stem convolution, ``depth - 1`` more 3x3 convolutions of
+    ``channels`` channels (stride 2 while the feature map is larger than 4x4), ReLU after
+    each, global average pooling and a dense readout.
+
+    Kernels are in Flax layout ``[3, 3, in, out]`` (fan-in ``9 in``): the stem is the μP
+    input, the other convolutions hidden, the readout output (zero, forward ``1/fan_in``, in
+    μP); He init as :class:`MLPSpec`. Convolutions have no bias.
+    """
+    resolution: int
+    channels: int
+    depth: int
+    num_classes: int = 10
+    mup: bool = True
+    output_mult: float = 1.0
+
+    def __post_init__(self):
+        if self.depth < 1 or self.channels < 1 or self.resolution < 1:
+            raise ValueError(f"CNN resolution, channels and depth must be >= 1, got {self}")
+
+    def roles(self) -> dict:
+        out = {f"conv_{i}": "input" if i == 0 else "hidden" for i in range(self.depth)}
+        out["readout"] = {"w": "output", "b": "vector"}
+        return out
+
+    def _strides(self):
+        size, out = self.resolution, [1]
+        for _ in range(1, self.depth):
+            out.append(2 if size > 4 else 1)
+            size = -(-size // out[-1])
+        return out
+
+    def init(self, key: jax.Array) -> dict:
+        keys = jax.random.split(key, self.depth + 1)
+        gain = GAINS["relu"]
+        params = {f"conv_{i}": init_leaf(keys[i], (3, 3, 1 if i == 0 else self.channels,
+                                                   self.channels),
+                                         "input" if i == 0 else "hidden", mup=self.mup,
+                                         std_mult=gain) for i in range(self.depth)}
+        params["readout"] = {
+            "w": init_leaf(keys[-1], (self.channels, self.num_classes), "output", mup=self.mup),
+            "b": jnp.zeros((self.num_classes,), jnp.float32)}
+        return params
+
+    def apply(self, params: dict, x: jax.Array) -> jax.Array:
+        h = x.reshape(x.shape[:-1] + (self.resolution, self.resolution, 1))
+        for i, stride in enumerate(self._strides()):
+            h = jax.nn.relu(jax.lax.conv_general_dilated(
+                h, params[f"conv_{i}"], (stride, stride), "SAME",
+                dimension_numbers=("NHWC", "HWIO", "NHWC")))
+        h = jnp.mean(h, axis=(-3, -2))
+        w = params["readout"]["w"]
+        mult = forward_multiplier("output", w.shape[0], mup=self.mup,
+                                  output_mult=self.output_mult)
+        return mult * (h @ w) + params["readout"]["b"]
 
 
 def _layer_norm(x, scale, bias, eps=1e-5):
