@@ -74,14 +74,15 @@ def bench_update(dims):
             "matmul_gflops": mm_flops / 1e9, "lo_over_matmul_flops": lo_flops / mm_flops}
 
 
-def bench_es(name, tasks, es_cfg, outer=3):
+def bench_es(name, tasks, es_cfg, outer=3, lo_config=lopt.MULO):
     from meta_train import es as ES
     from meta_train.tasks import get_task
     ts = [get_task(t) for t in tasks]
-    theta = lopt.init_theta(jax.random.PRNGKey(0))
+    theta = lopt.init_theta(jax.random.PRNGKey(0), lo_config)
     total = 0.0
     for t in ts:
-        prob = ES.lo_problem(t, lambda th, t=t: lopt.make(th, roles=t.roles, mup_in="model"))
+        prob = ES.lo_problem(t, lambda th, t=t: lopt.make(th, roles=t.roles, mup_in="model",
+                                                          config=lo_config))
         st = ES.init_es_state(prob, theta, jax.random.PRNGKey(1), es_cfg)
         g, st, _ = ES.es_gradient(theta, st, jax.random.PRNGKey(2), t.data, problem=prob,
                                   cfg=es_cfg)
@@ -253,7 +254,9 @@ def main(argv=None):
     ref = ESConfig(method="pes", num_pairs=8, sigma=0.01, unroll_length=50, min_horizon=100,
                    max_horizon=1000)
     rows = [bench_es("reference: mlp 64-128-128-10 digits8, PES 8 pairs K=50",
-                     ["mlp-digits8-w128-d2"], ref)]
+                     ["mlp-digits8-w128-d2"], ref),
+            bench_es("reference with the compact μLO (lopt.COMPACT)", ["mlp-digits8-w128-d2"],
+                     ref, lo_config=lopt.COMPACT)]
     for p in ("quick", "cpu"):
         rows.append(bench_es(f"preset {p}", list(PRESETS[p].tasks), PRESETS[p].es))
     for r in rows:
