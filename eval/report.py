@@ -130,6 +130,31 @@ def _test_metrics_line(doc: dict) -> list[str]:
                         "row")
 
 
+def _host_text(h: dict) -> str:
+    return (f"jax {h.get('jax')}, optax {h.get('optax')}, {h.get('cpu_threads')} CPU threads"
+            if h else "not recorded (cached before groups recorded it)")
+
+
+def _host_line(doc: dict) -> list[str]:
+    """The header line naming the jax/optax versions and CPU threads the rows' groups ran
+    with (``eval.keys.host_record``), flagged as a mixture where rows differ: float bits
+    differ between them, and a learned optimizer can amplify that to seed-noise size. None
+    when no row recorded it (documents made before groups did)."""
+    from eval.cache import distinct_hosts
+    counts: dict[str, int] = {}
+    for c in doc["cells"]:
+        for o in c["optimizers"].values():
+            hosts = distinct_hosts([o.get("host")]) or [None]
+            text = " + ".join(_host_text(h) for h in hosts)
+            counts[text] = counts.get(text, 0) + 1
+    if set(counts) <= {_host_text(None)}:
+        return []
+    line = _header_line("computed with", {k: f"{n} rows" for k, n in counts.items()}, "row")
+    mixed = len(counts) > 1 or any(" + " in k for k in counts)
+    return [line[0] + (" — **a mixture**: rows computed with different versions or thread "
+                       "counts may differ in their last float bits" if mixed else "")]
+
+
 def loss_columns(opts: dict, names: list[str]) -> list[str]:
     """One table row's cells: ``mean ± std`` of the final train loss per optimizer in
     ``names`` (``†`` if it diverged, bold for the lowest mean among them, empty where a name
@@ -302,6 +327,7 @@ def markdown(doc: dict, plots: list[str]) -> str:
                      f"{doc['cells_defined_by']}'s meta-training config")
     lines += _data_line(doc)
     lines += _test_metrics_line(doc)
+    lines += _host_line(doc)
     lines += [f"- commit `{doc['commit']}`; command: `{doc['command']}`"]
     for m in doc.get("merged_from", []):
         lines.append(f"  - merged from `{m['source']}`: {', '.join(m['cells'])}; computed at "

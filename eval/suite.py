@@ -20,9 +20,12 @@ every baseline runs with linear warmup and cosine decay (``lopt.baselines.warmup
 and is tuned over its peak LR the same way. One compile per
 (task, optimizer): LR grids and seeds are ``vmap``-ed. Results are cached per group in
 ``<out>/cells`` so an interrupted suite resumes and a re-run computes only what is missing; a
-group's cache key holds everything its results depend on, the task's data source included
-(``Task.source``), so a cache made on other data is never reused. Every cell records its
-data source in the results.
+group's cache key holds everything its results depend on: the task's data source
+(``Task.source``) and digests of its data arrays and initial parameters, and a digest of the
+optimizer's code with its defaults (:mod:`eval.keys`), so a cache made on other data or by
+other code is never reused. A cached group is used only if its stored key is the requested
+one. Every cell records its data source in the results, and every group the jax version and
+thread count it ran with.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import lopt
+from eval import keys
 from eval.cache import (COMPATIBLE_VERSIONS, SUITE_VERSION, Busy, GroupCache,  # noqa: F401
                         NotCached, is_held)
 from lopt.baselines import BASELINES, SCHEDULES
@@ -376,6 +380,33 @@ def variant(task: str, parametrization: str) -> str:
     return base + "-sp" if parametrization == "sp" else base
 
 
+def baseline_key(task_name: str, name: str, steps: int, lrs, seeds,
+                 schedule: str | None = None, adam_lr: float | None = None) -> dict:
+    """The cache key of a group of baseline ``name``'s runs (see :meth:`Runner.run_baseline`):
+    task, data source and digests, the baseline's code digest, steps, LRs, seeds, and the
+    schedule, AdamW LR and layer inputs where they apply."""
+    b = BASELINES[name]
+    key = {"task": task_name, "source": data_source(task_name), "opt": name,
+           "steps": steps, "lrs": list(lrs), "seeds": list(seeds),
+           "code": keys.baseline_digest(name), **inputs_key(task_name)}
+    if (schedule or b.schedule) != "constant":   # constant runs: no schedule entry
+        key["schedule"] = schedule or b.schedule
+    if adam_lr is not None:
+        key["adam_lr"] = adam_lr
+    if b.needs_activations:     # what it was given: layer inputs, or none (whitened)
+        key["activations"] = ("layer inputs" if get_task(task_name).activations is not None
+                              else "none")
+    return key
+
+
+def inputs_key(task_name: str) -> dict:
+    """The key entries of a task's inputs: digests of its initial parameters and of its data
+    arrays (:mod:`eval.keys`), so a changed init or dataset under an unchanged name is a
+    cache miss."""
+    return {"init": keys.init_digest(task_name),
+            "data": keys.data_digest(get_task(task_name))}
+
+
 LOCK_POLL_S = 5.0     # how often a run waiting for another process's groups looks again
 WAIT_NOTE_S = 600.0   # how often it says what it waits for
 
@@ -396,15 +427,7 @@ class Runner(GroupCache):
         like ``adamw-cosine``); "cosine" runs any baseline with warmup and cosine decay.
         ``adam_lr``: the AdamW LR of a baseline with ``adam_lr_from`` (None: its default)."""
         b = BASELINES[name]
-        key = {"task": task_name, "source": data_source(task_name), "opt": name,
-               "steps": steps, "lrs": list(lrs), "seeds": list(seeds)}
-        if (schedule or b.schedule) != "constant":   # constant runs: no schedule entry
-            key["schedule"] = schedule or b.schedule
-        if adam_lr is not None:
-            key["adam_lr"] = adam_lr
-        if b.needs_activations:     # what it was given: layer inputs, or none (whitened)
-            key["activations"] = ("layer inputs" if get_task(task_name).activations is not None
-                                  else "none")
+        key = baseline_key(task_name, name, steps, lrs, seeds, schedule, adam_lr)
         return self._split(key, lambda lr_chunk, seed_chunk: self._compute(
             task_name, lambda lr, task: b.build(lr, task.roles, num_steps=steps,
                                                 schedule=schedule, adam_lr=adam_lr),
@@ -420,7 +443,8 @@ class Runner(GroupCache):
                                     lo.config)
         key = {"task": task_name, "source": data_source(task_name),
                "opt": "lo-init" if untrained else "lo", "steps": steps, "lrs": [0.0],
-               "seeds": list(seeds), "lo_digest": lo_digest(theta, lo.config)}
+               "seeds": list(seeds), "lo_digest": lo_digest(theta, lo.config),
+               "code": keys.lo_code_digest(), **inputs_key(task_name)}
         depth = _depth_rule_key(task_name, lo.config)
         if depth is not None:
             key["depth"] = depth
@@ -454,7 +478,7 @@ class Runner(GroupCache):
                 "test_metrics": ("whole test split" if task.split_metrics is not None
                                  else "8 sampled test batches (online data)"),
                 "wall_s": wall, "compile_s": t1 - t0, "runs": len(lrs) * len(seeds),
-                "steps": steps}
+                "steps": steps, "host": keys.host_record()}
 
 
 def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
@@ -755,6 +779,8 @@ def _summary(group: dict, lr_index: int, **extra) -> dict:
             "test_accuracy": group["test_accuracy"][lr_index],
             "test_metrics": group.get("test_metrics", COMPATIBLE_VERSIONS[1]),
             "suite_version": group.get("version", 1),
+            # jax/optax versions and threads it ran with (None: cached before it was recorded)
+            "host": group.get("host"),
             # the run's own non-finite flag, or a final loss far above the initial one
             "diverged": bool(any(group["diverged"][lr_index])
                              or blew_up(losses[:, 0], finals).any()),

@@ -546,7 +546,7 @@ def test_cache_made_on_other_data_is_never_reused(tmp_path, monkeypatch):
     monkeypatch.setattr(S.Runner, "_compute", compute)
     source = {"mlp-fmnist8-w32-d3": "fashion-mnist 8x8 (packaged)",
               "mlp-fmnist8-w32-d3-sp": "fashion-mnist 8x8 (packaged)"}
-    monkeypatch.setattr(S, "data_source", lambda task: source[task])
+    _fake_data(monkeypatch, lambda task: source[task])
     runner = S.Runner(tmp_path)
     runs = {"lo": lambda: runner.run_lo("mlp-fmnist8-w32-d3", lo, 4, [1]),
             "lo-init": lambda: runner.run_lo("mlp-fmnist8-w32-d3", lo, 4, [1], untrained=True),
@@ -592,6 +592,14 @@ def test_full_suite_has_transformer_lowrank_and_other_data_cells_with_their_base
     assert other == S.Cell("other-data", "mlp-fmnist28-w1024-d3", 500)   # suite baselines
 
 
+def _fake_data(monkeypatch, source):
+    """Tasks read as if their data came from ``source(task)`` (a name), with stand-in digests
+    of their data and init, so tests run without the data installed."""
+    monkeypatch.setattr(S, "data_source", source)
+    monkeypatch.setattr(S, "inputs_key", lambda task: {"init": "init of " + task,
+                                                       "data": "data of " + source(task)})
+
+
 def _fake_compute(self, task_name, make, steps, lrs, seeds, needs_activations, pass_loss=False):
     curve = list(np.linspace(2.3, 1.0 + 0.01 * len(task_name), steps))
     n = len(lrs) * len(seeds)
@@ -610,7 +618,7 @@ def test_fixed_cells_without_their_data_are_skipped_and_reported(tmp_path, monke
             raise DataNotFoundError("fortunes not found: apt install fortunes")
         return "test data"
     monkeypatch.setattr(S.Runner, "_compute", _fake_compute)
-    monkeypatch.setattr(S, "data_source", source)
+    _fake_data(monkeypatch, source)
     doc = S.run_suite(["mulo-cpu"], "full", tmp_path, progress=False, overrides={
         "axes": ("transformer", "transformer-lowrank", "other-data"),
         "transformer": ("lm-fortunes-d64-l2",), "baselines": ("adamw",)})
@@ -622,7 +630,7 @@ def test_fixed_cells_without_their_data_are_skipped_and_reported(tmp_path, monke
     md = write_all(doc, tmp_path / "report", "test")["markdown"]
     assert "## transformer: `lm-fortunes-d64-l2` skipped" in md
     # a core axis without its data still stops the suite before any training
-    monkeypatch.setattr(S, "data_source", lambda task: source("lm-" + task))
+    _fake_data(monkeypatch, lambda task: source("lm-" + task))
     with pytest.raises(DataNotFoundError):
         S.run_suite(["mulo-cpu"], "full", tmp_path, progress=False,
                     overrides={"axes": ("wider",)})
@@ -631,7 +639,7 @@ def test_fixed_cells_without_their_data_are_skipped_and_reported(tmp_path, monke
 def test_a_fixed_cell_runs_its_own_baselines_and_the_report_leaves_the_rest_blank(
         tmp_path, monkeypatch):
     monkeypatch.setattr(S.Runner, "_compute", _fake_compute)
-    monkeypatch.setattr(S, "data_source", lambda task: "test data")
+    _fake_data(monkeypatch, lambda task: "test data")
     doc = S.run_suite(["mulo-cpu"], "full", tmp_path, progress=False, overrides={
         "axes": ("transformer-lowrank", "other-data"), "baselines": ("adamw", "muadam")})
     rows = {c["axis"]: list(c["optimizers"]) for c in doc["cells"]}
@@ -672,7 +680,7 @@ def test_bootstrap_interval_of_the_geomean_speedup_over_seeds():
 
 def test_cached_only_reports_what_is_done_and_lists_the_rest(tmp_path, monkeypatch):
     monkeypatch.setattr(S.Runner, "_compute", _fake_compute)
-    monkeypatch.setattr(S, "data_source", lambda task: "test data")
+    _fake_data(monkeypatch, lambda task: "test data")
     ov = {"axes": ("other-data",)}
     S.run_suite(["mulo-cpu"], "full", tmp_path, progress=False, overrides=ov,
                 baselines=("adamw",))
@@ -705,10 +713,9 @@ def test_groups_cached_by_version_1_are_reused_and_say_their_test_metrics(tmp_pa
         return {"losses": [[[1.0] * steps] * len(seeds)] * len(lrs),
                 "test_metrics": "whole test split"}
     monkeypatch.setattr(S.Runner, "_compute", compute)
-    monkeypatch.setattr(S, "data_source", lambda task: "fashion-mnist 8x8 (packaged)")
+    _fake_data(monkeypatch, lambda task: "fashion-mnist 8x8 (packaged)")
     runner = S.Runner(tmp_path)
-    old_key = {"task": "mlp-fmnist8-w32-d3-sp", "source": "fashion-mnist 8x8 (packaged)",
-               "opt": "adamw", "steps": 4, "lrs": [1e-3], "seeds": [1]}
+    old_key = S.baseline_key("mlp-fmnist8-w32-d3-sp", "adamw", 4, [1e-3], [1])
     old = runner._file(old_key)
     old.write_text(json.dumps({"key": old_key, "losses": [[[7.0] * 4]]}))
     res = runner.run_baseline("mlp-fmnist8-w32-d3-sp", "adamw", 4, [1e-3], [1])
@@ -786,7 +793,7 @@ def test_a_sweep_split_into_groups_joins_to_the_whole_sweep(tmp_path, monkeypatc
                 "wall_s": 2.0 * len(lrs), "compile_s": 1.0, "runs": len(lrs) * len(seeds),
                 "steps": steps}
     monkeypatch.setattr(S.Runner, "_compute", compute)
-    monkeypatch.setattr(S, "data_source", lambda task: "test data")
+    _fake_data(monkeypatch, lambda task: "test data")
     lrs = [0.01, 0.02, 0.03, 0.04, 0.05]
     task = "mlp-digits8-w32-d2-sp"
     res = S.Runner(tmp_path / "a", group_runs=4).run_baseline(task, "adamw", 3, lrs, [0, 1])
@@ -800,8 +807,7 @@ def test_a_sweep_split_into_groups_joins_to_the_whole_sweep(tmp_path, monkeypatc
         assert res[k] == whole[k], k
     assert (res["runs"], res["wall_s"], res["compile_s"], res["groups"]) == (10, 10.0, 3.0, 3)
     # a killed sweep keeps its finished groups: only the missing one trains again
-    key = {"task": task, "source": "test data", "opt": "adamw", "steps": 3, "lrs": [0.05],
-           "seeds": [0, 1], "version": S.SUITE_VERSION}
+    key = {**S.baseline_key(task, "adamw", 3, [0.05], [0, 1]), "version": S.SUITE_VERSION}
     runner = S.Runner(tmp_path / "a")
     runner._file(key).unlink()
     runner._file({**key, "lrs": lrs}).unlink()
@@ -872,10 +878,10 @@ def test_a_group_another_live_process_computes_is_busy_and_a_killed_ones_lock_is
 
     from eval.cache import is_held, try_lock
     monkeypatch.setattr(S.Runner, "_compute", _fake_compute)
-    monkeypatch.setattr(S, "data_source", lambda task: "test data")
+    _fake_data(monkeypatch, lambda task: "test data")
     runner = S.Runner(tmp_path)
-    key = {"task": "mlp-fmnist8-w32-d3-sp", "source": "test data", "opt": "adamw",
-           "steps": 4, "lrs": [1e-3], "seeds": [1], "version": S.SUITE_VERSION}
+    key = {**S.baseline_key("mlp-fmnist8-w32-d3-sp", "adamw", 4, [1e-3], [1]),
+           "version": S.SUITE_VERSION}
     lock = runner._file(key).with_suffix(".lock")
 
     def go():
@@ -934,7 +940,7 @@ def test_two_processes_sharing_an_out_split_the_groups_and_report_the_same(tmp_p
                           for c in per_lr] for lr, per_lr in zip(lrs, res["losses"])]
         return res
     monkeypatch.setattr(S.Runner, "_compute", slow)
-    monkeypatch.setattr(S, "data_source", lambda task: "test data")
+    _fake_data(monkeypatch, lambda task: "test data")
     monkeypatch.setattr(S, "LOCK_POLL_S", 0.05)
     ov = {"axes": ("transformer",), "extend_edges": 0,
           "transformer": ("lm-fortunes-d64-l2", "lm-fortunes-d256-l2", "lm-fortunes-d512-l2")}
@@ -974,11 +980,11 @@ def test_a_baseline_that_takes_adamws_lr_waits_for_adamw_another_process_is_tuni
 
     from eval.cache import try_lock
     monkeypatch.setattr(S.Runner, "_compute", _fake_compute)
-    monkeypatch.setattr(S, "data_source", lambda task: "test data")
+    _fake_data(monkeypatch, lambda task: "test data")
     monkeypatch.setattr(S, "LOCK_POLL_S", 0.01)
     task = "lm-fortunes-d128-l2-r16"
-    key = {"task": task + "-sp", "source": "test data", "opt": "adamw", "steps": 500,
-           "lrs": S._grid("adamw", S.SUITES["full"].grid_points), "seeds": [0],
+    key = {**S.baseline_key(task + "-sp", "adamw", 500,
+                            S._grid("adamw", S.SUITES["full"].grid_points), [0]),
            "version": S.SUITE_VERSION}
     fd = try_lock(S.Runner(tmp_path)._file(key).with_suffix(".lock"))   # "another process"
     released = []
