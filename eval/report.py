@@ -18,18 +18,19 @@ from eval.plots import save_axes_figure
 
 
 def _rounded_curves(doc: dict) -> dict:
-    """The document with loss curves at 6 significant digits (float32 carries ~7): long-horizon
-    suites hold 10^5 curve points, and full repr digits would triple the file for nothing.
-    Summary numbers (final losses, accuracies) keep full precision."""
+    """The document with per-seed curves at 5 significant digits (float32 carries ~7): long-
+    horizon suites hold 10^5 curve points, and full repr digits would triple the file for
+    nothing. Mean curves keep full precision (``full_mean_curves``): ``eval.merge``
+    recomputes speedups from them, and a speedup compares curve values that can agree to 6
+    digits. Summary numbers (final losses, accuracies) keep full precision too."""
     cells = []
     for c in doc["cells"]:
-        opts = {n: dict(o, mean_curve=[float(f"{x:.6g}") for x in o["mean_curve"]],
-                        **({"seed_curves": [[float(f"{x:.5g}") for x in sc]
-                                            for sc in o["seed_curves"]]}
-                           if "seed_curves" in o else {}))
+        opts = {n: dict(o, **({"seed_curves": [[float(f"{x:.5g}") for x in sc]
+                                               for sc in o["seed_curves"]]}
+                              if "seed_curves" in o else {}))
                 for n, o in c["optimizers"].items()}
         cells.append(dict(c, optimizers=opts))
-    return dict(doc, cells=cells)
+    return dict(doc, cells=cells, full_mean_curves=True)
 
 
 def _write_text(path: Path, text: str) -> None:

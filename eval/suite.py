@@ -478,7 +478,8 @@ class Runner(GroupCache):
                 "test_metrics": ("whole test split" if task.split_metrics is not None
                                  else "8 sampled test batches (online data)"),
                 "wall_s": wall, "compile_s": t1 - t0, "runs": len(lrs) * len(seeds),
-                "steps": steps, "host": keys.host_record()}
+                "steps": steps, "host": keys.host_record(),
+                "data_digest": keys.data_digest(task)}
 
 
 def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
@@ -781,6 +782,7 @@ def _summary(group: dict, lr_index: int, **extra) -> dict:
             "suite_version": group.get("version", 1),
             # jax/optax versions and threads it ran with (None: cached before it was recorded)
             "host": group.get("host"),
+            "data_digest": group.get("data_digest"),    # eval.merge joins rows of one data
             # the run's own non-finite flag, or a final loss far above the initial one
             "diverged": bool(any(group["diverged"][lr_index])
                              or blew_up(losses[:, 0], finals).any()),
