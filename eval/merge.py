@@ -245,10 +245,11 @@ def main(argv=None) -> int:
     ap.add_argument("runs", nargs="+", help="suite output directories (or their results.json)")
     ap.add_argument("--out", required=True, help="output directory of the merged report")
     args = ap.parse_args(argv)
-    from eval.report import publish
+    from eval.report import OutError, check_out, publish
     try:
+        check_out(Path(args.out))
         doc = merge([load(r) for r in args.runs], list(args.runs))
-    except MergeError as e:
+    except (MergeError, OutError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     publish(doc, Path(args.out), "python -m eval.merge " + " ".join(

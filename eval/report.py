@@ -33,6 +33,49 @@ def _rounded_curves(doc: dict) -> dict:
     return dict(doc, cells=cells, full_mean_curves=True)
 
 
+class OutError(ValueError):
+    """An output directory a report cannot be written to (a meta-training run's directory, a
+    regular file, or not writable); the message names the problem and the fix."""
+
+
+def meta_training_run(out: Path) -> list[str]:
+    """The files that make ``out`` a meta-training run's directory (``config.json`` with
+    ``checkpoints/`` or ``metrics.jsonl``, see :mod:`meta_train.loop`); empty if it is not."""
+    out = Path(out)
+    if not (out / "config.json").is_file():
+        return []
+    found = [n for n in ("checkpoints/", "metrics.jsonl") if (out / n.rstrip("/")).exists()]
+    return ["config.json"] + found if found else []
+
+
+def check_out(out: Path, create: bool = True) -> None:
+    """Refuses an ``out`` a report must not be written to: a meta-training run's directory
+    (its ``tb/`` would be replaced by the report's), a regular file, or a directory this
+    process cannot create or write. ``create``: make the directory (and check it is
+    writable) now.
+
+    Raises:
+      OutError: naming the problem and the fix.
+    """
+    out = Path(out)
+    run = meta_training_run(out)
+    if run:
+        raise OutError(f"--out {out} holds a meta-training run ({', '.join(run)}), whose tb/ a "
+                       f"report would replace; write the eval beside it, e.g. --out {out}/eval")
+    if out.exists() and not out.is_dir():
+        raise OutError(f"--out {out} is a file, not a directory; give a directory path")
+    if not create:
+        return
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-probe.{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise OutError(f"--out {out} cannot be written ({e.strerror}); give a writable "
+                       "directory") from None
+
+
 def _write_text(path: Path, text: str) -> None:
     """``path`` replaced whole: a reader (or another process writing the same report from a
     shared ``--out``) never sees it half written."""
@@ -42,8 +85,13 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def write_all(doc: dict, out: Path, command: str) -> dict:
+    """Writes the report files of ``doc`` into ``out``.
+
+    Raises:
+      OutError: ``out`` is a meta-training run's directory, a file or not writable.
+    """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_out(out)
     doc = dict(doc, commit=_commit(), command=command)
     _write_text(out / "results.json", json.dumps(_rounded_curves(doc)))
     rows = []
