@@ -247,8 +247,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from eval.report import OutError, check_out, publish
     try:
-        check_out(Path(args.out))
+        check_out(Path(args.out), create=False)
         doc = merge([load(r) for r in args.runs], list(args.runs))
+        check_out(Path(args.out))
     except (MergeError, OutError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -202,3 +202,21 @@ def test_merged_speedups_come_from_full_precision_curves_or_are_kept(whole):
         d.pop("full_mean_curves")
     got = M.merge([a, b], ["runs/a", "runs/b"])["cells"][0]["optimizers"]
     assert got[names[1]]["speedup_from_rounded_curves"] is True
+
+
+def test_merging_into_a_meta_training_run_is_one_line_and_leaves_its_tb(whole, tmp_path,
+                                                                        capsys):
+    a, b = _split(whole)
+    for name, d in (("a", a), ("b", b)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(d))
+    run = tmp_path / "run"
+    (run / "tb").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    (run / "metrics.jsonl").write_text("")
+    (run / "tb" / "events.1").write_bytes(b"curves")
+    assert M.main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds a meta-training run (config.json, metrics.jsonl)" in err[0]
+    assert (run / "tb" / "events.1").read_bytes() == b"curves"
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.jsonl", "tb"]
