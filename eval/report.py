@@ -243,6 +243,22 @@ def _diverged_ratio() -> float:
 ADAMW_FORMS = ("adamw", "adamw-cosine")
 
 
+def beats(mine: dict, other: dict) -> bool:
+    """The win rule of every report and summary: row ``mine`` beats row ``other`` when it did
+    not diverge and ends at a lower or equal mean final loss, or only ``other`` diverged."""
+    if diverged(mine):
+        return False
+    return diverged(other) or mine["final_mean"] <= other["final_mean"]
+
+
+def tuned_adamw(opts: dict) -> str | None:
+    """A cell's better tuned AdamW form (constant or warmup-cosine, whichever reaches the
+    lower mean final loss; a diverged form counts only if both diverged), None if it has
+    neither."""
+    forms = [(diverged(opts[n]), opts[n]["final_mean"], n) for n in ADAMW_FORMS if n in opts]
+    return min(forms)[2] if forms else None
+
+
 def against_adamw(doc: dict) -> list[dict]:
     """Per learned optimizer and cell: its final loss against the better tuned AdamW form
     (constant or warmup-cosine, whichever reaches the lower mean final loss on the report
@@ -253,17 +269,15 @@ def against_adamw(doc: dict) -> list[dict]:
     for lo in doc["los"]:
         for c in doc["cells"]:
             o = c["optimizers"].get(lo["label"])
-            forms = [(diverged(c["optimizers"][n]), c["optimizers"][n]["final_mean"], n)
-                     for n in ADAMW_FORMS if n in c["optimizers"]]
-            if o is None or not forms:
+            best = tuned_adamw(c["optimizers"])
+            if o is None or best is None:
                 continue
-            _, _, best = min(forms)
             a = c["optimizers"][best]
             rows.append({"lo": lo["label"], "axis": c["axis"], "task": c["task"],
                          "steps": c["steps"], "lo_final": o["final_mean"],
                          "lo_diverged": diverged(o), "adamw": best,
                          "adamw_final": a["final_mean"],
-                         "win": not diverged(o) and o["final_mean"] <= a["final_mean"],
+                         "win": beats(o, a),
                          "speedup": speedup(a["mean_curve"], o["mean_curve"]),
                          "curves": ((np.asarray(a["seed_curves"]), np.asarray(o["seed_curves"]))
                                     if "seed_curves" in a and "seed_curves" in o else None)})
