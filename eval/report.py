@@ -509,6 +509,7 @@ def _compute_md(doc: dict, names: list[str]) -> list[str]:
     return lines
 
 
+# the suffix of a learned optimizer's row before meta-training (eval.suite.untrained_label)
 UNTRAINED = " (untrained)"
 
 

@@ -46,6 +46,7 @@ import numpy as np
 
 import lopt
 from eval import keys
+from eval.report import UNTRAINED
 from eval.cache import (COMPATIBLE_VERSIONS, SUITE_VERSION, Busy, GroupCache,  # noqa: F401
                         NotCached, is_held)
 from lopt.baselines import BASELINES, SCHEDULES
@@ -365,6 +366,20 @@ def load_los(specs: list[str]) -> list[LearnedOpt]:
     return out
 
 
+def untrained_theta(lo: LearnedOpt):
+    """The theta ``lo``'s meta-training run started from (its seed's init, or the learned
+    optimizer it was started from with ``init_from``; ``lopt.start_theta``, as
+    ``meta_train.loop`` does)."""
+    cfg = lo.meta.get("config") or {}
+    key = jax.random.split(jax.random.PRNGKey(int(cfg.get("seed", 0))), 3)[0]
+    return lopt.start_theta(key, lo.config, cfg.get("init_from", ""))
+
+
+def untrained_label(label: str) -> str:
+    """The row name of ``label``'s learned optimizer before meta-training."""
+    return label + UNTRAINED
+
+
 def make_lo(theta, config, roles, num_steps: int):
     """The one place the suite builds a learned optimizer: from its stored config, on a task's
     role tree, told the run's total step count (as optax schedules are told; LOs without
@@ -436,11 +451,7 @@ class Runner(GroupCache):
     def run_lo(self, task_name: str, lo: LearnedOpt, steps: int, seeds, untrained=False):
         """The cache key holds the digest of the theta that runs (the initial one when
         ``untrained``) and of the full LO config, and the task's data source."""
-        theta = lo.theta
-        if untrained:   # the same LO before meta-training (its run's seed's init)
-            seed = int(lo.meta.get("config", {}).get("seed", 0))
-            theta = lopt.init_theta(jax.random.split(jax.random.PRNGKey(seed), 3)[0],
-                                    lo.config)
+        theta = untrained_theta(lo) if untrained else lo.theta
         key = {"task": task_name, "source": data_source(task_name),
                "opt": "lo-init" if untrained else "lo", "steps": steps, "lrs": [0.0],
                "seeds": list(seeds), "lo_digest": lo_digest(theta, lo.config),
@@ -584,11 +595,11 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
                 bar.update(1)
                 if cell.axis == "in-distribution":
                     try:
-                        lo_rows[f"{lo.label} (untrained)"] = _summary(
+                        lo_rows[untrained_label(lo.label)] = _summary(
                             runner.run_lo(task, lo, cell.steps, report_seeds, untrained=True), 0,
                             task=task)
                     except NotCached as e:
-                        missing(f"{lo.label} (untrained)", e)
+                        missing(untrained_label(lo.label), e)
                     bar.update(1)
             fixed = None
             if spec.fixed_adamw:

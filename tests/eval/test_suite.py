@@ -1021,3 +1021,27 @@ def test_a_row_not_run_states_its_measured_cost_on_the_widest_narrower_cell():
             "narrower: 4200 ms per run-step)") in md
     # nothing narrower ran it: the line says only what is missing
     assert "- wider `mlp-a-w512-d3-sp` (100 steps): muon\n" in md
+
+
+def test_the_untrained_row_of_an_lo_started_from_another_runs_theta_is_that_theta():
+    # mulo-frac-cpu was meta-trained from mulo-cpu's theta (init_from), extended to its
+    # fraction features: its "(untrained)" row runs that theta, not its seed's random init
+    import jax
+
+    import lopt
+    (lo,) = S.load_los(["mulo-frac-cpu"])
+    cfg = lo.meta["config"]
+    assert cfg["init_from"] == "mulo-cpu"
+    key = jax.random.split(jax.random.PRNGKey(int(cfg["seed"])), 3)[0]
+    start, start_cfg, _ = lopt.load_theta("mulo-cpu")
+    want = lopt.extend_theta(start, start_cfg, lo.config)
+    got = S.untrained_theta(lo)
+    assert S.lo_digest(got, lo.config) == S.lo_digest(want, lo.config)
+    assert S.lo_digest(got, lo.config) != S.lo_digest(lopt.init_theta(key, lo.config),
+                                                      lo.config)
+    (plain,) = S.load_los(["mulo-cpu"])
+    assert not plain.meta["config"].get("init_from")
+    assert S.lo_digest(S.untrained_theta(plain), plain.config) == S.lo_digest(
+        lopt.init_theta(jax.random.split(jax.random.PRNGKey(int(plain.meta["config"]["seed"])),
+                                         3)[0], plain.config), plain.config)
+    assert S.untrained_label("μLO") == "μLO (untrained)"
