@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -363,15 +364,30 @@ def test_each_optimizer_has_one_color_in_every_panel(tmp_path, monkeypatch):
     assert len(set(colors)) == len(names)          # and no two optimizers share one
 
 
-def test_make_lo_passes_the_step_count(monkeypatch):
-    got = {}
+def test_make_lo_tells_the_lo_the_runs_step_count():
+    # mulo-frac-cpu reads the fraction of training done: told 20 steps, its 10th update is
+    # the one make_from_config gives at num_steps=20, and differs from a 5000-step run's
+    import jax
+    import jax.numpy as jnp
 
-    def factory(theta, config, *, roles=None, num_steps=None, **kw):
-        got.update(num_steps=num_steps, roles=roles)
-        return "opt"
-    monkeypatch.setattr(S.lopt, "make_from_config", factory)
-    assert S.make_lo("theta", "cfg", {"w": "hidden"}, 5000) == "opt"
-    assert got == {"num_steps": 5000, "roles": {"w": "hidden"}}
+    import lopt
+    from meta_train.tasks import get_task
+    (lo,) = S.load_los(["mulo-frac-cpu"])
+    task = get_task("mlp-digits8-w16-d2")
+    params = task.init(jax.random.PRNGKey(0))
+    grads = jax.tree.map(lambda p: 0.1 * jnp.cos(p + 1.0), params)
+
+    def tenth_update(opt):
+        state = opt.init(params)
+        for _ in range(10):
+            upd, state = opt.update(grads, state, params)
+        return np.concatenate([np.ravel(x) for x in jax.tree.leaves(upd)])
+    short = tenth_update(S.make_lo(lo.theta, lo.config, task.roles, 20))
+    want = tenth_update(lopt.make_from_config(lo.theta, lo.config, roles=task.roles,
+                                              mup_in="model", num_steps=20))
+    np.testing.assert_array_equal(short, want)
+    long_ = tenth_update(S.make_lo(lo.theta, lo.config, task.roles, 5000))
+    assert np.abs(short - long_).max() > 1e-3 * np.abs(long_).max()
 
 
 def test_cosine_schedule_tunes_every_baseline_under_its_own_name(smoke_eval):
@@ -528,7 +544,13 @@ def test_lo_digest_covers_theta_and_every_lo_config_field():
     nudged[leaf] = nudged[leaf].at[(0,) * nudged[leaf].ndim].add(1e-6)
     digests.add(S.lo_digest(nudged, base))
     assert len(digests) == len(other) + 2
-    assert S.lo_digest(theta, base) == S.lo_digest(jax.tree.map(lambda x: x, theta), base)
+    # the digest is a stable name: mulo-cpu's is the one its committed reports (and cached
+    # groups) record, so a change to how digests are made is seen, not silently re-keyed
+    (mulo,) = S.load_los(["mulo-cpu"])
+    shipped = {lo["label"]: lo["digest"] for lo in json.loads(
+        (Path(__file__).resolve().parents[2] / "checkpoints" / "eval-full-lm" /
+         "results.json").read_text())["los"]}
+    assert mulo.digest == shipped["μLO"] == "449451a33aeaa444"
 
 
 def test_cache_made_on_other_data_is_never_reused(tmp_path, monkeypatch):
