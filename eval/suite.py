@@ -470,7 +470,7 @@ class Runner(GroupCache):
 
         def one(lr, seed):
             return train(task, make(lr, task), key=jax.random.PRNGKey(seed), num_steps=steps,
-                         eval_every=0, eval_batches=None, extra_args=extra,
+                         eval_batches=None, extra_args=extra,
                          pass_loss=pass_loss)
 
         lr_arr = jnp.asarray(lrs, jnp.float32)
