@@ -798,7 +798,7 @@ def _summary(group: dict, lr_index: int, **extra) -> dict:
             "diverged": bool(any(group["diverged"][lr_index])
                              or blew_up(losses[:, 0], finals).any()),
             "mean_curve": np.mean(np.minimum(losses, 1e3), 0).tolist(),
-            # per-seed curves at every SEED_CURVE_STRIDE-th step (<= 500 points), for
+            # per-seed curves at every _stride(steps)-th step (<= 500 points), for
             # bootstrap intervals over seeds (eval.report.bootstrap_speedup)
             "seed_curves": np.minimum(losses, 1e3)[:, ::_stride(losses.shape[1])].tolist(),
             # compile excluded; the runs of a group are vmapped, so this is per run-step

@@ -16,7 +16,8 @@ it as ``<step>/lopt/metadata``, which still loads), so :func:`load` accepts any 
   older ones with a warning if the newest is unreadable);
 * one orbax step directory, or a ``lopt.json`` file.
 
-float32 values are written as the shortest decimal that round-trips, so save/load is exact.
+float32 values are written as the decimal repr of their exact (float64) value, which reads
+back to the same float32, so save/load is exact.
 """
 
 from __future__ import annotations
