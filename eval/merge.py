@@ -21,10 +21,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import re
 import shlex
 import sys
 from pathlib import Path
+
+from meta_train.tasks import TaskName
 
 # suite settings that only choose which cells run, or whose effect each row records (the LR
 # a μTransfer row took and the width it came from): they may differ between merged runs
@@ -143,10 +144,13 @@ def merge(docs: list[dict], sources: list[str] | None = None) -> dict:
     def place(k):
         axis, task, steps = k
         pos = fixed.get(axis, [])
-        width = re.search(r"-[wd](\d+)", task)
+        try:
+            width = TaskName.parse(task).width or 0
+        except ValueError:          # a name this version does not know: unordered
+            width = 0
         return (axes.index(axis) if axis in axes else inf,
                 pos.index(task) if task in pos else inf,
-                int(width[1]) if width and axis not in fixed else 0, steps, seen.index(k))
+                width if axis not in fixed else 0, steps, seen.index(k))
     merged = [cells[k] for k in sorted(seen, key=place)]
     for c in merged:
         _speedups(c)

@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import os
-import re
 import shutil
 import threading
 from pathlib import Path
@@ -313,11 +312,12 @@ def _narrower_timing(doc: dict, row: dict) -> str:
     """What a row that did not run costs where it did: its measured time per run-step on the
     widest narrower cell of the same axis and task family (the report's own numbers, not an
     extrapolation); "" when it ran on no such cell."""
-    from eval.suite import _width, family, variant
-    base = variant(row["task"], "mup")
-    width = _width(base)
-    found = [(_width(c["task"]), c) for c in doc["cells"]
-             if c["axis"] == row["axis"] and family(c["task"]) == family(base)
+    base = _parsed(row["task"])
+    width = base.width if base else None
+    family = base.variant("mup").family if base else None
+    found = [(_parsed(c["task"]).width, c) for c in doc["cells"]
+             if c["axis"] == row["axis"] and _parsed(c["task"])
+             and _parsed(c["task"]).variant("mup").family == family
              and row["optimizer"] in c["optimizers"]] if width is not None else []
     found = [(w, c) for w, c in found if w is not None and w < width]
     if not found:
@@ -539,6 +539,16 @@ def _legend(fig, style: dict, names) -> None:
                ncol=min(len(handles), 6))
 
 
+def _parsed(task: str):
+    """``task`` as a :class:`meta_train.tasks.TaskName`, or None for a name this version does
+    not read (a report of older tasks still plots the rest)."""
+    from meta_train.tasks import TaskName
+    try:
+        return TaskName.parse(task)
+    except ValueError:
+        return None
+
+
 def _plots(doc: dict, out: Path) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
@@ -570,13 +580,13 @@ def _plots(doc: dict, out: Path) -> list[str]:
     files.append("loss_curves.png")
 
     width_cells = [c for c in cells if c["axis"] in ("in-distribution", "wider")
-                   and re.search(r"-w(\d+)", c["task"])]
+                   and _parsed(c["task"]) and _parsed(c["task"]).width]
     if width_cells:
         fig, ax = plt.subplots(figsize=(5.5, 4))
         names = [n for n in dict.fromkeys(n for c in width_cells for n in c["optimizers"])
                  if UNTRAINED not in n]
         for name in names:
-            pts = sorted((int(re.search(r"-w(\d+)", c["task"])[1]),
+            pts = sorted((_parsed(c["task"]).width,
                           c["optimizers"][name]["final_mean"]) for c in width_cells
                          if name in c["optimizers"])
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name,
@@ -587,12 +597,14 @@ def _plots(doc: dict, out: Path) -> list[str]:
 
     deep = [c for c in cells if c["axis"] == "deeper"]
     if deep:
-        base = re.sub(r"-d\d+", "", deep[0]["task"])
+        base = _parsed(deep[0]["task"])
         pts_cells = [c for c in cells if c["axis"] in ("in-distribution", "deeper")
-                     and re.sub(r"-d\d+", "", c["task"]) == base and c["steps"] == deep[0]["steps"]]
+                     and base and _parsed(c["task"])
+                     and _parsed(c["task"]).without_depth() == base.without_depth()
+                     and c["steps"] == deep[0]["steps"]]
         fig, ax = plt.subplots(figsize=(5.5, 4))
         for name in deep[0]["optimizers"]:
-            pts = sorted((int(re.search(r"-d(\d+)", c["task"])[1]),
+            pts = sorted((_parsed(c["task"]).depth,
                           c["optimizers"][name]["final_mean"]) for c in pts_cells
                          if name in c["optimizers"])
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name,

@@ -35,7 +35,6 @@ import functools
 import hashlib
 import json
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -52,7 +51,7 @@ from eval.cache import (COMPATIBLE_VERSIONS, SUITE_VERSION, Busy, GroupCache,  #
 from lopt.baselines import BASELINES, SCHEDULES
 from meta_train.inner import train
 from meta_train.progress import progress_bar
-from meta_train.tasks import get_task
+from meta_train.tasks import TaskName, get_task
 
 
 class SuiteError(ValueError):
@@ -130,42 +129,33 @@ class Cell:
     baselines: tuple[str, ...] | None = None    # None: the suite's baselines
 
 
-def _swap(name: str, key: str, value: int) -> str:
-    return re.sub(rf"-{key}\d+", f"-{key}{value}", name, count=1)
+def task_name(task: str) -> TaskName:
+    """``task`` parsed (:class:`meta_train.tasks.TaskName`, the one task-name grammar).
 
-
-def _dim_keys(name: str) -> tuple[str | None, str | None]:
-    """The name keys of a task family's width and depth: ``mlp-...-w128-d3`` -> ("w", "d"),
-    ``lm-...-d64-l2`` -> ("d", "l") (there ``-d`` is d_model); (None, None) for families
-    without them (``rf-...``)."""
-    if name.startswith("lm-"):
-        return "d", "l"
-    if name.startswith("mlp-"):
-        return "w", "d"
-    return None, None
-
-
-def _dim(name: str, key: str | None) -> int | None:
-    m = re.search(rf"-{key}(\d+)", name) if key else None
-    return int(m[1]) if m else None
+    Raises:
+      SuiteError: not a task name.
+    """
+    try:
+        return TaskName.parse(task)
+    except ValueError as e:
+        raise SuiteError(str(e)) from None
 
 
 def cells_for(meta_cfg: dict, spec: SuiteSpec) -> list[Cell]:
     """The (axis, task, steps) cells for an LO meta-trained with ``meta_cfg``."""
     tasks = list(meta_cfg["tasks"])
     horizon = int(meta_cfg["es"]["max_horizon"])
-    sized = [(_dim(t, _dim_keys(t)[0]), t) for t in tasks]
+    sized = [(task_name(t).width, t) for t in tasks]
     sized = [(w, t) for w, t in sized if w is not None]
     w, widest = max(sized, key=lambda x: x[0]) if sized else (0, tasks[0])
-    wkey, dkey = _dim_keys(widest)
+    wide = task_name(widest)
     out = []
     if spec.in_distribution:
         out += [Cell("in-distribution", t, horizon) for t in tasks]
     if sized:
-        out += [Cell("wider", _swap(widest, wkey, w * m), horizon) for m in spec.wider]
-    depth = _dim(widest, dkey)
-    if spec.deeper and depth:
-        out.append(Cell("deeper", _swap(widest, dkey, depth * spec.deeper), horizon))
+        out += [Cell("wider", str(wide.with_width(w * m)), horizon) for m in spec.wider]
+    if spec.deeper and wide.depth:
+        out.append(Cell("deeper", str(wide.with_depth(wide.depth * spec.deeper)), horizon))
     if spec.longer:
         out.append(Cell("longer", widest, horizon * spec.longer))
     out += [Cell("transformer", t, spec.transformer_steps, tuple(spec.transformer_baselines))
@@ -185,14 +175,13 @@ def _grid(name: str, points: int) -> list[float]:
 
 
 def _width(task: str) -> int | None:
-    return _dim(task, _dim_keys(task)[0])
+    return task_name(task).width
 
 
 def family(task: str) -> str:
     """A task's name with its width wildcarded (``mlp-fmnist8-w*-d3``, ``lm-fortunes-d*-l2``):
     the tasks an LR can transfer between under μP."""
-    key = _dim_keys(task)[0]
-    return re.sub(rf"-{key}\d+", f"-{key}*", task, count=1) if key else task
+    return task_name(task).family
 
 
 def transfer_limit(cell: Cell, spec: SuiteSpec, widest: int) -> int:
@@ -391,8 +380,7 @@ def make_lo(theta, config, roles, num_steps: int):
 
 def variant(task: str, parametrization: str) -> str:
     """The task name in a parametrization: ``-sp`` added for "sp", removed for "mup"."""
-    base = re.sub(r"-sp(?=-|$)", "", task)
-    return base + "-sp" if parametrization == "sp" else base
+    return str(task_name(task).variant(parametrization))
 
 
 def baseline_key(task_name: str, name: str, steps: int, lrs, seeds,

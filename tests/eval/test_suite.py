@@ -294,13 +294,13 @@ def test_lo_is_judged_against_the_better_adamw_form_per_cell():
     from eval.report import against_adamw, markdown
     doc = _doc({
         # constant AdamW is better here, and the LO beats only cosine
-        "mlp-a-w1024-d3": {"adamw": _curve(0.40), "adamw-cosine": _curve(0.45),
+        "mlp-fmnist8-w1024-d3": {"adamw": _curve(0.40), "adamw-cosine": _curve(0.45),
                            "μLO": _curve(0.42)},
         # cosine is better here and the LO beats it
-        "mlp-a-w128-d15": {"adamw": _curve(0.60), "adamw-cosine": _curve(0.50),
+        "mlp-fmnist8-w128-d15": {"adamw": _curve(0.60), "adamw-cosine": _curve(0.50),
                            "μLO": _curve(0.45)},
         # the better form diverged: the other one counts; a diverged LO loses
-        "mlp-a-w128-d3": {"adamw": _curve(0.30), "adamw-cosine": 2.3 + np.linspace(0, 200, 100),
+        "mlp-fmnist8-w128-d3": {"adamw": _curve(0.30), "adamw-cosine": 2.3 + np.linspace(0, 200, 100),
                           "μLO": 2.3 + np.linspace(0, 5, 100)},
     })
     rows = against_adamw(doc)
@@ -311,12 +311,12 @@ def test_lo_is_judged_against_the_better_adamw_form_per_cell():
     assert rows[1]["speedup"] == pytest.approx(S.speedup(a, lo)) and rows[1]["speedup"] > 1
     md = markdown(doc, [])
     r = rows[1]
-    assert (f"| μLO | wider | mlp-a-w128-d15 | 100 | {r['lo_final']:.3f} | adamw-cosine "
+    assert (f"| μLO | wider | mlp-fmnist8-w128-d15 | 100 | {r['lo_final']:.3f} | adamw-cosine "
             f"{r['adamw_final']:.3f} | win |") in md
     assert "- **μLO**: wins 1 of 3 cells against the better tuned AdamW; geometric-mean " \
            "speedup 0.00 (0: on some cell it never reaches AdamW's lowest point)" in md
     assert rows[2]["lo_final"] > 1.5 * 2.3
-    assert (f"| μLO | wider | mlp-a-w128-d3 | 100 | {rows[2]['lo_final']:.3f} † | adamw "
+    assert (f"| μLO | wider | mlp-fmnist8-w128-d3 | 100 | {rows[2]['lo_final']:.3f} † | adamw "
             f"{rows[2]['adamw_final']:.3f} | loss |") in md
 
 
@@ -343,13 +343,13 @@ def test_each_optimizer_has_one_color_in_every_panel(tmp_path, monkeypatch):
     monkeypatch.setattr(Figure, "savefig", record)
     # the in-distribution panel has untrained rows that the wider panel lacks, and the
     # panels list their optimizers in different orders: the old color cycle shifted here
-    doc = _doc({"mlp-a-w32-d3": {"adamw": _curve(0.5), "μLO": _curve(0.45),
+    doc = _doc({"mlp-fmnist8-w32-d3": {"adamw": _curve(0.5), "μLO": _curve(0.45),
                                  "μLO (untrained)": _curve(2.0), "SP LO": _curve(0.5),
                                  "SP LO (untrained)": _curve(2.2)},
-                "mlp-a-w256-d3": {"SP LO": _curve(0.9), "μLO": _curve(0.4),
+                "mlp-fmnist8-w256-d3": {"SP LO": _curve(0.9), "μLO": _curve(0.4),
                                   "adamw": _curve(0.42)},
-                "mlp-a-w32-d15": {"μLO": _curve(0.9), "adamw": _curve(0.6), "SP LO": _curve(1)}},
-               axes={"mlp-a-w32-d3": "in-distribution", "mlp-a-w32-d15": "deeper"})
+                "mlp-fmnist8-w32-d15": {"μLO": _curve(0.9), "adamw": _curve(0.6), "SP LO": _curve(1)}},
+               axes={"mlp-fmnist8-w32-d3": "in-distribution", "mlp-fmnist8-w32-d15": "deeper"})
     for c in doc["cells"]:
         for o in c["optimizers"].values():
             o["speedup_vs_adamw"] = 1.0
@@ -694,7 +694,7 @@ def test_bootstrap_interval_of_the_geomean_speedup_over_seeds():
     p2 = np.sqrt(S.speedup(a2.mean(0), lo2.mean(0)) * point)
     assert lo_ci < p2 < hi_ci and hi_ci - lo_ci > 0.1
     # the report prints it next to the win count (the summaries store per-seed curves)
-    doc = _doc({"mlp-a-w1024-d3": {"adamw": _curve(0.40), "μLO": _curve(0.30)}})
+    doc = _doc({"mlp-fmnist8-w1024-d3": {"adamw": _curve(0.40), "μLO": _curve(0.30)}})
     assert doc["cells"][0]["optimizers"]["μLO"]["seed_curves"]
     assert (f"geometric-mean speedup {point:.2f} (95% bootstrap interval over seeds "
             f"{point:.2f}-{point:.2f})") in markdown(doc, [])
@@ -1027,22 +1027,22 @@ def test_a_baseline_that_takes_adamws_lr_waits_for_adamw_another_process_is_tuni
 
 def test_a_row_not_run_states_its_measured_cost_on_the_widest_narrower_cell():
     from eval.report import markdown
-    doc = _doc({"mlp-a-w1024-d3": {"muon": _curve(0.4)}, "mlp-a-w2048-d3": {"muon": _curve(0.4)},
-                "mlp-a-w128-d15": {"muon": _curve(0.5)}, "mlp-a-w8192-d3": {"adamw": _curve(0.4)}})
-    times = {"mlp-a-w1024-d3": 0.555, "mlp-a-w2048-d3": 4.2, "mlp-a-w128-d15": 0.01}
+    doc = _doc({"mlp-fmnist8-w1024-d3": {"muon": _curve(0.4)}, "mlp-fmnist8-w2048-d3": {"muon": _curve(0.4)},
+                "mlp-fmnist8-w128-d15": {"muon": _curve(0.5)}, "mlp-fmnist8-w8192-d3": {"adamw": _curve(0.4)}})
+    times = {"mlp-fmnist8-w1024-d3": 0.555, "mlp-fmnist8-w2048-d3": 4.2, "mlp-fmnist8-w128-d15": 0.01}
     for c in doc["cells"]:
         if c["task"] in times:
             c["optimizers"]["muon"]["wall_s_per_step"] = times[c["task"]]
-    doc["not_run"] = [{"axis": "wider", "task": "mlp-a-w4096-d3", "steps": 100,
+    doc["not_run"] = [{"axis": "wider", "task": "mlp-fmnist8-w4096-d3", "steps": 100,
                        "optimizer": "muon"},
-                      {"axis": "wider", "task": "mlp-a-w512-d3-sp", "steps": 100,
+                      {"axis": "wider", "task": "mlp-fmnist8-w512-d3-sp", "steps": 100,
                        "optimizer": "muon"}]
     md = markdown(doc, [])
     # the widest narrower cell of the same family and axis: w2048, not w1024, not the d15 cell
-    assert ("- wider `mlp-a-w4096-d3` (100 steps): muon (measured on `mlp-a-w2048-d3`, 2x "
+    assert ("- wider `mlp-fmnist8-w4096-d3` (100 steps): muon (measured on `mlp-fmnist8-w2048-d3`, 2x "
             "narrower: 4200 ms per run-step)") in md
     # nothing narrower ran it: the line says only what is missing
-    assert "- wider `mlp-a-w512-d3-sp` (100 steps): muon\n" in md
+    assert "- wider `mlp-fmnist8-w512-d3-sp` (100 steps): muon\n" in md
 
 
 def test_the_untrained_row_of_an_lo_started_from_another_runs_theta_is_that_theta():
