@@ -34,11 +34,12 @@ def _own(obj) -> bool:
 
 def _normal_source(obj) -> str:
     """``obj``'s source as its AST without docstrings (so comments, docstrings and layout do
-    not count); the raw source when it cannot be parsed."""
+    not count); the raw source when it cannot be parsed; its name when it has no source
+    (never its repr, which holds a memory address and would differ between processes)."""
     try:
         src = textwrap.dedent(inspect.getsource(obj))
-    except (OSError, TypeError):
-        return repr(obj)
+    except (OSError, TypeError):    # e.g. a dataclass's generated __init__: its class counts
+        return f"<no source: {getattr(obj, '__qualname__', type(obj).__name__)}>"
     try:
         tree = ast.parse(src)
     except SyntaxError:
@@ -50,6 +51,26 @@ def _normal_source(obj) -> str:
                 and isinstance(body[0].value.value, str)):
             node.body = body[1:] or [ast.Pass()]
     return ast.dump(tree)
+
+
+def _local_imports(code: types.CodeType) -> list:
+    """The project modules, functions and classes ``code`` imports inside its body (``from
+    lopt.velo import make_velo`` in a function), imported now to read them."""
+    import dis
+    import importlib
+    out, module = [], None
+    for ins in dis.get_instructions(code):
+        if ins.opname == "IMPORT_NAME":
+            name = ins.argval
+            module = (importlib.import_module(name)
+                      if name.split(".")[0] in PROJECT else None)
+            if module is not None:
+                out.append(module)
+        elif ins.opname == "IMPORT_FROM" and module is not None:
+            v = getattr(module, ins.argval, None)
+            if (inspect.ismodule(v) or inspect.isfunction(v) or inspect.isclass(v)) and _own(v):
+                out.append(v)
+    return out
 
 
 class _Digest:
@@ -96,6 +117,8 @@ class _Digest:
                     self.visit(v)
             elif isinstance(v, (bool, int, float, str, tuple, frozenset)):
                 self.add(f"{name}={v!r}")
+        for v in _local_imports(code):
+            self.visit(v)
         for c in code.co_consts:
             if isinstance(c, types.CodeType):
                 self._walk(c, env)

@@ -4,6 +4,7 @@ numbers depend on (optimizer code and defaults, task init, data content)."""
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,6 +117,22 @@ def test_code_digests_follow_the_code_a_factory_calls_but_not_its_comments(tmp_p
         digests.append(K.code_digest(mod.factory))
     assert digests[0] == digests[1]                 # docstring and comment: the same code
     assert len(set(digests)) == 4                   # constant, helper and default count
+
+
+def test_code_digests_are_the_same_in_every_process():
+    # a digest that differed between processes (e.g. a repr holding a memory address) would
+    # make every group a miss in the next run
+    import subprocess
+    import sys
+    script = ("from eval import keys as K; "
+              "print(K.baseline_digest('adamw'), K.baseline_digest('schatten'), "
+              "K.lo_code_digest())")
+    runs = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           check=True, cwd=Path(__file__).resolve().parents[2]).stdout
+            for _ in range(2)}
+    assert len(runs) == 1
+    assert runs.pop().split() == [K.baseline_digest("adamw"), K.baseline_digest("schatten"),
+                                  K.lo_code_digest()]
 
 
 def test_a_task_whose_init_or_data_changes_under_the_same_name_is_a_cache_miss(
