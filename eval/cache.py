@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 
 # The version of what a cached group means. Part of every cache key and recorded in every
-# row of results.json: bump it when a change alters the numbers a group holds (the algorithm,
-# random streams or metrics; not float rounding, which moves with any change to the compiled
-# program, e.g. a ``lax.cond`` kept as a branch instead of a select).
+# row of results.json: bump it when a change alters the numbers a group holds and the key's
+# digests (eval.keys: optimizer code, task init, data) do not see it, e.g. the inner training
+# loop, random streams or metrics; not float rounding, which moves with any change to the
+# compiled program (e.g. a ``lax.cond`` kept as a branch instead of a select).
 #   1: test metrics from 8 test batches drawn with replacement (cached without a version)
 #   2: test metrics on the whole test split (``Task.split_metrics``)
 SUITE_VERSION = 2
