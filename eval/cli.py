@@ -36,6 +36,21 @@ def _multipliers(text: str) -> tuple[int, ...]:
     return tuple(int(t) for t in parts)
 
 
+def _one_line_cache_warnings() -> None:
+    """Cache warnings (a damaged or mismatched cell file, recomputed) as one ``warning:``
+    line naming the file, not Python's two-line source-location form."""
+    import warnings
+
+    from eval.cache import CacheWarning
+    default = warnings.formatwarning
+
+    def fmt(message, category, filename, lineno, line=None):
+        if issubclass(category, CacheWarning):
+            return f"warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+    warnings.formatwarning = fmt
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(
         prog="python -m eval",
@@ -99,6 +114,7 @@ def main(argv=None):
                          "memory and processes sharing --out share its groups (default: a "
                          "whole sweep per group)")
     args = ap.parse_args(argv)
+    _one_line_cache_warnings()
     import lopt
     from eval.report import OutError, check_out, publish
     from meta_train.data import DataError, DataNotFoundError

@@ -100,3 +100,15 @@ def test_an_out_that_is_a_file_or_not_writable_is_one_error_line(tmp_path, capsy
     assert _error_line(capsys) == (f"error: --out {out} cannot be written (Read-only file "
                                    "system); give a writable directory")
     assert not requested
+
+
+def test_a_cache_warning_is_one_line_naming_the_file(tmp_path, requested, monkeypatch):
+    import warnings
+
+    from eval.cache import CacheWarning
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # restored after
+    assert main(["--lo", "mulo-cpu", "--suite", "smoke", "--out", str(tmp_path)]) == 2
+    msg = "cached group x/cells/a.json holds no group (no loss curves); recomputing it"
+    assert warnings.formatwarning(msg, CacheWarning, "eval/cache.py", 1) == f"warning: {msg}\n"
+    other = warnings.formatwarning("other", UserWarning, "lopt/roles.py", 7)
+    assert other.startswith("lopt/roles.py:7: UserWarning: other")
