@@ -14,15 +14,15 @@ def _baseline_names():
 
 
 def _positive_int(option: str):
-    """An argparse ``type``: a whole number >= 1 for ``option``, else one error line."""
+    """An argparse ``type`` for ``option``: a whole number >= 1, else one error line (which
+    argparse prefixes with the option's name)."""
     def parse(text: str) -> int:
         try:
             n = int(text)
         except ValueError:
             n = 0
         if n < 1 or str(n) != text.strip():
-            raise argparse.ArgumentTypeError(f"{option} takes a whole number of at least 1, "
-                                             f"got {text!r}")
+            raise argparse.ArgumentTypeError(f"takes a whole number of at least 1, got {text!r}")
         return n
     return parse
 
