@@ -18,12 +18,16 @@ import os
 import socket
 import threading
 import time
+import warnings
 from pathlib import Path
 
+import numpy as np
+
 # The version of what a cached group means. Part of every cache key and recorded in every
-# row of results.json: bump it when a change alters the numbers a group holds (the algorithm,
-# random streams or metrics; not float rounding, which moves with any change to the compiled
-# program, e.g. a ``lax.cond`` kept as a branch instead of a select).
+# row of results.json: bump it when a change alters the numbers a group holds and the key's
+# digests (eval.keys: optimizer code, task init, data) do not see it, e.g. the inner training
+# loop, random streams or metrics; not float rounding, which moves with any change to the
+# compiled program (e.g. a ``lax.cond`` kept as a branch instead of a select).
 #   1: test metrics from 8 test batches drawn with replacement (cached without a version)
 #   2: test metrics on the whole test split (``Task.split_metrics``)
 SUITE_VERSION = 2
@@ -31,6 +35,44 @@ SUITE_VERSION = 2
 # random streams; only the test metrics differ, as named): their groups are reused instead
 # of retrained.
 COMPATIBLE_VERSIONS = {1: "8 sampled test batches"}
+
+
+class CacheWarning(UserWarning):
+    """A cached group file that cannot be used (damaged, or another group's): recomputed."""
+
+
+def _miss(f: Path, problem: str) -> None:
+    warnings.warn(f"cached group {f} {problem}; recomputing it", CacheWarning, stacklevel=3)
+    return None
+
+
+def group_problem(res, key: dict) -> str | None:
+    """Why ``res`` (a cache file's content) is not the group of ``key``, or None when it is:
+    it must be a dict whose stored key equals ``key`` and whose per-run fields have ``key``'s
+    LRs x seeds (x steps for the loss curves)."""
+    if not isinstance(res, dict) or "losses" not in res:
+        return "holds no group (no loss curves)"
+    stored = res.get("key")
+    if stored != key:
+        if not isinstance(stored, dict):
+            return "holds another group (no key stored)"
+        diff = sorted(k for k in set(stored) | set(key) if stored.get(k) != key.get(k))
+        return f"holds another group (its key differs in {', '.join(diff)})"
+    want = (len(key["lrs"]), len(key["seeds"]))
+    for field, shape in (("losses", want + (key["steps"],)), ("test_loss", want),
+                         ("test_accuracy", want), ("diverged", want)):
+        if field not in res:
+            continue
+        try:
+            got = np.shape(res[field])
+        except ValueError:      # ragged lists
+            got = "ragged"
+        if got != shape:
+            return (f"has {field} of shape {got}, not the {shape} of its key "
+                    "(LRs x seeds" + (" x steps)" if field == "losses" else ")"))
+    if res.get("steps", key["steps"]) != key["steps"]:
+        return f"says {res['steps']} steps, not its key's {key['steps']}"
+    return None
 
 
 class NotCached(LookupError):
@@ -127,20 +169,26 @@ class GroupCache:
         return self.out / "cells" / f"{h}.json"
 
     @staticmethod
-    def _read(f: Path):
-        if f.is_file():
-            try:
-                return json.loads(f.read_text())
-            except json.JSONDecodeError:
-                pass  # a damaged cache entry is recomputed
-        return None
+    def _read(f: Path, key: dict):
+        """The group cached in ``f`` if it is ``key``'s: a missing file is a miss; a file that
+        is damaged (not UTF-8, not JSON, not a group) or holds another group (its stored key
+        differs from ``key``, or its curves do not have ``key``'s LRs, seeds and steps) is a
+        miss with a :class:`CacheWarning` naming it, and is recomputed."""
+        try:
+            res = json.loads(f.read_bytes().decode("utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            return _miss(f, f"unreadable ({type(e).__name__})")
+        problem = group_problem(res, key)
+        return _miss(f, problem) if problem else res
 
     def _find(self, key: dict):
         """The cached group of ``key``: this suite version's, or one cached by an older
         version whose training runs this version repeats (same algorithm and random streams),
         its rows naming their test metrics."""
         key = {**key, "version": SUITE_VERSION}
-        res = self._read(self._file(key))
+        res = self._read(self._file(key), key)
         if res is not None:
             return res
         unversioned = {k: v for k, v in key.items() if k != "version"}
@@ -148,7 +196,7 @@ class GroupCache:
             old = dict(unversioned)
             if version > 1:
                 old["version"] = version
-            res = self._read(self._file(old))
+            res = self._read(self._file(old), old)
             if res is not None:
                 return {**res, "version": version, "test_metrics": test_metrics}
         return None
@@ -193,7 +241,7 @@ class GroupCache:
         key = {**key, "version": SUITE_VERSION}
         f = self._file(key)
         tmp = _tmp(f)
-        tmp.write_text(json.dumps({"key": key, **res}))
+        tmp.write_text(json.dumps({**res, "key": key}))     # the key it was asked for
         tmp.replace(f)
 
     def _cached(self, key: dict, fn):
@@ -232,11 +280,16 @@ class GroupCache:
 
 
 _RUN_FIELDS = ("losses", "test_loss", "test_accuracy", "diverged")    # [lrs, seeds, ...]
+# what a group says about how it was computed, besides its key
+_LABEL_FIELDS = ("version", "test_metrics", "host")
 
 
 def _join(parts: list[dict], axis: int) -> dict:
     """Groups joined along the LR (0) or seed (1) axis of their per-run fields; seconds and
-    runs summed; everything else as the first group has it."""
+    runs summed. Labels (:data:`_LABEL_FIELDS`) the groups share are kept; where they differ
+    the joined group says so: the oldest ``version``, the ``test_metrics`` joined with " + ",
+    and the distinct ``host`` records as a list. The stored key is not carried over (the
+    joined group is written under its own)."""
     if len(parts) == 1:
         return parts[0]
     if axis == 0:
@@ -244,6 +297,30 @@ def _join(parts: list[dict], axis: int) -> dict:
     else:
         runs = {k: [[x for p in parts for x in p[k][i]] for i in range(len(parts[0][k]))]
                 for k in _RUN_FIELDS}
-    return {**parts[0], **runs, "wall_s": sum(p["wall_s"] for p in parts),
+    labels = {}
+    for k in _LABEL_FIELDS:
+        values = [p.get(k) for p in parts]
+        if all(v == values[0] for v in values):
+            continue
+        if k == "version":
+            labels[k] = min(v or 1 for v in values)
+        elif k == "test_metrics":
+            labels[k] = " + ".join(dict.fromkeys(str(v) for v in values))
+        else:
+            labels[k] = distinct_hosts(values)
+    first = {k: v for k, v in parts[0].items() if k != "key"}
+    return {**first, **runs, **labels, "wall_s": sum(p["wall_s"] for p in parts),
             "compile_s": sum(p["compile_s"] for p in parts),
             "runs": sum(p["runs"] for p in parts)}
+
+
+def distinct_hosts(records) -> list[dict]:
+    """The distinct host records (``eval.keys.host_record``) among ``records``, each a record,
+    a list of records (a joined group of several) or None (a group cached before groups
+    recorded their host), in first-seen order."""
+    out = []
+    for r in records:
+        for one in (r if isinstance(r, list) else [r]):
+            if one is not None and one not in out:
+                out.append(one)
+    return out

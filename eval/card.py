@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.report import loss_columns
+from eval.report import UNTRAINED, loss_columns
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -73,7 +73,7 @@ def _eval_summary(eval_dir: Path | None, labels: list[str]) -> list[str]:
         return ["(no eval run attached)"]
     doc = json.loads((eval_dir / "results.json").read_text())
     names = list(dict.fromkeys(n for c in doc["cells"] for n in c["optimizers"]
-                               if "(untrained)" not in n and n != "adamw@1e-3"))
+                               if not n.endswith(UNTRAINED) and n != "adamw@1e-3"))
     lines = [f"From `{doc['command']}` (commit `{doc['commit']}`, suite `{doc['suite']}`, "
              f"report seeds {doc['report_seeds']}): final train loss, mean ± std, lower is "
              "better; baselines tuned per task on seed 0; bold = best of the columns shown; "

@@ -13,6 +13,44 @@ def _baseline_names():
     return BASELINES
 
 
+def _positive_int(option: str):
+    """An argparse ``type`` for ``option``: a whole number >= 1, else one error line (which
+    argparse prefixes with the option's name)."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = 0
+        if n < 1 or str(n) != text.strip():
+            raise argparse.ArgumentTypeError(f"takes a whole number of at least 1, got {text!r}")
+        return n
+    return parse
+
+
+def _multipliers(text: str) -> tuple[int, ...]:
+    """``--wider``: comma-separated whole multipliers >= 1 (``2,4``), else one error line."""
+    parts = [t.strip() for t in text.split(",") if t.strip()]
+    if not parts or not all(t.isdigit() and int(t) >= 1 for t in parts):
+        raise argparse.ArgumentTypeError(
+            f"takes comma-separated whole multipliers of at least 1 (e.g. 2,4), got {text!r}")
+    return tuple(int(t) for t in parts)
+
+
+def _one_line_cache_warnings() -> None:
+    """Cache warnings (a damaged or mismatched cell file, recomputed) as one ``warning:``
+    line naming the file, not Python's two-line source-location form."""
+    import warnings
+
+    from eval.cache import CacheWarning
+    default = warnings.formatwarning
+
+    def fmt(message, category, filename, lineno, line=None):
+        if issubclass(category, CacheWarning):
+            return f"warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+    warnings.formatwarning = fmt
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(
         prog="python -m eval",
@@ -37,13 +75,15 @@ def main(argv=None):
                          "wider/deeper/longer cells against both tuned AdamW forms, for "
                          "choosing between LO variants; reuse one --out so the baselines are "
                          "computed once), full (hours), paper (GPU scale)")
-    ap.add_argument("--out", default=None, help="output directory (default runs/eval-<suite>)")
+    ap.add_argument("--out", default=None,
+                    help="output directory (default runs/eval-<suite>); not a meta-training "
+                         "run's directory (use e.g. RUN/eval)")
     ap.add_argument("--baselines", default=None,
                     help="comma-separated baselines to tune and compare (default: the suite's; "
                          "choices: " + ", ".join(sorted(_baseline_names())) + ")")
-    ap.add_argument("--wider", default=None,
-                    help="override the suite's width multipliers, e.g. 2,4 (relative to the "
-                         "widest meta-training width)")
+    ap.add_argument("--wider", default=None, type=_multipliers,
+                    help="override the suite's width multipliers: whole numbers of at least 1, "
+                         "e.g. 2,4 (relative to the widest meta-training width)")
     ap.add_argument("--axes", default=None,
                     help="comma-separated subset of the axes to run: in-distribution, wider, "
                          "deeper, longer, transformer, transformer-lowrank, other-data "
@@ -58,13 +98,15 @@ def main(argv=None):
                          "warmup over 5%% of the steps, cosine decay to 0.1x the peak LR; the "
                          "peak is tuned over the baseline's grid; rows are named <name>-cosine)."
                          " Default: each baseline's own (adamw-cosine is always cosine)")
-    ap.add_argument("--seeds", type=int, default=None,
-                    help="override the number of report seeds (seeds 1..n; seed 0 tunes)")
+    ap.add_argument("--seeds", type=_positive_int("--seeds"), default=None,
+                    help="override the number of report seeds, at least 1 (seeds 1..n; seed 0 "
+                         "tunes)")
     ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     ap.add_argument("--cached-only", action="store_true",
                     help="train nothing: report the rows already cached in --out/cells (e.g. "
                          "while the suite still runs elsewhere) and list the ones not run yet")
-    ap.add_argument("--group-runs", type=int, default=None, metavar="N",
+    ap.add_argument("--group-runs", type=_positive_int("--group-runs"), default=None,
+                    metavar="N",
                     help="at most N runs (LRs x seeds) per vmapped group: a tuning sweep is "
                          "split into groups of whole LRs, and an LR with more than N seeds "
                          "(report seeds, an LO's runs) into groups of seeds, each cached on its "
@@ -72,16 +114,18 @@ def main(argv=None):
                          "memory and processes sharing --out share its groups (default: a "
                          "whole sweep per group)")
     args = ap.parse_args(argv)
+    _one_line_cache_warnings()
     import lopt
-    from eval.report import publish
+    from eval.report import OutError, check_out, publish
     from meta_train.data import DataError, DataNotFoundError
     from eval.suite import AXES, SuiteError, run_suite
     out = Path(args.out or f"runs/eval-{args.suite}")
     try:
+        check_out(out)
         overrides = {}
-        if args.wider:
-            overrides["wider"] = tuple(int(x) for x in args.wider.split(",") if x)
-        if args.seeds:
+        if args.wider is not None:
+            overrides["wider"] = args.wider
+        if args.seeds is not None:
             overrides["seeds"] = args.seeds
         if args.transformer:
             lms = tuple(t.strip() for t in args.transformer.split(",") if t.strip())
@@ -102,7 +146,7 @@ def main(argv=None):
                         baselines=tuple(b for b in (args.baselines or "").split(",") if b)
                         or None, cached_only=args.cached_only, group_runs=args.group_runs,
                         log=lambda line: print(line, file=sys.stderr, flush=True))
-    except (lopt.CheckpointError, DataNotFoundError, DataError, SuiteError) as e:
+    except (lopt.CheckpointError, DataNotFoundError, DataError, SuiteError, OutError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     publish(doc, out, "python -m eval " + " ".join(shlex.quote(a) for a in

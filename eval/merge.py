@@ -21,10 +21,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import re
 import shlex
 import sys
 from pathlib import Path
+
+from meta_train.tasks import TaskName
 
 # suite settings that only choose which cells run, or whose effect each row records (the LR
 # a μTransfer row took and the width it came from): they may differ between merged runs
@@ -91,7 +92,6 @@ def merge(docs: list[dict], sources: list[str] | None = None) -> dict:
         report seeds or a suite setting other than which cells ran (a setting a run predates
         counts at its off value).
     """
-    from eval.suite import speedup
     if len(docs) < 2:
         raise MergeError("give at least two runs to merge")
     sources = sources or [f"run {i + 1}" for i in range(len(docs))]
@@ -119,6 +119,7 @@ def merge(docs: list[dict], sources: list[str] | None = None) -> dict:
     runs: list[dict] = []
     cells: dict[tuple, dict] = {}
     seen: list[tuple] = []
+    data: dict[tuple, str] = {}         # (cell, run) -> the data the run's cell trained on
     for doc, src in zip(docs, sources):
         base = len(runs)
         runs += _provenance(doc, src)
@@ -130,25 +131,29 @@ def merge(docs: list[dict], sources: list[str] | None = None) -> dict:
             cell = cells[k]
             for n, o in c["optimizers"].items():
                 cell["optimizers"][n] = {**o, "run": base + o.get("run", 0)}  # later wins
+                data[k, base + o.get("run", 0)] = c.get("source") or ""
+                if not doc.get("full_mean_curves"):     # written with 6-digit curves
+                    cell["optimizers"][n]["mean_curve_rounded"] = True
             if c.get("source"):
                 cell["source"] = c["source"]
+    for k, cell in cells.items():
+        _same_data(k, cell, data, runs)
     axes, fixed = _order(first.get("suite"))
     inf = float("inf")
 
     def place(k):
         axis, task, steps = k
         pos = fixed.get(axis, [])
-        width = re.search(r"-[wd](\d+)", task)
+        try:
+            width = TaskName.parse(task).width or 0
+        except ValueError:          # a name this version does not know: unordered
+            width = 0
         return (axes.index(axis) if axis in axes else inf,
                 pos.index(task) if task in pos else inf,
-                int(width[1]) if width and axis not in fixed else 0, steps, seen.index(k))
+                width if axis not in fixed else 0, steps, seen.index(k))
     merged = [cells[k] for k in sorted(seen, key=place)]
-    for c in merged:     # speedups against the cell's AdamW as merged (rows may come from
-        sources_here = {o["run"] for o in c["optimizers"].values()}     # several runs)
-        adamw = c["optimizers"].get("adamw", c["optimizers"].get("adamw-cosine"))
-        if len(sources_here) > 1 and adamw is not None:
-            for o in c["optimizers"].values():
-                o["speedup_vs_adamw"] = speedup(adamw["mean_curve"], o["mean_curve"])
+    for c in merged:
+        _speedups(c)
     # the runs that supplied a row, renumbered, each with what it supplied
     used = sorted({o["run"] for c in merged for o in c["optimizers"].values()})
     renum = {r: i for i, r in enumerate(used)}
@@ -191,6 +196,39 @@ def merge(docs: list[dict], sources: list[str] | None = None) -> dict:
             "merged_from": merged_from}
 
 
+def _same_data(k: tuple, cell: dict, data: dict, runs: list[dict]) -> None:
+    """Raises MergeError when a merged cell's rows were computed on different data: their runs'
+    data sources differ, or their rows' data digests do (``data_digest``, recorded by suites
+    whose cache keys hold it)."""
+    by_run = {o["run"]: data[k, o["run"]] for o in cell["optimizers"].values()}
+    sources = {s for s in by_run.values() if s}
+    digests = {o["data_digest"] for o in cell["optimizers"].values() if o.get("data_digest")}
+    if len(sources) > 1 or len(digests) > 1:
+        what = (" and ".join(f"{runs[r]['source']} on {s!r}" for r, s in by_run.items() if s)
+                if len(sources) > 1 else f"data digests {sorted(digests)}")
+        raise MergeError(f"cell {k[1]} ({k[2]} steps): rows computed on different data "
+                         f"({what}); merge runs on the same data, or rerun the cell on one")
+
+
+def _speedups(c: dict) -> None:
+    """A merged cell's speedups against its AdamW row: a row from the AdamW row's run keeps
+    the speedup its suite computed from full-precision curves; a row from another run is
+    recomputed from the stored mean curves, marked ``speedup_from_rounded_curves`` where
+    either curve was stored rounded to 6 digits (``mean_curve_rounded``: documents written
+    before results.json kept full precision)."""
+    from eval.suite import speedup
+    adamw = c["optimizers"].get("adamw", c["optimizers"].get("adamw-cosine"))
+    if adamw is None:
+        return
+    for o in c["optimizers"].values():
+        if o["run"] == adamw["run"]:
+            continue
+        o["speedup_vs_adamw"] = speedup(adamw["mean_curve"], o["mean_curve"])
+        o.pop("speedup_from_rounded_curves", None)
+        if o.get("mean_curve_rounded") or adamw.get("mean_curve_rounded"):
+            o["speedup_from_rounded_curves"] = True
+
+
 def _provenance(doc: dict, source: str) -> list[dict]:
     """The runs a document's rows were computed by: its own run, or, for an earlier merge,
     the runs it was merged from (its rows' ``run`` indices point into that list)."""
@@ -211,10 +249,12 @@ def main(argv=None) -> int:
     ap.add_argument("runs", nargs="+", help="suite output directories (or their results.json)")
     ap.add_argument("--out", required=True, help="output directory of the merged report")
     args = ap.parse_args(argv)
-    from eval.report import publish
+    from eval.report import OutError, check_out, publish
     try:
+        check_out(Path(args.out), create=False)
         doc = merge([load(r) for r in args.runs], list(args.runs))
-    except MergeError as e:
+        check_out(Path(args.out))
+    except (MergeError, OutError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     publish(doc, Path(args.out), "python -m eval.merge " + " ".join(

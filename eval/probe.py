@@ -39,14 +39,8 @@ def _typed(config, key: str, value: str):
     fields = {f.name: f for f in dataclasses.fields(config)}
     if key not in fields:
         raise ValueError(f"unknown LOConfig field {key!r}; choose from {', '.join(fields)}")
-    cur = getattr(config, key)
-    if isinstance(cur, bool):
-        return value.lower() in ("1", "true", "yes")
-    if isinstance(cur, int):
-        return int(value)
-    if isinstance(cur, float) or cur is None:
-        return float(value)
-    return value
+    from meta_train.config import parse_value
+    return parse_value(value, getattr(config, key))
 
 
 def baseline_with(name: str, setting: dict, roles, num_steps: int):
@@ -68,10 +62,10 @@ def baseline_with(name: str, setting: dict, roles, num_steps: int):
     if bad:
         raise ValueError(f"{name} has no option {', '.join(bad)}; its options are lr and "
                          f"{', '.join(accepted) or 'nothing else'}")
-    # typed like the factory's default (int, bool), else float ("inf" allowed)
-    kwargs = {k: (int(v) if type(params[k].default) is int
-                  else v.lower() in ("1", "true", "yes") if type(params[k].default) is bool
-                  else float(v)) for k, v in setting.items() if k != "lr"}
+    # typed like the factory's default (int, bool, str; a None default takes a float, "inf"
+    # allowed), by the one parser of option values: "ture" is an error, not False
+    from meta_train.config import parse_value
+    kwargs = {k: parse_value(v, params[k].default) for k, v in setting.items() if k != "lr"}
     entry = dataclasses.replace(b, make=functools.partial(b.make, **kwargs)) if kwargs else b
     return entry.build(float(setting["lr"]), roles, num_steps=num_steps)
 

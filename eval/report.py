@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import os
-import re
 import shutil
 import threading
 from pathlib import Path
@@ -18,18 +17,62 @@ from eval.plots import save_axes_figure
 
 
 def _rounded_curves(doc: dict) -> dict:
-    """The document with loss curves at 6 significant digits (float32 carries ~7): long-horizon
-    suites hold 10^5 curve points, and full repr digits would triple the file for nothing.
-    Summary numbers (final losses, accuracies) keep full precision."""
+    """The document with per-seed curves at 5 significant digits (float32 carries ~7): long-
+    horizon suites hold 10^5 curve points, and full repr digits would triple the file for
+    nothing. Mean curves keep full precision (``full_mean_curves``): ``eval.merge``
+    recomputes speedups from them, and a speedup compares curve values that can agree to 6
+    digits. Summary numbers (final losses, accuracies) keep full precision too."""
     cells = []
     for c in doc["cells"]:
-        opts = {n: dict(o, mean_curve=[float(f"{x:.6g}") for x in o["mean_curve"]],
-                        **({"seed_curves": [[float(f"{x:.5g}") for x in sc]
-                                            for sc in o["seed_curves"]]}
-                           if "seed_curves" in o else {}))
+        opts = {n: dict(o, **({"seed_curves": [[float(f"{x:.5g}") for x in sc]
+                                               for sc in o["seed_curves"]]}
+                              if "seed_curves" in o else {}))
                 for n, o in c["optimizers"].items()}
         cells.append(dict(c, optimizers=opts))
-    return dict(doc, cells=cells)
+    return dict(doc, cells=cells, full_mean_curves=True)
+
+
+class OutError(ValueError):
+    """An output directory a report cannot be written to (a meta-training run's directory, a
+    regular file, or not writable); the message names the problem and the fix."""
+
+
+def meta_training_run(out: Path) -> list[str]:
+    """The files that make ``out`` a meta-training run's directory (``config.json`` with
+    ``checkpoints/`` or ``metrics.jsonl``, see :mod:`meta_train.loop`); empty if it is not."""
+    out = Path(out)
+    if not (out / "config.json").is_file():
+        return []
+    found = [n for n in ("checkpoints/", "metrics.jsonl") if (out / n.rstrip("/")).exists()]
+    return ["config.json"] + found if found else []
+
+
+def check_out(out: Path, create: bool = True) -> None:
+    """Refuses an ``out`` a report must not be written to: a meta-training run's directory
+    (its ``tb/`` would be replaced by the report's), a regular file, or a directory this
+    process cannot create or write. ``create``: make the directory (and check it is
+    writable) now.
+
+    Raises:
+      OutError: naming the problem and the fix.
+    """
+    out = Path(out)
+    run = meta_training_run(out)
+    if run:
+        raise OutError(f"--out {out} holds a meta-training run ({', '.join(run)}), whose tb/ a "
+                       f"report would replace; write the eval beside it, e.g. --out {out}/eval")
+    if out.exists() and not out.is_dir():
+        raise OutError(f"--out {out} is a file, not a directory; give a directory path")
+    if not create:
+        return
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-probe.{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise OutError(f"--out {out} cannot be written ({e.strerror}); give a writable "
+                       "directory") from None
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -41,8 +84,13 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def write_all(doc: dict, out: Path, command: str) -> dict:
+    """Writes the report files of ``doc`` into ``out``.
+
+    Raises:
+      OutError: ``out`` is a meta-training run's directory, a file or not writable.
+    """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_out(out)
     doc = dict(doc, commit=_commit(), command=command)
     _write_text(out / "results.json", json.dumps(_rounded_curves(doc)))
     rows = []
@@ -130,6 +178,31 @@ def _test_metrics_line(doc: dict) -> list[str]:
                         "row")
 
 
+def _host_text(h: dict) -> str:
+    return (f"jax {h.get('jax')}, optax {h.get('optax')}, {h.get('cpu_threads')} CPU threads"
+            if h else "not recorded (cached before groups recorded it)")
+
+
+def _host_line(doc: dict) -> list[str]:
+    """The header line naming the jax/optax versions and CPU threads the rows' groups ran
+    with (``eval.keys.host_record``), flagged as a mixture where rows differ: float bits
+    differ between them, and a learned optimizer can amplify that to seed-noise size. None
+    when no row recorded it (documents made before groups did)."""
+    from eval.cache import distinct_hosts
+    counts: dict[str, int] = {}
+    for c in doc["cells"]:
+        for o in c["optimizers"].values():
+            hosts = distinct_hosts([o.get("host")]) or [None]
+            text = " + ".join(_host_text(h) for h in hosts)
+            counts[text] = counts.get(text, 0) + 1
+    if set(counts) <= {_host_text(None)}:
+        return []
+    line = _header_line("computed with", {k: f"{n} rows" for k, n in counts.items()}, "row")
+    mixed = len(counts) > 1 or any(" + " in k for k in counts)
+    return [line[0] + (" — **a mixture**: rows computed with different versions or thread "
+                       "counts may differ in their last float bits" if mixed else "")]
+
+
 def loss_columns(opts: dict, names: list[str]) -> list[str]:
     """One table row's cells: ``mean ± std`` of the final train loss per optimizer in
     ``names`` (``†`` if it diverged, bold for the lowest mean among them, empty where a name
@@ -169,6 +242,22 @@ def _diverged_ratio() -> float:
 ADAMW_FORMS = ("adamw", "adamw-cosine")
 
 
+def beats(mine: dict, other: dict) -> bool:
+    """The win rule of every report and summary: row ``mine`` beats row ``other`` when it did
+    not diverge and ends at a lower or equal mean final loss, or only ``other`` diverged."""
+    if diverged(mine):
+        return False
+    return diverged(other) or mine["final_mean"] <= other["final_mean"]
+
+
+def tuned_adamw(opts: dict) -> str | None:
+    """A cell's better tuned AdamW form (constant or warmup-cosine, whichever reaches the
+    lower mean final loss; a diverged form counts only if both diverged), None if it has
+    neither."""
+    forms = [(diverged(opts[n]), opts[n]["final_mean"], n) for n in ADAMW_FORMS if n in opts]
+    return min(forms)[2] if forms else None
+
+
 def against_adamw(doc: dict) -> list[dict]:
     """Per learned optimizer and cell: its final loss against the better tuned AdamW form
     (constant or warmup-cosine, whichever reaches the lower mean final loss on the report
@@ -179,17 +268,15 @@ def against_adamw(doc: dict) -> list[dict]:
     for lo in doc["los"]:
         for c in doc["cells"]:
             o = c["optimizers"].get(lo["label"])
-            forms = [(diverged(c["optimizers"][n]), c["optimizers"][n]["final_mean"], n)
-                     for n in ADAMW_FORMS if n in c["optimizers"]]
-            if o is None or not forms:
+            best = tuned_adamw(c["optimizers"])
+            if o is None or best is None:
                 continue
-            _, _, best = min(forms)
             a = c["optimizers"][best]
             rows.append({"lo": lo["label"], "axis": c["axis"], "task": c["task"],
                          "steps": c["steps"], "lo_final": o["final_mean"],
                          "lo_diverged": diverged(o), "adamw": best,
                          "adamw_final": a["final_mean"],
-                         "win": not diverged(o) and o["final_mean"] <= a["final_mean"],
+                         "win": beats(o, a),
                          "speedup": speedup(a["mean_curve"], o["mean_curve"]),
                          "curves": ((np.asarray(a["seed_curves"]), np.asarray(o["seed_curves"]))
                                     if "seed_curves" in a and "seed_curves" in o else None)})
@@ -225,11 +312,12 @@ def _narrower_timing(doc: dict, row: dict) -> str:
     """What a row that did not run costs where it did: its measured time per run-step on the
     widest narrower cell of the same axis and task family (the report's own numbers, not an
     extrapolation); "" when it ran on no such cell."""
-    from eval.suite import _width, family, variant
-    base = variant(row["task"], "mup")
-    width = _width(base)
-    found = [(_width(c["task"]), c) for c in doc["cells"]
-             if c["axis"] == row["axis"] and family(c["task"]) == family(base)
+    base = _parsed(row["task"])
+    width = base.width if base else None
+    family = base.variant("mup").family if base else None
+    found = [(_parsed(c["task"]).width, c) for c in doc["cells"]
+             if c["axis"] == row["axis"] and _parsed(c["task"])
+             and _parsed(c["task"]).variant("mup").family == family
              and row["optimizer"] in c["optimizers"]] if width is not None else []
     found = [(w, c) for w, c in found if w is not None and w < width]
     if not found:
@@ -302,6 +390,7 @@ def markdown(doc: dict, plots: list[str]) -> str:
                      f"{doc['cells_defined_by']}'s meta-training config")
     lines += _data_line(doc)
     lines += _test_metrics_line(doc)
+    lines += _host_line(doc)
     lines += [f"- commit `{doc['commit']}`; command: `{doc['command']}`"]
     for m in doc.get("merged_from", []):
         lines.append(f"  - merged from `{m['source']}`: {', '.join(m['cells'])}; computed at "
@@ -420,6 +509,7 @@ def _compute_md(doc: dict, names: list[str]) -> list[str]:
     return lines
 
 
+# the suffix of a learned optimizer's row before meta-training (eval.suite.untrained_label)
 UNTRAINED = " (untrained)"
 
 
@@ -447,6 +537,16 @@ def _legend(fig, style: dict, names) -> None:
     handles = [Line2D([], [], lw=1.6, label=n, **style[n]) for n in names]
     fig.legend(handles=handles, fontsize=7, loc="outside lower center",
                ncol=min(len(handles), 6))
+
+
+def _parsed(task: str):
+    """``task`` as a :class:`meta_train.tasks.TaskName`, or None for a name this version does
+    not read (a report of older tasks still plots the rest)."""
+    from meta_train.tasks import TaskName
+    try:
+        return TaskName.parse(task)
+    except ValueError:
+        return None
 
 
 def _plots(doc: dict, out: Path) -> list[str]:
@@ -480,13 +580,13 @@ def _plots(doc: dict, out: Path) -> list[str]:
     files.append("loss_curves.png")
 
     width_cells = [c for c in cells if c["axis"] in ("in-distribution", "wider")
-                   and re.search(r"-w(\d+)", c["task"])]
+                   and _parsed(c["task"]) and _parsed(c["task"]).width]
     if width_cells:
         fig, ax = plt.subplots(figsize=(5.5, 4))
         names = [n for n in dict.fromkeys(n for c in width_cells for n in c["optimizers"])
                  if UNTRAINED not in n]
         for name in names:
-            pts = sorted((int(re.search(r"-w(\d+)", c["task"])[1]),
+            pts = sorted((_parsed(c["task"]).width,
                           c["optimizers"][name]["final_mean"]) for c in width_cells
                          if name in c["optimizers"])
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name,
@@ -497,12 +597,14 @@ def _plots(doc: dict, out: Path) -> list[str]:
 
     deep = [c for c in cells if c["axis"] == "deeper"]
     if deep:
-        base = re.sub(r"-d\d+", "", deep[0]["task"])
+        base = _parsed(deep[0]["task"])
         pts_cells = [c for c in cells if c["axis"] in ("in-distribution", "deeper")
-                     and re.sub(r"-d\d+", "", c["task"]) == base and c["steps"] == deep[0]["steps"]]
+                     and base and _parsed(c["task"])
+                     and _parsed(c["task"]).without_depth() == base.without_depth()
+                     and c["steps"] == deep[0]["steps"]]
         fig, ax = plt.subplots(figsize=(5.5, 4))
         for name in deep[0]["optimizers"]:
-            pts = sorted((int(re.search(r"-d(\d+)", c["task"])[1]),
+            pts = sorted((_parsed(c["task"]).depth,
                           c["optimizers"][name]["final_mean"]) for c in pts_cells
                          if name in c["optimizers"])
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name,

@@ -20,9 +20,12 @@ every baseline runs with linear warmup and cosine decay (``lopt.baselines.warmup
 and is tuned over its peak LR the same way. One compile per
 (task, optimizer): LR grids and seeds are ``vmap``-ed. Results are cached per group in
 ``<out>/cells`` so an interrupted suite resumes and a re-run computes only what is missing; a
-group's cache key holds everything its results depend on, the task's data source included
-(``Task.source``), so a cache made on other data is never reused. Every cell records its
-data source in the results.
+group's cache key holds everything its results depend on: the task's data source
+(``Task.source``) and digests of its data arrays and initial parameters, and a digest of the
+optimizer's code with its defaults (:mod:`eval.keys`), so a cache made on other data or by
+other code is never reused. A cached group is used only if its stored key is the requested
+one. Every cell records its data source in the results, and every group the jax version and
+thread count it ran with.
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ import functools
 import hashlib
 import json
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -42,12 +44,14 @@ import jax.numpy as jnp
 import numpy as np
 
 import lopt
+from eval import keys
+from eval.report import UNTRAINED
 from eval.cache import (COMPATIBLE_VERSIONS, SUITE_VERSION, Busy, GroupCache,  # noqa: F401
                         NotCached, is_held)
 from lopt.baselines import BASELINES, SCHEDULES
 from meta_train.inner import train
 from meta_train.progress import progress_bar
-from meta_train.tasks import get_task
+from meta_train.tasks import TaskName, get_task
 
 
 class SuiteError(ValueError):
@@ -125,42 +129,33 @@ class Cell:
     baselines: tuple[str, ...] | None = None    # None: the suite's baselines
 
 
-def _swap(name: str, key: str, value: int) -> str:
-    return re.sub(rf"-{key}\d+", f"-{key}{value}", name, count=1)
+def task_name(task: str) -> TaskName:
+    """``task`` parsed (:class:`meta_train.tasks.TaskName`, the one task-name grammar).
 
-
-def _dim_keys(name: str) -> tuple[str | None, str | None]:
-    """The name keys of a task family's width and depth: ``mlp-...-w128-d3`` -> ("w", "d"),
-    ``lm-...-d64-l2`` -> ("d", "l") (there ``-d`` is d_model); (None, None) for families
-    without them (``rf-...``)."""
-    if name.startswith("lm-"):
-        return "d", "l"
-    if name.startswith("mlp-"):
-        return "w", "d"
-    return None, None
-
-
-def _dim(name: str, key: str | None) -> int | None:
-    m = re.search(rf"-{key}(\d+)", name) if key else None
-    return int(m[1]) if m else None
+    Raises:
+      SuiteError: not a task name.
+    """
+    try:
+        return TaskName.parse(task)
+    except ValueError as e:
+        raise SuiteError(str(e)) from None
 
 
 def cells_for(meta_cfg: dict, spec: SuiteSpec) -> list[Cell]:
     """The (axis, task, steps) cells for an LO meta-trained with ``meta_cfg``."""
     tasks = list(meta_cfg["tasks"])
     horizon = int(meta_cfg["es"]["max_horizon"])
-    sized = [(_dim(t, _dim_keys(t)[0]), t) for t in tasks]
+    sized = [(task_name(t).width, t) for t in tasks]
     sized = [(w, t) for w, t in sized if w is not None]
     w, widest = max(sized, key=lambda x: x[0]) if sized else (0, tasks[0])
-    wkey, dkey = _dim_keys(widest)
+    wide = task_name(widest)
     out = []
     if spec.in_distribution:
         out += [Cell("in-distribution", t, horizon) for t in tasks]
     if sized:
-        out += [Cell("wider", _swap(widest, wkey, w * m), horizon) for m in spec.wider]
-    depth = _dim(widest, dkey)
-    if spec.deeper and depth:
-        out.append(Cell("deeper", _swap(widest, dkey, depth * spec.deeper), horizon))
+        out += [Cell("wider", str(wide.with_width(w * m)), horizon) for m in spec.wider]
+    if spec.deeper and wide.depth:
+        out.append(Cell("deeper", str(wide.with_depth(wide.depth * spec.deeper)), horizon))
     if spec.longer:
         out.append(Cell("longer", widest, horizon * spec.longer))
     out += [Cell("transformer", t, spec.transformer_steps, tuple(spec.transformer_baselines))
@@ -180,14 +175,13 @@ def _grid(name: str, points: int) -> list[float]:
 
 
 def _width(task: str) -> int | None:
-    return _dim(task, _dim_keys(task)[0])
+    return task_name(task).width
 
 
 def family(task: str) -> str:
     """A task's name with its width wildcarded (``mlp-fmnist8-w*-d3``, ``lm-fortunes-d*-l2``):
     the tasks an LR can transfer between under μP."""
-    key = _dim_keys(task)[0]
-    return re.sub(rf"-{key}\d+", f"-{key}*", task, count=1) if key else task
+    return task_name(task).family
 
 
 def transfer_limit(cell: Cell, spec: SuiteSpec, widest: int) -> int:
@@ -361,6 +355,20 @@ def load_los(specs: list[str]) -> list[LearnedOpt]:
     return out
 
 
+def untrained_theta(lo: LearnedOpt):
+    """The theta ``lo``'s meta-training run started from (its seed's init, or the learned
+    optimizer it was started from with ``init_from``; ``lopt.start_theta``, as
+    ``meta_train.loop`` does)."""
+    cfg = lo.meta.get("config") or {}
+    key = jax.random.split(jax.random.PRNGKey(int(cfg.get("seed", 0))), 3)[0]
+    return lopt.start_theta(key, lo.config, cfg.get("init_from", ""))
+
+
+def untrained_label(label: str) -> str:
+    """The row name of ``label``'s learned optimizer before meta-training."""
+    return label + UNTRAINED
+
+
 def make_lo(theta, config, roles, num_steps: int):
     """The one place the suite builds a learned optimizer: from its stored config, on a task's
     role tree, told the run's total step count (as optax schedules are told; LOs without
@@ -372,8 +380,34 @@ def make_lo(theta, config, roles, num_steps: int):
 
 def variant(task: str, parametrization: str) -> str:
     """The task name in a parametrization: ``-sp`` added for "sp", removed for "mup"."""
-    base = re.sub(r"-sp(?=-|$)", "", task)
-    return base + "-sp" if parametrization == "sp" else base
+    return str(task_name(task).variant(parametrization))
+
+
+def baseline_key(task_name: str, name: str, steps: int, lrs, seeds,
+                 schedule: str | None = None, adam_lr: float | None = None) -> dict:
+    """The cache key of a group of baseline ``name``'s runs (see :meth:`Runner.run_baseline`):
+    task, data source and digests, the baseline's code digest, steps, LRs, seeds, and the
+    schedule, AdamW LR and layer inputs where they apply."""
+    b = BASELINES[name]
+    key = {"task": task_name, "source": data_source(task_name), "opt": name,
+           "steps": steps, "lrs": list(lrs), "seeds": list(seeds),
+           "code": keys.baseline_digest(name), **inputs_key(task_name)}
+    if (schedule or b.schedule) != "constant":   # constant runs: no schedule entry
+        key["schedule"] = schedule or b.schedule
+    if adam_lr is not None:
+        key["adam_lr"] = adam_lr
+    if b.needs_activations:     # what it was given: layer inputs, or none (whitened)
+        key["activations"] = ("layer inputs" if get_task(task_name).activations is not None
+                              else "none")
+    return key
+
+
+def inputs_key(task_name: str) -> dict:
+    """The key entries of a task's inputs: digests of its initial parameters and of its data
+    arrays (:mod:`eval.keys`), so a changed init or dataset under an unchanged name is a
+    cache miss."""
+    return {"init": keys.init_digest(task_name),
+            "data": keys.data_digest(get_task(task_name))}
 
 
 LOCK_POLL_S = 5.0     # how often a run waiting for another process's groups looks again
@@ -396,15 +430,7 @@ class Runner(GroupCache):
         like ``adamw-cosine``); "cosine" runs any baseline with warmup and cosine decay.
         ``adam_lr``: the AdamW LR of a baseline with ``adam_lr_from`` (None: its default)."""
         b = BASELINES[name]
-        key = {"task": task_name, "source": data_source(task_name), "opt": name,
-               "steps": steps, "lrs": list(lrs), "seeds": list(seeds)}
-        if (schedule or b.schedule) != "constant":   # constant runs: no schedule entry
-            key["schedule"] = schedule or b.schedule
-        if adam_lr is not None:
-            key["adam_lr"] = adam_lr
-        if b.needs_activations:     # what it was given: layer inputs, or none (whitened)
-            key["activations"] = ("layer inputs" if get_task(task_name).activations is not None
-                                  else "none")
+        key = baseline_key(task_name, name, steps, lrs, seeds, schedule, adam_lr)
         return self._split(key, lambda lr_chunk, seed_chunk: self._compute(
             task_name, lambda lr, task: b.build(lr, task.roles, num_steps=steps,
                                                 schedule=schedule, adam_lr=adam_lr),
@@ -413,14 +439,11 @@ class Runner(GroupCache):
     def run_lo(self, task_name: str, lo: LearnedOpt, steps: int, seeds, untrained=False):
         """The cache key holds the digest of the theta that runs (the initial one when
         ``untrained``) and of the full LO config, and the task's data source."""
-        theta = lo.theta
-        if untrained:   # the same LO before meta-training (its run's seed's init)
-            seed = int(lo.meta.get("config", {}).get("seed", 0))
-            theta = lopt.init_theta(jax.random.split(jax.random.PRNGKey(seed), 3)[0],
-                                    lo.config)
+        theta = untrained_theta(lo) if untrained else lo.theta
         key = {"task": task_name, "source": data_source(task_name),
                "opt": "lo-init" if untrained else "lo", "steps": steps, "lrs": [0.0],
-               "seeds": list(seeds), "lo_digest": lo_digest(theta, lo.config)}
+               "seeds": list(seeds), "lo_digest": lo_digest(theta, lo.config),
+               "code": keys.lo_code_digest(), **inputs_key(task_name)}
         depth = _depth_rule_key(task_name, lo.config)
         if depth is not None:
             key["depth"] = depth
@@ -435,7 +458,7 @@ class Runner(GroupCache):
 
         def one(lr, seed):
             return train(task, make(lr, task), key=jax.random.PRNGKey(seed), num_steps=steps,
-                         eval_every=0, eval_batches=None, extra_args=extra,
+                         eval_batches=None, extra_args=extra,
                          pass_loss=pass_loss)
 
         lr_arr = jnp.asarray(lrs, jnp.float32)
@@ -454,7 +477,8 @@ class Runner(GroupCache):
                 "test_metrics": ("whole test split" if task.split_metrics is not None
                                  else "8 sampled test batches (online data)"),
                 "wall_s": wall, "compile_s": t1 - t0, "runs": len(lrs) * len(seeds),
-                "steps": steps}
+                "steps": steps, "host": keys.host_record(),
+                "data_digest": keys.data_digest(task)}
 
 
 def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
@@ -559,11 +583,11 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
                 bar.update(1)
                 if cell.axis == "in-distribution":
                     try:
-                        lo_rows[f"{lo.label} (untrained)"] = _summary(
+                        lo_rows[untrained_label(lo.label)] = _summary(
                             runner.run_lo(task, lo, cell.steps, report_seeds, untrained=True), 0,
                             task=task)
                     except NotCached as e:
-                        missing(f"{lo.label} (untrained)", e)
+                        missing(untrained_label(lo.label), e)
                     bar.update(1)
             fixed = None
             if spec.fixed_adamw:
@@ -755,11 +779,14 @@ def _summary(group: dict, lr_index: int, **extra) -> dict:
             "test_accuracy": group["test_accuracy"][lr_index],
             "test_metrics": group.get("test_metrics", COMPATIBLE_VERSIONS[1]),
             "suite_version": group.get("version", 1),
+            # jax/optax versions and threads it ran with (None: cached before it was recorded)
+            "host": group.get("host"),
+            "data_digest": group.get("data_digest"),    # eval.merge joins rows of one data
             # the run's own non-finite flag, or a final loss far above the initial one
             "diverged": bool(any(group["diverged"][lr_index])
                              or blew_up(losses[:, 0], finals).any()),
             "mean_curve": np.mean(np.minimum(losses, 1e3), 0).tolist(),
-            # per-seed curves at every SEED_CURVE_STRIDE-th step (<= 500 points), for
+            # per-seed curves at every _stride(steps)-th step (<= 500 points), for
             # bootstrap intervals over seeds (eval.report.bootstrap_speedup)
             "seed_curves": np.minimum(losses, 1e3)[:, ::_stride(losses.shape[1])].tolist(),
             # compile excluded; the runs of a group are vmapped, so this is per run-step

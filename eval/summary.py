@@ -15,13 +15,10 @@ import os
 import sys
 from pathlib import Path
 
-try:        # one definition of divergence: the report's († in its tables)
-    from eval.report import diverged as _diverged
-except ImportError:     # reports that mark only non-finite runs
-    def _diverged(o: dict) -> bool:
-        return bool(o["diverged"])
+# one definition each of divergence, the win rule and the tuned AdamW form: the report's
+from eval.report import ADAMW_FORMS, beats as _compare, diverged as _diverged  # noqa: F401
+from eval.report import tuned_adamw
 
-ADAMW_FORMS = ("adamw", "adamw-cosine")   # tuned AdamW: constant LR, warmup + cosine
 ADAMW_FIXED = "adamw@1e-3"
 MAX_CELL_LINES = 6    # more cells than this are summarized per axis
 
@@ -40,25 +37,14 @@ def load(run_dir: str | Path) -> dict:
         raise SummaryError(f"{path}: not valid JSON ({e})") from None
 
 
-def _compare(mine: dict, other: dict) -> bool:
-    """True when ``mine`` beats ``other``: it did not diverge and ends lower, or only the
-    other diverged."""
-    if _diverged(mine):
-        return False
-    return _diverged(other) or mine["final_mean"] <= other["final_mean"]
-
-
 def _loss(o: dict) -> str:
     return f"{o['final_mean']:.3f}" + (" †" if _diverged(o) else "")
 
 
 def _tuned_adamw(opts: dict) -> tuple[str, dict] | None:
-    """The better tuned AdamW form of a cell (a diverged form counts only if both did)."""
-    forms = [(_diverged(opts[n]), opts[n]["final_mean"], n) for n in ADAMW_FORMS if n in opts]
-    if not forms:
-        return None
-    name = min(forms)[2]
-    return name, opts[name]
+    """The better tuned AdamW form of a cell (``eval.report.tuned_adamw``) and its row."""
+    name = tuned_adamw(opts)
+    return None if name is None else (name, opts[name])
 
 
 def _rivals(doc: dict, cell: dict, main: str) -> list[tuple[str, dict]]:

@@ -6,7 +6,7 @@ Every optimizer here is an ``optax.GradientTransformation``. A learned optimizer
 """
 
 from lopt.baselines import BASELINES, Baseline, modular, muon, spectral
-from lopt.checkpoint import CheckpointError, load, load_theta, save
+from lopt.checkpoint import CheckpointError, load, load_theta, save, start_theta
 from lopt.features import NUM_INPUTS, time_features
 from lopt.interop import from_learned_optimization, to_learned_optimization
 from lopt.learned import (COMPACT, LOConfig, LOState, MULO, SP_LO, NumStepsError, adam_theta,
@@ -22,7 +22,7 @@ from lopt.velo import MUVELO, SP_VELO, VeLOConfig, init_velo_theta, make_velo
 __all__ = [
     "BASELINES", "Baseline", "modular", "muon", "spectral", "riemannian_lowrank",
     "adaptive_schatten",
-    "CheckpointError", "load", "load_theta", "save",
+    "CheckpointError", "load", "load_theta", "save", "start_theta",
     "NUM_INPUTS", "time_features", "from_learned_optimization", "to_learned_optimization",
     "COMPACT", "LOConfig", "LOState", "MULO", "SP_LO", "NumStepsError", "adam_theta", "extend_theta", "check_theta",
     "config_from_dict", "decays", "init_theta", "make",

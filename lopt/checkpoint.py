@@ -16,7 +16,8 @@ it as ``<step>/lopt/metadata``, which still loads), so :func:`load` accepts any 
   older ones with a warning if the newest is unreadable);
 * one orbax step directory, or a ``lopt.json`` file.
 
-float32 values are written as the shortest decimal that round-trips, so save/load is exact.
+float32 values are written as the decimal repr of their exact (float64) value, which reads
+back to the same float32, so save/load is exact.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from lopt.learned import LOConfig, check_theta, config_from_dict, make_from_config
+from lopt.learned import (LOConfig, check_theta, config_from_dict, extend_theta, init_theta,
+                          make_from_config)
 
 FORMAT = "mulo-lopt-v1"
 LOPT_FILE = "lopt.json"
@@ -165,6 +167,30 @@ def load_theta(path: str | os.PathLike):
             raise CheckpointError(f"checkpoint {str(path)!r} not found: give a path or one of "
                                   f"the shipped names {names}")
     return _resolve(p)
+
+
+def start_theta(key: jax.Array, config, init_from: str = ""):
+    """The theta a meta-training run starts from: ``init_theta(key, config)``, or, with
+    ``init_from`` (a shipped name, run or checkpoint), that learned optimizer's theta, its
+    MLP extended to ``config``'s inputs (:func:`lopt.learned.extend_theta`). The one
+    definition of an LO "before meta-training" (``meta_train.loop``, the eval suite's
+    untrained rows).
+
+    Raises:
+      CheckpointError: ``init_from`` cannot be loaded.
+      ValueError: ``init_from`` is another architecture, or its theta does not fit ``config``.
+    """
+    import jax.numpy as jnp
+    if not init_from:
+        return init_theta(key, config)
+    start, start_cfg, _ = load_theta(init_from)
+    if start_cfg.arch != config.arch:
+        raise ValueError(f"init_from={init_from!r} is a {start_cfg.arch!r} learned optimizer; "
+                         f"this run trains a {config.arch!r} one")
+    theta = (extend_theta(start, start_cfg, config) if config.arch == "mlp"
+             else jax.tree.map(jnp.asarray, start))
+    check_theta(theta, config)
+    return theta
 
 
 def load(path: str | os.PathLike, *, roles: Any = None,

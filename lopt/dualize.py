@@ -46,9 +46,10 @@ def as_matrix(x: jax.Array, split: int | None = None) -> jax.Array:
     return x.reshape(int(np.prod(x.shape[:k], dtype=np.int64)), -1)
 
 
-def width_scale(shape) -> float:
-    """Muon's shape factor ``sqrt(max(1, fan_out / fan_in))``."""
-    m = as_matrix(jnp.zeros(shape, jnp.float32)).shape if len(shape) else (1, 1)
+def width_scale(shape, split: int | None = None) -> float:
+    """Muon's shape factor ``sqrt(max(1, fan_out / fan_in))``; ``split``: fan-in axes
+    (:func:`as_matrix`)."""
+    m = as_matrix(jnp.zeros(shape, jnp.float32), split).shape if len(shape) else (1, 1)
     return max(1.0, m[1] / m[0]) ** 0.5
 
 
@@ -95,14 +96,16 @@ def schatten_norm(s: jax.Array, q: float) -> jax.Array:
     return smax * jnp.sum((s / smax) ** q) ** (1.0 / q)
 
 
-def schatten_direction(g: jax.Array, p: float, inf_method: str = "svd") -> jax.Array:
+def schatten_direction(g: jax.Array, p: float, inf_method: str = "svd",
+                       split: int | None = None) -> jax.Array:
     """``U S^(1/p) V^T`` of ``g``, scaled so its singular values have unit mean square.
 
     p = 1 gives ``g * sqrt(k) / ||g||_F`` (normalized gradient, k = min(m, n)); p = inf gives
     ``U V^T`` (by ``inf_method``: "svd" or Muon's "newton-schulz"). SVD-free for finite p:
-    ``g V S^(1/p - 1) V^T`` from the Gram eigenbasis.
+    ``g V S^(1/p - 1) V^T`` from the Gram eigenbasis. ``split``: fan-in axes of ``g``
+    (:func:`as_matrix`).
     """
-    m = as_matrix(g).astype(jnp.float32)
+    m = as_matrix(g, split).astype(jnp.float32)
     if p == 1:
         out = normalized_direction(m)
     elif p == float("inf"):

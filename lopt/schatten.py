@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from lopt import dualize
+from lopt.roles import fan_in_axes, path_str
 
 INF = float("inf")
 DEFAULT_P_GRID = (1.0, 2.0, 4.0, 8.0, INF)
@@ -42,11 +43,13 @@ def _is_hidden(x, role) -> bool:
     return role == "hidden" and x.ndim >= 2
 
 
-def criterion(g: jax.Array, a: jax.Array | None, p_grid=DEFAULT_P_GRID) -> jax.Array:
-    """The score of every p in ``p_grid`` (higher is better) for gradient g, activations a."""
-    s_g, _, _ = dualize.gram_spectrum(dualize.as_matrix(g).astype(jnp.float32))
+def criterion(g: jax.Array, a: jax.Array | None, p_grid=DEFAULT_P_GRID,
+              split: int | None = None) -> jax.Array:
+    """The score of every p in ``p_grid`` (higher is better) for gradient g, activations a;
+    ``split``: g's fan-in axes (:func:`lopt.roles.fan_in_axes`; default all but the last)."""
+    s_g, _, _ = dualize.gram_spectrum(dualize.as_matrix(g, split).astype(jnp.float32))
     if a is None:
-        s_a = jnp.ones((dualize.as_matrix(g).shape[0],), jnp.float32)
+        s_a = jnp.ones((dualize.as_matrix(g, split).shape[0],), jnp.float32)
     else:
         s_a, _, _ = dualize.gram_spectrum(a.reshape(-1, a.shape[-1]).astype(jnp.float32))
     scores = []
@@ -98,13 +101,13 @@ def adaptive_schatten(lr: float, roles: Any, p_grid=DEFAULT_P_GRID, every: int =
                   "finite": lambda m, j: dualize.schatten_directions(m, finite, j),
                   "inf": lambda m, j: dualize.orthogonalize(m, "newton-schulz")}
 
-    def direction(g, i):
-        """``schatten_direction(g, p_grid[i], "newton-schulz")``. The suite vmaps runs, which
-        batches i and turns ``lax.switch`` into computing every branch: the finite p share
-        one branch (one Gram ``eigh``), so that costs 3 branches, not len(p_grid)."""
+    def direction(g, i, split):
+        """``schatten_direction(g, p_grid[i], "newton-schulz", split)``. The suite vmaps runs,
+        which batches i and turns ``lax.switch`` into computing every branch: the finite p
+        share one branch (one Gram ``eigh``), so that costs 3 branches, not len(p_grid)."""
         if len(p_grid) == 1:
-            return dualize.schatten_direction(g, p_grid[0], "newton-schulz")
-        m = dualize.as_matrix(g).astype(jnp.float32)
+            return dualize.schatten_direction(g, p_grid[0], "newton-schulz", split)
+        m = dualize.as_matrix(g, split).astype(jnp.float32)
         fns = [branch_fns[k] for k in kinds]
         out = fns[0](m, sub_of[i]) if len(fns) == 1 else jax.lax.switch(
             kind_of[i], fns, m, sub_of[i])
@@ -116,21 +119,24 @@ def adaptive_schatten(lr: float, roles: Any, p_grid=DEFAULT_P_GRID, every: int =
                                                                         updates)
         rechoose = (state.count % every) == 0
 
-        def leaf(g, r, m, i, a):
+        def leaf(path, g, r, m, i, a):
             if not _is_hidden(g, r):
                 return None, None, None
+            # the one matrix view (lopt.roles.fan_in_axes), as Muon, modular and spectral:
+            # a q/k/v kernel [d, heads, head_dim] is one [d, heads * head_dim] matrix
+            k = fan_in_axes(path_str(path), g.shape)
             g32 = g.astype(jnp.float32)
             m = momentum * m + g32
             nest = g32 + momentum * m
             if len(p_grid) > 1:
-                i = jax.lax.cond(rechoose, lambda: jnp.argmax(criterion(g32, a, p_grid))
+                i = jax.lax.cond(rechoose, lambda: jnp.argmax(criterion(g32, a, p_grid, k))
                                  .astype(jnp.int32), lambda: i)
-            d = direction(nest, i) * dualize.width_scale(g.shape)
+            d = direction(nest, i, k) * dualize.width_scale(g.shape, k)
             return (-lr * d).astype(g.dtype), m, i
 
         is_none = lambda x: x is None
-        out = jax.tree.map(leaf, updates, roles, state.momentum, state.p_index, acts,
-                           is_leaf=is_none)
+        out = jax.tree_util.tree_map_with_path(leaf, updates, roles, state.momentum,
+                                               state.p_index, acts, is_leaf=is_none)
         trip = lambda x: isinstance(x, tuple) and len(x) == 3
         hid = jax.tree.map(lambda t: t[0], out, is_leaf=trip)
         mom = jax.tree.map(lambda t: t[1], out, is_leaf=trip)

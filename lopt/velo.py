@@ -30,7 +30,8 @@ Where this differs from ``hyper_v2`` (our own implementation, not a port of its
 checkpoints): the variance of the second moment is taken about its own mean (``hyper_v2``
 subtracts the momenta's mean, which makes the feature 3 wide), and the unused first mixing
 layer is not created; gradients are neutralized per element (non-finite -> 0, clipped to
-±1000) as in ``hyper_v2`` plus :mod:`lopt.learned`'s ``nan_to_num``.
+±1000) as in ``hyper_v2`` (the μLO sets non-finite and huge elements to 0 instead,
+:func:`lopt.features.neutralize`).
 """
 
 from __future__ import annotations

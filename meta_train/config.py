@@ -216,7 +216,15 @@ def sp_variant(config: MetaTrainConfig) -> MetaTrainConfig:
 PRESETS.update({f"{k}-sp": sp_variant(v) for k, v in list(PRESETS.items())})
 
 
-def _convert(value: str, current: Any):
+def parse_value(value: str, current: Any):
+    """``value`` (command-line text) typed like ``current``, the field's present value: bools
+    from 1/true/yes and 0/false/no only, tuples from comma lists, None-valued fields as
+    "none" or a float, else ``type(current)(value)``. The one parser of option values
+    (``--section.field``, ``eval.probe --set``).
+
+    Raises:
+      ValueError: a value that is not of that type (e.g. "ture" for a bool).
+    """
     if isinstance(current, bool):
         if value.lower() in ("1", "true", "yes"):
             return True
@@ -259,7 +267,7 @@ def apply_overrides(config: MetaTrainConfig, pairs) -> MetaTrainConfig:
             raise ValueError(f"option {key!r} is a group; set one of its fields "
                              f"({key}.{dataclasses.fields(obj)[0].name}, ...)")
         try:
-            node[parts[-1]] = _convert(value, obj)
+            node[parts[-1]] = parse_value(value, obj)
         except ValueError as e:
             raise ValueError(f"bad value for {key}: {e}") from None
     return MetaTrainConfig.from_dict(d)

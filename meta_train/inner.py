@@ -42,16 +42,16 @@ def inner_step(task: Task, opt: optax.GradientTransformation, params: Any, opt_s
 
 class TrainResult(NamedTuple):
     losses: jax.Array       # [T] training loss at each step (before its update); inf after divergence
-    eval_steps: jax.Array   # [E] steps at which test metrics were taken
-    test_loss: jax.Array    # [E]
-    test_accuracy: jax.Array  # [E]
+    eval_steps: jax.Array   # [1] the step at which test metrics were taken (num_steps)
+    test_loss: jax.Array    # [1] test loss of the final parameters
+    test_accuracy: jax.Array  # [1]
     diverged: jax.Array     # [] bool
     diverged_at: jax.Array  # [] int32, -1 if never
     params: Any             # final parameters
 
 
 def train(task: Task, opt: optax.GradientTransformation, *, key: jax.Array, num_steps: int,
-          eval_every: int = 0, eval_batches: int | None = 4, params: Any = None,
+          eval_batches: int | None = 4, params: Any = None,
           extra_args: Callable[[Any, Any], dict] | None = None,
           pass_loss: bool = False) -> TrainResult:
     """Trains ``task`` for ``num_steps`` with ``opt``; jittable end to end.
@@ -61,8 +61,8 @@ def train(task: Task, opt: optax.GradientTransformation, *, key: jax.Array, num_
       opt: any optax transformation (learned or hand-designed); receives params.
       key: PRNG key; determines the init and every batch.
       num_steps: number of updates.
-      eval_every: test metrics every this many steps (and at the end); 0 = only at the end.
-      eval_batches: test batches averaged per evaluation; None evaluates on the whole test
+      eval_batches: test batches averaged in the evaluation of the final parameters (the only
+        one); None evaluates on the whole test
         split (``task.split_metrics``) where the task has one, else on 8 batches.
       params: optional initial parameters (default ``task.init``).
       extra_args: optional ``(params, batch) -> dict`` of keyword arguments for
@@ -72,10 +72,8 @@ def train(task: Task, opt: optax.GradientTransformation, *, key: jax.Array, num_
     """
     k_init, k_data, k_test = jax.random.split(key, 3)
     p0 = task.init(k_init) if params is None else params
-    every = eval_every if eval_every else num_steps
-    n_eval = num_steps // every
-    return _train(task, opt, p0, k_data, k_test, num_steps, every, n_eval, eval_batches,
-                  extra_args, pass_loss)
+    return _train(task, opt, p0, k_data, k_test, num_steps, eval_batches, extra_args,
+                  pass_loss)
 
 
 def _evaluate(task, params, key, batches):
@@ -90,8 +88,8 @@ def _evaluate(task, params, key, batches):
             jnp.mean(jnp.stack([m["accuracy"] for m in ms])))
 
 
-def _train(task, opt, p0, k_data, k_test, num_steps, every, n_eval, eval_batches,
-           extra_args=None, pass_loss=False):
+def _train(task, opt, p0, k_data, k_test, num_steps, eval_batches, extra_args=None,
+           pass_loss=False):
     def step(carry, i):
         params, state, dead, dead_at = carry
         batch = task.sample(task.data, jax.random.fold_in(k_data, i), "train")
@@ -111,18 +109,11 @@ def _train(task, opt, p0, k_data, k_test, num_steps, every, n_eval, eval_batches
                  jnp.where(bad_after & ~dead, i, dead_at))
         return carry, jnp.where(bad, jnp.inf, loss)
 
-    def chunk(carry, e):
-        carry, losses = jax.lax.scan(step, carry, e * every + jnp.arange(every))
-        tl, ta = _evaluate(task, carry[0], jax.random.fold_in(k_test, e), eval_batches)
-        return carry, (losses, tl, ta)
-
     carry = (p0, opt.init(p0), jnp.array(False), jnp.array(-1, jnp.int32))
-    carry, (losses, tl, ta) = jax.lax.scan(chunk, carry, jnp.arange(n_eval))
-    losses = losses.reshape(-1)
-    rest = num_steps - n_eval * every
-    if rest:
-        carry, extra = jax.lax.scan(step, carry, n_eval * every + jnp.arange(rest))
-        losses = jnp.concatenate([losses, extra])
+    carry, losses = jax.lax.scan(step, carry, jnp.arange(num_steps))
     params, _, dead, dead_at = carry
-    return TrainResult(losses, (jnp.arange(n_eval) + 1) * every, tl, ta, dead, dead_at, params)
+    # fold_in(k_test, 0): the key the final evaluation has always had
+    tl, ta = _evaluate(task, params, jax.random.fold_in(k_test, 0), eval_batches)
+    return TrainResult(losses, jnp.array([num_steps]), tl[None], ta[None], dead, dead_at,
+                       params)
 

@@ -75,15 +75,7 @@ class MetaTrainer:
     def init_state(self) -> dict:
         key = jax.random.PRNGKey(self.cfg.seed)
         k_theta, k_es, k_run = jax.random.split(key, 3)
-        theta = lopt.init_theta(k_theta, self.cfg.lo)
-        if self.cfg.init_from:
-            start, start_cfg, _ = lopt.load_theta(self.cfg.init_from)
-            if start_cfg.arch != self.cfg.lo.arch:
-                raise ValueError(f"init_from={self.cfg.init_from!r} is a {start_cfg.arch!r} "
-                                 f"learned optimizer; this run trains a {self.cfg.lo.arch!r} one")
-            theta = (lopt.extend_theta(start, start_cfg, self.cfg.lo)
-                     if self.cfg.lo.arch == "mlp" else jax.tree.map(jnp.asarray, start))
-            lopt.check_theta(theta, self.cfg.lo)
+        theta = lopt.start_theta(k_theta, self.cfg.lo, self.cfg.init_from)
         es_states = [ES.init_es_state(p, theta, jax.random.fold_in(k_es, i), self.cfg.es)
                      for i, p in enumerate(self.problems)]
         return {"step": jnp.int32(0), "theta": theta, "opt_state": self.meta_opt.init(theta),

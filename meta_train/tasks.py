@@ -212,6 +212,82 @@ def _opts(suffix: str) -> list[str]:
     return [o for o in suffix.split("-") if o]
 
 
+def _unknown(name: str) -> ValueError:
+    return ValueError(f"unknown task {name!r}; see `python -m meta_train.tasks --list` "
+                      "for names (e.g. mlp-fmnist8-w128-d3, lm-fortunes-d128-l2, rf-s1.0-n256)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskName:
+    """A task name read by the grammar of this module's docstring: the one parser of names
+    (the eval suite derives wider, deeper and SP cells, and reports group cells, with it).
+
+    ``prefix`` is the family and data (``mlp-fmnist8``, ``lm-fortunes``, ``rf-s1.0-n256``);
+    ``width`` / ``depth`` are an MLP's ``-w`` / ``-d`` and a transformer's d_model ``-d`` /
+    layers ``-l`` (None for ``rf-`` tasks); ``options`` the rest in order (``sp``, ``b256``,
+    ``h4``, ...). ``str()`` gives the name back.
+    """
+    prefix: str
+    width: int | None
+    depth: int | None
+    options: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, name: str) -> "TaskName":
+        """Raises: ValueError: ``name`` is not a task name (one line naming it)."""
+        if m := _MLP_RE.match(name):
+            return cls(f"mlp-{m[1]}{m[2]}", int(m[3]), int(m[4]), tuple(_opts(m[5])))
+        if m := _LM_RE.match(name):
+            return cls(f"lm-{m[1]}", int(m[2]), int(m[3]), tuple(_opts(m[4])))
+        if m := _RF_RE.match(name):
+            return cls(f"rf-s{m[1]}-n{m[2]}", None, None, tuple(_opts(m[3])))
+        raise _unknown(name)
+
+    @property
+    def keys(self) -> tuple[str, str] | tuple[None, None]:
+        """The name keys of width and depth: ("w", "d") for MLPs, ("d", "l") for LMs."""
+        return {"mlp": ("w", "d"), "lm": ("d", "l")}.get(self.prefix.split("-")[0],
+                                                          (None, None))
+
+    def __str__(self) -> str:
+        wkey, dkey = self.keys
+        dims = f"-{wkey}{self.width}-{dkey}{self.depth}" if wkey else ""
+        return self.prefix + dims + "".join(f"-{o}" for o in self.options)
+
+    def with_width(self, width: int) -> "TaskName":
+        return dataclasses.replace(self, width=int(width))
+
+    def with_depth(self, depth: int) -> "TaskName":
+        return dataclasses.replace(self, depth=int(depth))
+
+    @property
+    def sp(self) -> bool:
+        return "sp" in self.options
+
+    def variant(self, parametrization: str) -> "TaskName":
+        """The task in a parametrization: ``sp`` last among the options for "sp", none for
+        "mup"."""
+        rest = tuple(o for o in self.options if o != "sp")
+        return dataclasses.replace(self, options=rest + (("sp",) if parametrization == "sp"
+                                                          else ()))
+
+    @property
+    def family(self) -> str:
+        """The name with its width wildcarded (``mlp-fmnist8-w*-d3``): the tasks an LR
+        transfers between under μP; the name itself for tasks without a width."""
+        if self.width is None:
+            return str(self)
+        wkey, dkey = self.keys
+        return (f"{self.prefix}-{wkey}*-{dkey}{self.depth}"
+                + "".join(f"-{o}" for o in self.options))
+
+    def without_depth(self) -> str:
+        """The name with its depth wildcarded (``mlp-fmnist8-w128-d*``)."""
+        wkey, dkey = self.keys
+        return (f"{self.prefix}-{wkey}{self.width}-{dkey}*"
+                + "".join(f"-{o}" for o in self.options)) if wkey else str(self)
+
+
 def parse_task(name: str) -> Task:
     """Builds a task from its name (see the module docstring for the grammar)."""
     if m := _MLP_RE.match(name):
@@ -247,8 +323,7 @@ def parse_task(name: str) -> Task:
             else:
                 kw["batch_size"] = int(o[1:])
         return rf_task(**kw, name=name)
-    raise ValueError(f"unknown task {name!r}; see `python -m meta_train.tasks --list` "
-                     "for names (e.g. mlp-fmnist8-w128-d3, lm-fortunes-d128-l2, rf-s1.0-n256)")
+    raise _unknown(name)
 
 
 # The registered tasks: plain dict of name -> factory.

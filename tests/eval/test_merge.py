@@ -145,3 +145,78 @@ def test_the_header_names_the_baselines_the_cells_tuned_not_the_runs_mlp_list(wh
     tuned = {n for c in whole["cells"] for n, o in c["optimizers"].items() if o.get("grid")}
     assert set(named) == tuned and "schatten" in named
     assert "modular" not in named and "prodigy" not in named
+
+
+def test_a_cell_whose_rows_were_computed_on_different_data_is_refused_in_one_line(whole):
+    a, b = _split(whole)
+    cell = a["cells"][0]
+    names = list(cell["optimizers"])
+    other = copy.deepcopy({**cell, "optimizers": {n: cell["optimizers"][n] for n in names[1:2]}})
+    other["source"] = "python-stdlib"
+    b["cells"] = [other]
+    with pytest.raises(M.MergeError, match=r"^cell lm-\S+ \(500 steps\): rows computed on "
+                                           r"different data \(runs/a on .* and runs/b on "
+                                           r"'python-stdlib'\)"):
+        M.merge([a, b], ["runs/a", "runs/b"])
+    # the same source, another data digest (the corpus changed under its name)
+    other["source"] = cell["source"]
+    for o in cell["optimizers"].values():
+        o["data_digest"] = "aaaa"
+    other["optimizers"][names[1]]["data_digest"] = "bbbb"
+    b["cells"] = [copy.deepcopy(other)]
+    with pytest.raises(M.MergeError, match=r"data digests \['aaaa', 'bbbb'\]"):
+        M.merge([a, b], ["runs/a", "runs/b"])
+    # a later run that replaces every row of the cell is not a mixture
+    b["cells"] = [copy.deepcopy({**cell, "source": "python-stdlib"})]
+    for o in b["cells"][0]["optimizers"].values():
+        o["data_digest"] = "bbbb"
+    assert M.merge([a, b], ["runs/a", "runs/b"])["cells"][0]["source"] == "python-stdlib"
+
+
+def test_merged_speedups_come_from_full_precision_curves_or_are_kept(whole):
+    """A row from the AdamW row's run keeps its suite-computed speedup; a row from another run
+    is recomputed from the stored mean curve, which results.json now keeps at full precision:
+    two curves equal to 6 digits but not below are told apart."""
+    import numpy as np
+
+    from eval.report import _rounded_curves
+    a, b = _split(whole)
+    cell = a["cells"][0]
+    names = [n for n in cell["optimizers"] if n not in ("adamw", "adamw-cosine")]
+    ref = np.linspace(2.0, 1.0, 100)
+    ref[50:] = 1.0                          # AdamW reaches its minimum 1.0 at step 51
+    cand = ref.copy()
+    cand[10:] = np.maximum(ref[10:], 1.0 + 4e-7)    # 1.0000004: never reaches 1.0
+    cell["optimizers"]["adamw"]["mean_curve"] = ref.tolist()
+    stored = cell["optimizers"][names[0]]["speedup_vs_adamw"]
+    moved = copy.deepcopy({**cell, "optimizers": {names[1]: cell["optimizers"][names[1]]}})
+    moved["optimizers"][names[1]]["mean_curve"] = cand.tolist()
+    b["cells"] = [moved]
+    a, b = _rounded_curves(a), _rounded_curves(b)       # as results.json stores them
+    got = M.merge([a, b], ["runs/a", "runs/b"])["cells"][0]["optimizers"]
+    assert got[names[0]]["speedup_vs_adamw"] == stored          # same run as AdamW: kept
+    assert got[names[1]]["speedup_vs_adamw"] == 0.0             # 6 digits would say 1.0
+    assert "speedup_from_rounded_curves" not in got[names[1]]
+    # documents written before full-precision curves: recomputed, and marked
+    for d in (a, b):
+        d.pop("full_mean_curves")
+    got = M.merge([a, b], ["runs/a", "runs/b"])["cells"][0]["optimizers"]
+    assert got[names[1]]["speedup_from_rounded_curves"] is True
+
+
+def test_merging_into_a_meta_training_run_is_one_line_and_leaves_its_tb(whole, tmp_path,
+                                                                        capsys):
+    a, b = _split(whole)
+    for name, d in (("a", a), ("b", b)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(d))
+    run = tmp_path / "run"
+    (run / "tb").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    (run / "metrics.jsonl").write_text("")
+    (run / "tb" / "events.1").write_bytes(b"curves")
+    assert M.main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds a meta-training run (config.json, metrics.jsonl)" in err[0]
+    assert (run / "tb" / "events.1").read_bytes() == b"curves"
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.jsonl", "tb"]

@@ -23,14 +23,37 @@ def test_a_setting_is_the_baselines_factory_with_those_options():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), got, want)
     plain = _first_update(probe.baseline_with("muadam", {"lr": "0.01"}, task.roles, 100), params)
     assert not np.allclose(plain["layer_1"]["w"], got["layer_1"]["w"])
-    # options are typed like the factory's defaults: schatten's `every` stays an int
+    # options are typed like the factory's defaults: schatten's `every` stays an int, and
+    # fixed_p (default None) reads "inf"; the step is the factory's with those options
+    from lopt.schatten import adaptive_schatten
     opt = probe.baseline_with("schatten", {"lr": "0.1", "every": "7", "fixed_p": "inf"},
                               task.roles, 100)
-    assert opt is not None
+    want = _first_update(adaptive_schatten(0.1, task.roles, every=7, fixed_p=float("inf")),
+                         params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
+                 _first_update(opt, params), want)
+    assert opt.init(params).count.dtype == jnp.int32
     # an entry's own schedule is kept: adamw-cosine's first step is at LR 0
     cos = _first_update(probe.baseline_with("adamw-cosine", {"lr": "0.01"}, task.roles, 100),
                         params)
     assert all(float(jnp.abs(x).max()) == 0.0 for x in jax.tree.leaves(cos))
+
+
+def test_a_mistyped_bool_option_is_an_error_not_false():
+    from lopt.learned import LOConfig
+    roles = get_task("mlp-digits8-w32-d2").roles
+    with pytest.raises(ValueError, match="expected true/false, got 'ture'"):
+        probe.baseline_with("modular", {"lr": "0.1", "constrained": "ture"}, roles, 10)
+    with pytest.raises(ValueError, match="expected true/false, got 'ture'"):
+        probe._typed(LOConfig(), "mup", "ture")
+    assert probe._typed(LOConfig(), "mup", "no") is False
+    # a string option stays a string (it used to be read as a float)
+    from lopt.baselines import modular
+    params = get_task("mlp-digits8-w32-d2").init(jax.random.key(0))
+    got = _first_update(probe.baseline_with("modular", {"lr": "0.1", "readout": "sign"}, roles,
+                                            10), params)
+    want = _first_update(modular(0.1, roles, readout="sign"), params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), got, want)
 
 
 def test_probe_errors_name_the_problem_and_the_choices():

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -293,13 +294,13 @@ def test_lo_is_judged_against_the_better_adamw_form_per_cell():
     from eval.report import against_adamw, markdown
     doc = _doc({
         # constant AdamW is better here, and the LO beats only cosine
-        "mlp-a-w1024-d3": {"adamw": _curve(0.40), "adamw-cosine": _curve(0.45),
+        "mlp-fmnist8-w1024-d3": {"adamw": _curve(0.40), "adamw-cosine": _curve(0.45),
                            "μLO": _curve(0.42)},
         # cosine is better here and the LO beats it
-        "mlp-a-w128-d15": {"adamw": _curve(0.60), "adamw-cosine": _curve(0.50),
+        "mlp-fmnist8-w128-d15": {"adamw": _curve(0.60), "adamw-cosine": _curve(0.50),
                            "μLO": _curve(0.45)},
         # the better form diverged: the other one counts; a diverged LO loses
-        "mlp-a-w128-d3": {"adamw": _curve(0.30), "adamw-cosine": 2.3 + np.linspace(0, 200, 100),
+        "mlp-fmnist8-w128-d3": {"adamw": _curve(0.30), "adamw-cosine": 2.3 + np.linspace(0, 200, 100),
                           "μLO": 2.3 + np.linspace(0, 5, 100)},
     })
     rows = against_adamw(doc)
@@ -310,12 +311,12 @@ def test_lo_is_judged_against_the_better_adamw_form_per_cell():
     assert rows[1]["speedup"] == pytest.approx(S.speedup(a, lo)) and rows[1]["speedup"] > 1
     md = markdown(doc, [])
     r = rows[1]
-    assert (f"| μLO | wider | mlp-a-w128-d15 | 100 | {r['lo_final']:.3f} | adamw-cosine "
+    assert (f"| μLO | wider | mlp-fmnist8-w128-d15 | 100 | {r['lo_final']:.3f} | adamw-cosine "
             f"{r['adamw_final']:.3f} | win |") in md
     assert "- **μLO**: wins 1 of 3 cells against the better tuned AdamW; geometric-mean " \
            "speedup 0.00 (0: on some cell it never reaches AdamW's lowest point)" in md
     assert rows[2]["lo_final"] > 1.5 * 2.3
-    assert (f"| μLO | wider | mlp-a-w128-d3 | 100 | {rows[2]['lo_final']:.3f} † | adamw "
+    assert (f"| μLO | wider | mlp-fmnist8-w128-d3 | 100 | {rows[2]['lo_final']:.3f} † | adamw "
             f"{rows[2]['adamw_final']:.3f} | loss |") in md
 
 
@@ -342,13 +343,13 @@ def test_each_optimizer_has_one_color_in_every_panel(tmp_path, monkeypatch):
     monkeypatch.setattr(Figure, "savefig", record)
     # the in-distribution panel has untrained rows that the wider panel lacks, and the
     # panels list their optimizers in different orders: the old color cycle shifted here
-    doc = _doc({"mlp-a-w32-d3": {"adamw": _curve(0.5), "μLO": _curve(0.45),
+    doc = _doc({"mlp-fmnist8-w32-d3": {"adamw": _curve(0.5), "μLO": _curve(0.45),
                                  "μLO (untrained)": _curve(2.0), "SP LO": _curve(0.5),
                                  "SP LO (untrained)": _curve(2.2)},
-                "mlp-a-w256-d3": {"SP LO": _curve(0.9), "μLO": _curve(0.4),
+                "mlp-fmnist8-w256-d3": {"SP LO": _curve(0.9), "μLO": _curve(0.4),
                                   "adamw": _curve(0.42)},
-                "mlp-a-w32-d15": {"μLO": _curve(0.9), "adamw": _curve(0.6), "SP LO": _curve(1)}},
-               axes={"mlp-a-w32-d3": "in-distribution", "mlp-a-w32-d15": "deeper"})
+                "mlp-fmnist8-w32-d15": {"μLO": _curve(0.9), "adamw": _curve(0.6), "SP LO": _curve(1)}},
+               axes={"mlp-fmnist8-w32-d3": "in-distribution", "mlp-fmnist8-w32-d15": "deeper"})
     for c in doc["cells"]:
         for o in c["optimizers"].values():
             o["speedup_vs_adamw"] = 1.0
@@ -363,15 +364,30 @@ def test_each_optimizer_has_one_color_in_every_panel(tmp_path, monkeypatch):
     assert len(set(colors)) == len(names)          # and no two optimizers share one
 
 
-def test_make_lo_passes_the_step_count(monkeypatch):
-    got = {}
+def test_make_lo_tells_the_lo_the_runs_step_count():
+    # mulo-frac-cpu reads the fraction of training done: told 20 steps, its 10th update is
+    # the one make_from_config gives at num_steps=20, and differs from a 5000-step run's
+    import jax
+    import jax.numpy as jnp
 
-    def factory(theta, config, *, roles=None, num_steps=None, **kw):
-        got.update(num_steps=num_steps, roles=roles)
-        return "opt"
-    monkeypatch.setattr(S.lopt, "make_from_config", factory)
-    assert S.make_lo("theta", "cfg", {"w": "hidden"}, 5000) == "opt"
-    assert got == {"num_steps": 5000, "roles": {"w": "hidden"}}
+    import lopt
+    from meta_train.tasks import get_task
+    (lo,) = S.load_los(["mulo-frac-cpu"])
+    task = get_task("mlp-digits8-w16-d2")
+    params = task.init(jax.random.PRNGKey(0))
+    grads = jax.tree.map(lambda p: 0.1 * jnp.cos(p + 1.0), params)
+
+    def tenth_update(opt):
+        state = opt.init(params)
+        for _ in range(10):
+            upd, state = opt.update(grads, state, params)
+        return np.concatenate([np.ravel(x) for x in jax.tree.leaves(upd)])
+    short = tenth_update(S.make_lo(lo.theta, lo.config, task.roles, 20))
+    want = tenth_update(lopt.make_from_config(lo.theta, lo.config, roles=task.roles,
+                                              mup_in="model", num_steps=20))
+    np.testing.assert_array_equal(short, want)
+    long_ = tenth_update(S.make_lo(lo.theta, lo.config, task.roles, 5000))
+    assert np.abs(short - long_).max() > 1e-3 * np.abs(long_).max()
 
 
 def test_cosine_schedule_tunes_every_baseline_under_its_own_name(smoke_eval):
@@ -528,7 +544,13 @@ def test_lo_digest_covers_theta_and_every_lo_config_field():
     nudged[leaf] = nudged[leaf].at[(0,) * nudged[leaf].ndim].add(1e-6)
     digests.add(S.lo_digest(nudged, base))
     assert len(digests) == len(other) + 2
-    assert S.lo_digest(theta, base) == S.lo_digest(jax.tree.map(lambda x: x, theta), base)
+    # the digest is a stable name: mulo-cpu's is the one its committed reports (and cached
+    # groups) record, so a change to how digests are made is seen, not silently re-keyed
+    (mulo,) = S.load_los(["mulo-cpu"])
+    shipped = {lo["label"]: lo["digest"] for lo in json.loads(
+        (Path(__file__).resolve().parents[2] / "checkpoints" / "eval-full-lm" /
+         "results.json").read_text())["los"]}
+    assert mulo.digest == shipped["μLO"] == "449451a33aeaa444"
 
 
 def test_cache_made_on_other_data_is_never_reused(tmp_path, monkeypatch):
@@ -546,7 +568,7 @@ def test_cache_made_on_other_data_is_never_reused(tmp_path, monkeypatch):
     monkeypatch.setattr(S.Runner, "_compute", compute)
     source = {"mlp-fmnist8-w32-d3": "fashion-mnist 8x8 (packaged)",
               "mlp-fmnist8-w32-d3-sp": "fashion-mnist 8x8 (packaged)"}
-    monkeypatch.setattr(S, "data_source", lambda task: source[task])
+    _fake_data(monkeypatch, lambda task: source[task])
     runner = S.Runner(tmp_path)
     runs = {"lo": lambda: runner.run_lo("mlp-fmnist8-w32-d3", lo, 4, [1]),
             "lo-init": lambda: runner.run_lo("mlp-fmnist8-w32-d3", lo, 4, [1], untrained=True),
@@ -592,6 +614,14 @@ def test_full_suite_has_transformer_lowrank_and_other_data_cells_with_their_base
     assert other == S.Cell("other-data", "mlp-fmnist28-w1024-d3", 500)   # suite baselines
 
 
+def _fake_data(monkeypatch, source):
+    """Tasks read as if their data came from ``source(task)`` (a name), with stand-in digests
+    of their data and init, so tests run without the data installed."""
+    monkeypatch.setattr(S, "data_source", source)
+    monkeypatch.setattr(S, "inputs_key", lambda task: {"init": "init of " + task,
+                                                       "data": "data of " + source(task)})
+
+
 def _fake_compute(self, task_name, make, steps, lrs, seeds, needs_activations, pass_loss=False):
     curve = list(np.linspace(2.3, 1.0 + 0.01 * len(task_name), steps))
     n = len(lrs) * len(seeds)
@@ -610,7 +640,7 @@ def test_fixed_cells_without_their_data_are_skipped_and_reported(tmp_path, monke
             raise DataNotFoundError("fortunes not found: apt install fortunes")
         return "test data"
     monkeypatch.setattr(S.Runner, "_compute", _fake_compute)
-    monkeypatch.setattr(S, "data_source", source)
+    _fake_data(monkeypatch, source)
     doc = S.run_suite(["mulo-cpu"], "full", tmp_path, progress=False, overrides={
         "axes": ("transformer", "transformer-lowrank", "other-data"),
         "transformer": ("lm-fortunes-d64-l2",), "baselines": ("adamw",)})
@@ -622,7 +652,7 @@ def test_fixed_cells_without_their_data_are_skipped_and_reported(tmp_path, monke
     md = write_all(doc, tmp_path / "report", "test")["markdown"]
     assert "## transformer: `lm-fortunes-d64-l2` skipped" in md
     # a core axis without its data still stops the suite before any training
-    monkeypatch.setattr(S, "data_source", lambda task: source("lm-" + task))
+    _fake_data(monkeypatch, lambda task: source("lm-" + task))
     with pytest.raises(DataNotFoundError):
         S.run_suite(["mulo-cpu"], "full", tmp_path, progress=False,
                     overrides={"axes": ("wider",)})
@@ -631,7 +661,7 @@ def test_fixed_cells_without_their_data_are_skipped_and_reported(tmp_path, monke
 def test_a_fixed_cell_runs_its_own_baselines_and_the_report_leaves_the_rest_blank(
         tmp_path, monkeypatch):
     monkeypatch.setattr(S.Runner, "_compute", _fake_compute)
-    monkeypatch.setattr(S, "data_source", lambda task: "test data")
+    _fake_data(monkeypatch, lambda task: "test data")
     doc = S.run_suite(["mulo-cpu"], "full", tmp_path, progress=False, overrides={
         "axes": ("transformer-lowrank", "other-data"), "baselines": ("adamw", "muadam")})
     rows = {c["axis"]: list(c["optimizers"]) for c in doc["cells"]}
@@ -664,7 +694,7 @@ def test_bootstrap_interval_of_the_geomean_speedup_over_seeds():
     p2 = np.sqrt(S.speedup(a2.mean(0), lo2.mean(0)) * point)
     assert lo_ci < p2 < hi_ci and hi_ci - lo_ci > 0.1
     # the report prints it next to the win count (the summaries store per-seed curves)
-    doc = _doc({"mlp-a-w1024-d3": {"adamw": _curve(0.40), "μLO": _curve(0.30)}})
+    doc = _doc({"mlp-fmnist8-w1024-d3": {"adamw": _curve(0.40), "μLO": _curve(0.30)}})
     assert doc["cells"][0]["optimizers"]["μLO"]["seed_curves"]
     assert (f"geometric-mean speedup {point:.2f} (95% bootstrap interval over seeds "
             f"{point:.2f}-{point:.2f})") in markdown(doc, [])
@@ -672,7 +702,7 @@ def test_bootstrap_interval_of_the_geomean_speedup_over_seeds():
 
 def test_cached_only_reports_what_is_done_and_lists_the_rest(tmp_path, monkeypatch):
     monkeypatch.setattr(S.Runner, "_compute", _fake_compute)
-    monkeypatch.setattr(S, "data_source", lambda task: "test data")
+    _fake_data(monkeypatch, lambda task: "test data")
     ov = {"axes": ("other-data",)}
     S.run_suite(["mulo-cpu"], "full", tmp_path, progress=False, overrides=ov,
                 baselines=("adamw",))
@@ -705,10 +735,9 @@ def test_groups_cached_by_version_1_are_reused_and_say_their_test_metrics(tmp_pa
         return {"losses": [[[1.0] * steps] * len(seeds)] * len(lrs),
                 "test_metrics": "whole test split"}
     monkeypatch.setattr(S.Runner, "_compute", compute)
-    monkeypatch.setattr(S, "data_source", lambda task: "fashion-mnist 8x8 (packaged)")
+    _fake_data(monkeypatch, lambda task: "fashion-mnist 8x8 (packaged)")
     runner = S.Runner(tmp_path)
-    old_key = {"task": "mlp-fmnist8-w32-d3-sp", "source": "fashion-mnist 8x8 (packaged)",
-               "opt": "adamw", "steps": 4, "lrs": [1e-3], "seeds": [1]}
+    old_key = S.baseline_key("mlp-fmnist8-w32-d3-sp", "adamw", 4, [1e-3], [1])
     old = runner._file(old_key)
     old.write_text(json.dumps({"key": old_key, "losses": [[[7.0] * 4]]}))
     res = runner.run_baseline("mlp-fmnist8-w32-d3-sp", "adamw", 4, [1e-3], [1])
@@ -786,7 +815,7 @@ def test_a_sweep_split_into_groups_joins_to_the_whole_sweep(tmp_path, monkeypatc
                 "wall_s": 2.0 * len(lrs), "compile_s": 1.0, "runs": len(lrs) * len(seeds),
                 "steps": steps}
     monkeypatch.setattr(S.Runner, "_compute", compute)
-    monkeypatch.setattr(S, "data_source", lambda task: "test data")
+    _fake_data(monkeypatch, lambda task: "test data")
     lrs = [0.01, 0.02, 0.03, 0.04, 0.05]
     task = "mlp-digits8-w32-d2-sp"
     res = S.Runner(tmp_path / "a", group_runs=4).run_baseline(task, "adamw", 3, lrs, [0, 1])
@@ -800,8 +829,7 @@ def test_a_sweep_split_into_groups_joins_to_the_whole_sweep(tmp_path, monkeypatc
         assert res[k] == whole[k], k
     assert (res["runs"], res["wall_s"], res["compile_s"], res["groups"]) == (10, 10.0, 3.0, 3)
     # a killed sweep keeps its finished groups: only the missing one trains again
-    key = {"task": task, "source": "test data", "opt": "adamw", "steps": 3, "lrs": [0.05],
-           "seeds": [0, 1], "version": S.SUITE_VERSION}
+    key = {**S.baseline_key(task, "adamw", 3, [0.05], [0, 1]), "version": S.SUITE_VERSION}
     runner = S.Runner(tmp_path / "a")
     runner._file(key).unlink()
     runner._file({**key, "lrs": lrs}).unlink()
@@ -873,10 +901,10 @@ def test_a_group_another_live_process_computes_is_busy_and_a_killed_ones_lock_is
 
     from eval.cache import is_held, try_lock
     monkeypatch.setattr(S.Runner, "_compute", _fake_compute)
-    monkeypatch.setattr(S, "data_source", lambda task: "test data")
+    _fake_data(monkeypatch, lambda task: "test data")
     runner = S.Runner(tmp_path)
-    key = {"task": "mlp-fmnist8-w32-d3-sp", "source": "test data", "opt": "adamw",
-           "steps": 4, "lrs": [1e-3], "seeds": [1], "version": S.SUITE_VERSION}
+    key = {**S.baseline_key("mlp-fmnist8-w32-d3-sp", "adamw", 4, [1e-3], [1]),
+           "version": S.SUITE_VERSION}
     lock = runner._file(key).with_suffix(".lock")
 
     def go():
@@ -935,7 +963,7 @@ def test_two_processes_sharing_an_out_split_the_groups_and_report_the_same(tmp_p
                           for c in per_lr] for lr, per_lr in zip(lrs, res["losses"])]
         return res
     monkeypatch.setattr(S.Runner, "_compute", slow)
-    monkeypatch.setattr(S, "data_source", lambda task: "test data")
+    _fake_data(monkeypatch, lambda task: "test data")
     monkeypatch.setattr(S, "LOCK_POLL_S", 0.05)
     ov = {"axes": ("transformer",), "extend_edges": 0,
           "transformer": ("lm-fortunes-d64-l2", "lm-fortunes-d256-l2", "lm-fortunes-d512-l2")}
@@ -975,11 +1003,11 @@ def test_a_baseline_that_takes_adamws_lr_waits_for_adamw_another_process_is_tuni
 
     from eval.cache import try_lock
     monkeypatch.setattr(S.Runner, "_compute", _fake_compute)
-    monkeypatch.setattr(S, "data_source", lambda task: "test data")
+    _fake_data(monkeypatch, lambda task: "test data")
     monkeypatch.setattr(S, "LOCK_POLL_S", 0.01)
     task = "lm-fortunes-d128-l2-r16"
-    key = {"task": task + "-sp", "source": "test data", "opt": "adamw", "steps": 500,
-           "lrs": S._grid("adamw", S.SUITES["full"].grid_points), "seeds": [0],
+    key = {**S.baseline_key(task + "-sp", "adamw", 500,
+                            S._grid("adamw", S.SUITES["full"].grid_points), [0]),
            "version": S.SUITE_VERSION}
     fd = try_lock(S.Runner(tmp_path)._file(key).with_suffix(".lock"))   # "another process"
     released = []
@@ -1000,19 +1028,43 @@ def test_a_baseline_that_takes_adamws_lr_waits_for_adamw_another_process_is_tuni
 
 def test_a_row_not_run_states_its_measured_cost_on_the_widest_narrower_cell():
     from eval.report import markdown
-    doc = _doc({"mlp-a-w1024-d3": {"muon": _curve(0.4)}, "mlp-a-w2048-d3": {"muon": _curve(0.4)},
-                "mlp-a-w128-d15": {"muon": _curve(0.5)}, "mlp-a-w8192-d3": {"adamw": _curve(0.4)}})
-    times = {"mlp-a-w1024-d3": 0.555, "mlp-a-w2048-d3": 4.2, "mlp-a-w128-d15": 0.01}
+    doc = _doc({"mlp-fmnist8-w1024-d3": {"muon": _curve(0.4)}, "mlp-fmnist8-w2048-d3": {"muon": _curve(0.4)},
+                "mlp-fmnist8-w128-d15": {"muon": _curve(0.5)}, "mlp-fmnist8-w8192-d3": {"adamw": _curve(0.4)}})
+    times = {"mlp-fmnist8-w1024-d3": 0.555, "mlp-fmnist8-w2048-d3": 4.2, "mlp-fmnist8-w128-d15": 0.01}
     for c in doc["cells"]:
         if c["task"] in times:
             c["optimizers"]["muon"]["wall_s_per_step"] = times[c["task"]]
-    doc["not_run"] = [{"axis": "wider", "task": "mlp-a-w4096-d3", "steps": 100,
+    doc["not_run"] = [{"axis": "wider", "task": "mlp-fmnist8-w4096-d3", "steps": 100,
                        "optimizer": "muon"},
-                      {"axis": "wider", "task": "mlp-a-w512-d3-sp", "steps": 100,
+                      {"axis": "wider", "task": "mlp-fmnist8-w512-d3-sp", "steps": 100,
                        "optimizer": "muon"}]
     md = markdown(doc, [])
     # the widest narrower cell of the same family and axis: w2048, not w1024, not the d15 cell
-    assert ("- wider `mlp-a-w4096-d3` (100 steps): muon (measured on `mlp-a-w2048-d3`, 2x "
+    assert ("- wider `mlp-fmnist8-w4096-d3` (100 steps): muon (measured on `mlp-fmnist8-w2048-d3`, 2x "
             "narrower: 4200 ms per run-step)") in md
     # nothing narrower ran it: the line says only what is missing
-    assert "- wider `mlp-a-w512-d3-sp` (100 steps): muon\n" in md
+    assert "- wider `mlp-fmnist8-w512-d3-sp` (100 steps): muon\n" in md
+
+
+def test_the_untrained_row_of_an_lo_started_from_another_runs_theta_is_that_theta():
+    # mulo-frac-cpu was meta-trained from mulo-cpu's theta (init_from), extended to its
+    # fraction features: its "(untrained)" row runs that theta, not its seed's random init
+    import jax
+
+    import lopt
+    (lo,) = S.load_los(["mulo-frac-cpu"])
+    cfg = lo.meta["config"]
+    assert cfg["init_from"] == "mulo-cpu"
+    key = jax.random.split(jax.random.PRNGKey(int(cfg["seed"])), 3)[0]
+    start, start_cfg, _ = lopt.load_theta("mulo-cpu")
+    want = lopt.extend_theta(start, start_cfg, lo.config)
+    got = S.untrained_theta(lo)
+    assert S.lo_digest(got, lo.config) == S.lo_digest(want, lo.config)
+    assert S.lo_digest(got, lo.config) != S.lo_digest(lopt.init_theta(key, lo.config),
+                                                      lo.config)
+    (plain,) = S.load_los(["mulo-cpu"])
+    assert not plain.meta["config"].get("init_from")
+    assert S.lo_digest(S.untrained_theta(plain), plain.config) == S.lo_digest(
+        lopt.init_theta(jax.random.split(jax.random.PRNGKey(int(plain.meta["config"]["seed"])),
+                                         3)[0], plain.config), plain.config)
+    assert S.untrained_label("μLO") == "μLO (untrained)"

@@ -82,3 +82,21 @@ def test_cli_prints_the_summary_or_one_error_line(tmp_path, capsys):
 def test_summary_rejects_an_empty_document(tmp_path):
     with pytest.raises(S.SummaryError, match="no learned optimizer"):
         S.summary({"los": [], "cells": []}, tmp_path)
+
+
+def test_the_report_and_the_summary_agree_on_a_win_over_a_diverged_adamw(tmp_path):
+    # both tuned AdamW forms diverged (NaN final loss), the μLO did not: a win in the
+    # report's table as in the summary (the report used to call it a loss)
+    from eval import report as R
+    doc = _doc(tmp_path)
+    cell = doc["cells"][0]
+    cell["optimizers"]["adamw"] = _row(float("nan"), diverged=True)
+    cell["optimizers"]["adamw-cosine"] = _row(float("inf"), diverged=True)
+    row = next(r for r in R.against_adamw(doc) if r["lo"] == "μLO")
+    assert row["task"] == cell["task"] and row["win"] is True
+    w32 = next(ln for ln in S.summary(doc, tmp_path / "ev") if "fmnist8-w32-d3 " in ln)
+    assert w32.split("steps: ")[1].startswith("0.300 vs nan † won")
+    # a diverged LO loses to any AdamW, diverged or not
+    cell["optimizers"]["μLO"] = _row(float("nan"), diverged=True)
+    row = next(r for r in R.against_adamw(doc) if r["lo"] == "μLO")
+    assert row["win"] is False

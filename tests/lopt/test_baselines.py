@@ -426,3 +426,26 @@ def test_muon_modular_and_spectral_share_one_matrix_view_of_attention_and_conv_k
         cos = lambda a, b: float(np.sum(a * b) / np.linalg.norm(a) / np.linalg.norm(b))
         assert abs(cos(views["muon"], views["modular"])) > 0.99, name
         assert abs(cos(views["modular"], views["spectral"])) > 0.9, name
+
+
+def test_schatten_reads_a_qkv_kernel_as_one_matrix_like_muon():
+    # a q kernel [d, heads, head_dim] is the [d, heads * head_dim] matrix its fan-in axes say
+    # (lopt.roles.fan_in_axes): the adaptive choice of p and the step match that matrix's
+    rng = np.random.default_rng(5)
+    d, heads, hd = 12, 3, 4
+    g3 = jnp.asarray(rng.normal(size=(d, heads, hd)), jnp.float32)
+    acts = jnp.asarray(rng.normal(size=(32, d)) * np.logspace(0, -2, d), jnp.float32)
+    qkv = {"attn": {"query": {"kernel": g3}}}
+    flat = {"attn": {"dense": {"kernel": g3.reshape(d, heads * hd)}}}
+    roles = lambda t: jax.tree.map(lambda _: "hidden", t)       # noqa: E731
+    ups = []
+    for tree in (qkv, flat):
+        opt = adaptive_schatten(0.02, roles(tree), every=1)
+        a = jax.tree.map(lambda _: acts, tree)
+        upd, state = opt.update(tree, opt.init(tree), tree, activations=a)
+        ups.append((jax.tree.leaves(upd)[0], jax.tree.leaves(state.p_index)[0]))
+    (u3, p3), (u2, p2) = ups
+    assert int(p3) == int(p2)
+    np.testing.assert_allclose(np.asarray(u3).reshape(d, -1), u2, rtol=1e-5, atol=1e-7)
+    assert float(criterion(g3, acts, split=1)[0]) == pytest.approx(
+        float(criterion(g3.reshape(d, -1), acts)[0]), rel=1e-5)

@@ -16,10 +16,15 @@ def test_save_load_round_trip_exact(tmp_path):
     assert config == lopt.LOConfig(mup=False, step_mult=1e-3) and meta == {"note": "x"}
     for a, b in zip(jax.tree.leaves(theta), jax.tree.leaves(back)):
         np.testing.assert_array_equal(np.asarray(a), b)
-    opt = lopt.load(tmp_path / "ck")
-    params = {"w": np.ones((3, 3), np.float32)}
-    u, _ = opt.update(params, opt.init(params), params)
-    assert u["w"].shape == (3, 3)
+    # the loaded optimizer steps exactly as the saved theta does
+    params = {"w": np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3)}
+    grads = {"w": np.cos(params["w"] + 1.0)}
+
+    def update(opt):
+        return np.asarray(opt.update(grads, opt.init(params), params)[0]["w"])
+    got = update(lopt.load(tmp_path / "ck"))
+    np.testing.assert_array_equal(got, update(lopt.make_from_config(theta, lopt.SP_LO)))
+    assert np.abs(got).max() > 0
 
 
 def test_bad_checkpoints_give_one_line_errors(tmp_path):

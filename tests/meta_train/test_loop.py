@@ -51,10 +51,14 @@ def test_smoke_run_writes_checkpoint_and_tensorboard(smoke_run):
     assert np.isfinite([e.value for e in ea.Scalars("meta_loss")]).all()
     assert json.loads((out / "config.json").read_text())["tasks"] == list(SMOKE.tasks)
     # the checkpoint is usable directly as an optimizer
-    opt = lopt.load(out)
-    params = {"w": np.ones((4, 3), np.float32)}
-    u, _ = opt.update(params, opt.init(params), params)
-    assert np.all(np.isfinite(np.asarray(u["w"])))
+    params = {"w": np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3)}
+    grads = {"w": np.cos(params["w"] + 1.0)}
+
+    def update(opt):
+        return np.asarray(opt.update(grads, opt.init(params), params)[0]["w"])
+    got = update(lopt.load(out))
+    np.testing.assert_array_equal(got, update(lopt.make_from_config(res["theta"], config)))
+    assert np.all(np.isfinite(got)) and np.abs(got).max() > 0
 
 
 # The child kills itself with SIGKILL at a fixed point (mid outer step 4, after step 3's

@@ -181,3 +181,31 @@ def test_transformer_layer_inputs_are_what_each_hidden_kernel_multiplies():
     lp = low.init(jax.random.key(0))
     la = low.activations(lp, low.sample(low.data, jax.random.key(1)))["block_0"]
     assert la["wq"] == {"a": None, "b": None} and la["mlp_in"] is not None
+
+
+@pytest.mark.parametrize("name, width, depth, family", [
+    ("mlp-fmnist8-w128-d3", 128, 3, "mlp-fmnist8-w*-d3"),
+    ("mlp-digits8-w64-d2-sp-b256", 64, 2, "mlp-digits8-w*-d2-sp-b256"),
+    ("lm-fortunes-d64-l2-r16", 64, 2, "lm-fortunes-d*-l2-r16"),      # -d is d_model here
+    ("lm-stdlib-d32-l1-c16-h2", 32, 1, "lm-stdlib-d*-l1-c16-h2"),
+    ("rf-s1.0-n256", None, None, "rf-s1.0-n256"),
+])
+def test_a_task_name_parses_to_its_width_and_depth_and_back(name, width, depth, family):
+    from meta_train.tasks import TaskName
+    t = TaskName.parse(name)
+    assert (str(t), t.width, t.depth, t.family) == (name, width, depth, family)
+    if width is not None:
+        wider, deeper = t.with_width(4 * width), t.with_depth(5 * depth)
+        assert (wider.width, wider.depth, deeper.width, deeper.depth) == (
+            4 * width, depth, width, 5 * depth)
+        assert TaskName.parse(str(wider)) == wider and TaskName.parse(str(deeper)) == deeper
+        assert t.without_depth() == deeper.without_depth() != t.with_width(1).without_depth()
+    sp = t.variant("sp")
+    assert sp.sp and str(sp).endswith("-sp") and not sp.variant("mup").sp
+    assert str(sp.variant("sp")) == str(sp)
+
+
+def test_an_unknown_task_name_is_one_line_naming_it():
+    from meta_train.tasks import TaskName
+    with pytest.raises(ValueError, match=r"^unknown task 'lm-fortunes-d64-lx'; see"):
+        TaskName.parse("lm-fortunes-d64-lx")
