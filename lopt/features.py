@@ -114,6 +114,18 @@ def neutralize(g: jax.Array) -> jax.Array:
     return jnp.where(bad, jnp.zeros_like(g), g)
 
 
+def finite_or_zero(p: jax.Array) -> jax.Array:
+    """``p`` with every non-finite element set to 0, for the parameter feature.
+
+    One NaN or inf parameter must not poison its tensor either: the parameter feature is
+    normalized by its mean square over the whole tensor, so without this one bad weight
+    made every element's update NaN. With it the bad element is seen as 0 (its update is
+    finite, and the element itself stays non-finite after ``apply_updates``, where a
+    training loop's divergence check sees it); every finite element is untouched.
+    """
+    return jnp.where(jnp.isfinite(p), p, jnp.zeros_like(p))
+
+
 def init_accumulators(p: jax.Array) -> Accumulators:
     shape = tuple(np.shape(p))
     z = lambda s: jnp.zeros(s, jnp.float32)

@@ -23,7 +23,7 @@ without annotation:
    structure, once seen (``opt.init(params)``, ``infer_roles``, ``mup_init_params`` on the
    model's own params), is remembered for that structure (names and shapes);
 3. tied embeddings: a model with a named input embedding and no readout leaf (its last
-   matrix maps back into the width inside a repeated block) reads its logits from the
+   matrix maps back into the width inside a block) reads its logits from the
    embedding. The embedding keeps the ``input`` role: in the ``1/fan_in``-multiplier form
    of μP (Tensor Programs V, Table 3 as used here, and the mup package's
    ``MuSharedReadout``) input and output weights share the same init and Adam-like LR, so
@@ -320,17 +320,13 @@ def _out_size(leaf: _Leaf) -> int:
     return int(math.prod(leaf.shape[fan_in_axes(leaf.name, leaf.shape):]))
 
 
-def _in_repeated_unit(leaf: _Leaf, leaves: list[_Leaf]) -> bool:
-    """The leaf sits in one of several numbered blocks (``Block_5/...``, ``blocks/5/...``)."""
-    def unit(x):
-        parts = x.name.split("/")
-        cut = next((i for i, c in enumerate(parts[:-1]) if _NUMBERED.search(c)), None)
-        return None if cut is None else "/".join(parts[:cut + 1])
-    mine = unit(leaf)
-    if mine is None:
-        return False
-    return any(u != mine and _skeleton(u) == _skeleton(mine)
-               for u in map(unit, leaves) if u is not None)
+def _in_block(leaf: _Leaf) -> bool:
+    """The leaf sits in a numbered block below its own module (``h_3/mlp/kernel``, nnx
+    ``blocks/3/attn/out/kernel``), not in a numbered layer of its own (``Dense_3/kernel``,
+    ``layer_3/w``, ``layers/3/kernel``)."""
+    parts = leaf.name.split("/")
+    cut = next((i for i, c in enumerate(parts[:-1]) if _NUMBERED.search(c)), None)
+    return cut is not None and cut < len(parts) - 2
 
 
 def _embedding_tables(leaves, roles) -> list[int]:
@@ -382,7 +378,7 @@ def _assign(leaves: list[_Leaf], overrides: list) -> tuple[list, dict, dict]:
     if cands:
         i, guessed = _pick(leaves, cands, last=True)
         width = {leaves[t].shape[-1] for t in tables}
-        if not (width and _out_size(leaves[i]) in width and _in_repeated_unit(leaves[i], leaves)):
+        if not (width and _out_size(leaves[i]) in width and _in_block(leaves[i])):
             roles[i] = "output"
             if guessed:
                 guesses[i] = "last matrix"
