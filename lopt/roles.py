@@ -250,7 +250,7 @@ def _analyse(params) -> tuple[list[_Leaf], Any]:
             _ORDERS.pop(next(iter(_ORDERS)))
     elif memo in _ORDERS:
         keys = _ORDERS[memo]
-    names = [_NNX_VALUE.sub("", p) for p in paths]
+    names = [leaf_name(p) for p in paths]
     roots = _stacked_roots(list(zip(names, shapes)))
     leaves = []
     for path, name, shape in zip(paths, names, shapes):
@@ -329,9 +329,22 @@ def _in_block(leaf: _Leaf) -> bool:
     return cut is not None and cut < len(parts) - 2
 
 
+def leaf_name(path: str) -> str:
+    """A leaf's ``/``-joined path without nnx's trailing ``/value`` (the Variable's array)."""
+    return _NNX_VALUE.sub("", path)
+
+
+def is_embedding_table(path: str, shape) -> bool:
+    """An embedding table ``[vocab, d]`` by name (Flax ``nn.Embed``'s ``embedding``, ``wte``,
+    ``pos``, Gemma's ``input_embedding``...), not a Dense kernel named ``embed/kernel``."""
+    name = leaf_name(path)
+    return (len(tuple(shape)) == 2 and bool(_INPUT_NAMES.search(name))
+            and not name.endswith("kernel"))
+
+
 def _embedding_tables(leaves, roles) -> list[int]:
-    return [i for i, x in enumerate(leaves) if roles[i] == "input" and len(x.shape) == 2
-            and _INPUT_NAMES.search(x.name) and not x.name.endswith("kernel")]
+    return [i for i, x in enumerate(leaves) if roles[i] == "input" and not x.stack
+            and is_embedding_table(x.name, x.shape)]
 
 
 def _heads(leaves, roles, fixed, guesses) -> None:

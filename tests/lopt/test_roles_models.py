@@ -462,3 +462,48 @@ def test_model_depth_counts_blocks_for_one_to_six_blocks(family):
             warnings.simplefilter("ignore")
             depths.append(R.model_depth(params, lopt.infer_roles(params)))
     assert depths == [1, 2, 3, 4, 5, 6]
+
+
+# --- μP init: the tasks' own ------------------------------------------------------------
+
+def _std_per_leaf(tree):
+    return {k: float(np.std(np.asarray(v))) for k, v in _flat(tree).items()}
+
+
+def test_mup_init_params_reproduces_the_mlp_tasks_init():
+    from meta_train.models import MLPSpec
+    spec = MLPSpec(in_dim=64, width=512, depth=3)        # ReLU, He init, μP: mulo-cpu's tasks
+    task = spec.init(jax.random.key(0))
+    ours = lopt.mup_init_params(jax.random.key(1), task)   # roles inferred, default gain
+    want, got = _std_per_leaf(task), _std_per_leaf(ours)
+    assert want.keys() == got.keys()
+    for k in want:
+        assert got[k] == pytest.approx(want[k], rel=0.03, abs=1e-7), k
+    assert got["layer_3/w"] == 0.0 and want["layer_1/w"] == pytest.approx((2 / 512) ** 0.5, rel=0.02)
+
+
+def test_mup_init_params_reproduces_the_transformer_tasks_init_with_unit_embeddings():
+    from meta_train.models import TransformerSpec
+    spec = TransformerSpec(vocab=128, d_model=128, heads=4, depth=2, context=64)
+    task = spec.init(jax.random.key(0))
+    ours = lopt.mup_init_params(jax.random.key(1), task, gain=1.0)   # the LM tasks: no gain
+    want, got = _std_per_leaf(task), _std_per_leaf(ours)
+    for k in want:
+        assert got[k] == pytest.approx(want[k], rel=0.05, abs=1e-7), k
+    assert got["embed"] == pytest.approx(1.0, rel=0.03)              # unit variance
+    assert got["block_0/wq"] == 0.0 and got["readout"] == 0.0         # zero query and readout
+    ln = _flat(ours)["block_1/ln1/scale"]
+    assert float(jnp.min(ln)) == 1.0 == float(jnp.max(ln))
+
+
+def test_mup_init_params_on_a_flax_lm_gives_unit_embeddings_zero_query_and_nnx_gains_of_one():
+    from eval.clients import LM
+    params = LM(vocab=30, d=64, depth=1, heads=2, context=8).init(
+        jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    new = _flat(lopt.mup_init_params(jax.random.key(1), params))
+    assert float(np.std(new["embed/embedding"])) == pytest.approx(1.0, rel=0.05)
+    assert float(jnp.abs(new["Block_0/MultiHeadDotProductAttention_0/query/kernel"]).max()) == 0
+    assert float(jnp.abs(new["head/kernel"]).max()) == 0
+    nnx, model = _nnx_model(1)
+    state = lopt.mup_init_params(jax.random.key(2), nnx.state(model, nnx.Param))
+    assert float(jnp.min(_flat(state)["norm/scale/value"])) == 1.0    # a norm gain, not a bias
