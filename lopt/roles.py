@@ -453,7 +453,8 @@ def _suggestion(leaves: list[_Leaf], roles: list) -> dict:
     mats = [i for i, r in enumerate(roles) if r in MATRIX_ROLES and not leaves[i].stack]
     if len(mats) < 2:
         return {}
-    feats = lambda i: leaves[i].shape[fan_in_axes(leaves[i].name, leaves[i].shape) - 1]  # noqa: E731
+    def feats(i):
+        return leaves[i].shape[fan_in_axes(leaves[i].name, leaves[i].shape) - 1]
     first = min(mats, key=lambda i: (feats(i), _rank(leaves[i])))
     rest = [i for i in mats if i != first]
     sizes = [_out_size(leaves[i]) for i in rest]
@@ -506,8 +507,8 @@ def model_depth(params: Any, roles: Any) -> int:
     counts its ``L`` layers. So an MLP counts its hidden matrices and a transformer or
     ResNet its residual blocks, however many matrices each block holds: a 2-block
     transformer has depth 2, not 12, and the count grows with every block."""
-    leaves, treedef = _analyse(params)
-    role_leaves = treedef.flatten_up_to(roles)
+    leaves, _ = _analyse(params)
+    role_leaves = jax.tree.leaves(roles)
     mats = [x.name.split("/") for x, r in zip(leaves, role_leaves) if r in MATRIX_ROLES]
     common = 0
     if len(mats) > 1:
