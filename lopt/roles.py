@@ -54,7 +54,9 @@ the output ``[heads, head_dim, d]``; ``d`` for Gemma-style einsum kernels
 from __future__ import annotations
 
 import math
+import os
 import re
+import sys
 import warnings
 from collections.abc import Mapping as AbcMapping
 from typing import Any, Mapping, NamedTuple
