@@ -488,7 +488,7 @@ def make(theta: Any, *, mup: bool | None = None, step_mult: float | None = None,
                 out_a.append(acc)
                 continue
             pt, gt = as_tensor(p).astype(jnp.float32), as_tensor(g).astype(jnp.float32)
-            pt, gt = F.finite_or_zero(pt), F.neutralize(gt)
+            gt = F.neutralize(gt)     # (a non-finite pt element: see F.finite_or_zero)
             if c != 1.0:
                 pt, gt = pt / c, gt * c
             acc, fac_g, fac_m = F.update_accumulators(
