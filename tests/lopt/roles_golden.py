@@ -107,7 +107,8 @@ def main():
         leaves, shapes = task_leaves(n)
         models[n] = record(shapes, leaves)
     models.update({n: record(p) for n, p in client_params().items()})
-    FIXTURE.write_text(json.dumps(models, indent=0, sort_keys=True) + "\n")
+    FIXTURE.write_text("{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(v, sort_keys=True)}"
+                                          for k, v in sorted(models.items())) + "\n}\n")
     print(f"wrote {len(models)} models to {FIXTURE}")
 
 
