@@ -114,6 +114,20 @@ def neutralize(g: jax.Array) -> jax.Array:
     return jnp.where(bad, jnp.zeros_like(g), g)
 
 
+def finite_or_zero(p: jax.Array) -> jax.Array:
+    """``p`` with every non-finite element set to 0, for the parameter feature.
+
+    One NaN or inf parameter must not poison its tensor either: the parameter feature is
+    normalized by its mean square over the whole tensor, so without this one bad weight
+    made every element's update NaN. With it the bad element is seen as 0 (its update is
+    finite, and the element itself stays non-finite after ``apply_updates``, where a
+    training loop's divergence check sees it); every finite element is untouched.
+    :func:`feature_parts` and :func:`elem_features` apply it inside their fused passes
+    (the normalizer's reduction, the per-slice feature block), not as a pass of its own.
+    """
+    return jnp.where(jnp.isfinite(p), p, jnp.zeros_like(p))
+
+
 def init_accumulators(p: jax.Array) -> Accumulators:
     shape = tuple(np.shape(p))
     z = lambda s: jnp.zeros(s, jnp.float32)
@@ -176,7 +190,7 @@ def elem_features(raw) -> jax.Array:
     """The 16 per-element features (ordered as ELEM_ROWS) from :func:`feature_parts`'s raw
     per-element arrays; works on any slice of them."""
     rsqrt_v = jax.lax.rsqrt(raw["v"] + 1e-6)
-    return jnp.concatenate([raw["g"], raw["p"], raw["m"], raw["v"], raw["m"] * rsqrt_v,
+    return jnp.concatenate([raw["g"], finite_or_zero(raw["p"]), raw["m"], raw["v"], raw["m"] * rsqrt_v,
                             rsqrt_v, raw["fac_g"], raw["fac_m"]], -1)
 
 
@@ -199,7 +213,7 @@ def feature_parts(p, g, acc: Accumulators, fac_g, fac_m):
     # mean squares feature by feature, each a fused reduction (no [n, 16] concatenation)
     rsqrt_v = jax.lax.rsqrt(acc.v + 1e-6)
     msq = lambda x: jnp.mean(jnp.square(x), axis=axes)
-    elem_msq = jnp.concatenate([msq(raw["g"]), msq(raw["p"]), msq(acc.m), msq(acc.v),
+    elem_msq = jnp.concatenate([msq(raw["g"]), msq(finite_or_zero(raw["p"])), msq(acc.m), msq(acc.v),
                                 msq(acc.m * rsqrt_v), msq(rsqrt_v), msq(fac_g), msq(fac_m)])
     scale = jnp.zeros((NUM_TENSOR_FEATURES,), jnp.float32).at[ELEM_ROWS].set(
         jax.lax.rsqrt(1e-5 + elem_msq))

@@ -420,6 +420,22 @@ class LOState(NamedTuple):
     count: jax.Array  # [] int32: number of updates taken
 
 
+class GradShapeError(ValueError):
+    """A gradient leaf whose shape differs from its parameter's."""
+
+
+def check_grad_shapes(grads, params) -> None:
+    """Raises one :class:`GradShapeError` naming the first leaf whose gradient shape differs
+    from its parameter's (static shapes: free under jit), before jax would broadcast them."""
+    for (path, p), g in zip(jax.tree_util.tree_flatten_with_path(params)[0],
+                            jax.tree.structure(params).flatten_up_to(grads)):
+        if np.shape(g) != np.shape(p):
+            raise GradShapeError(
+                f"gradient of {R.path_str(path)!r} has shape {tuple(np.shape(g))} but the "
+                f"parameter has shape {tuple(np.shape(p))}: pass the gradients of these "
+                "parameters (opt.update(grads, state, params))")
+
+
 def as_tensor(x):
     # Scalars are handled as shape-[1] tensors (the network needs an element axis).
     return x.reshape(1) if np.ndim(x) == 0 else x
@@ -495,6 +511,7 @@ def make(theta: Any, *, mup: bool | None = None, step_mult: float | None = None,
     init_acc = C.init_accumulators if compact else F.init_accumulators
 
     def init_fn(params):
+        multipliers(params)     # the roles now: the model's own params carry its creation order
         return LOState(acc=jax.tree.map(lambda p: init_acc(as_tensor(p)), params),
                        count=jnp.zeros([], jnp.int32))
 
@@ -516,6 +533,7 @@ def make(theta: Any, *, mup: bool | None = None, step_mult: float | None = None,
                 f"schedule={config.schedule!r}, horizon_ref={config.horizon_ref}) needs the "
                 "run's total step count: "
                 "lopt.load(..., num_steps=T) or lopt.make(..., num_steps=T)")
+        check_grad_shapes(updates, params)
         mults, convs = multipliers(params)
         time_in = time_inputs(state.count, num_steps)
         sched = _cosine(state.count / num_steps) if config.schedule == "cosine" else 1.0
@@ -535,7 +553,7 @@ def make(theta: Any, *, mup: bool | None = None, step_mult: float | None = None,
                 out_a.append(acc)
                 continue
             pt, gt = as_tensor(p).astype(jnp.float32), as_tensor(g).astype(jnp.float32)
-            gt = F.neutralize(gt)
+            gt = F.neutralize(gt)     # (a non-finite pt element: see F.finite_or_zero)
             if c != 1.0:
                 pt, gt = pt / c, gt * c
             leaf_step = _compact_step if compact else _classic_step

@@ -19,14 +19,21 @@ Width scaling lives here and nowhere else: models call :func:`init_leaf` /
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 
-from lopt.roles import fan_in, leaf_fan_in, path_str, resolve_roles
+from lopt.roles import fan_in, fan_ins, is_embedding_table, leaf_name, path_str, resolve_roles
 
 _GAIN_NAMES = ("scale", "gain", "gamma")
+# He et al. (arXiv 1502.01852): the variance-preserving gain of ReLU, the MLP tasks' init
+# (meta_train.models.GAINS["relu"]).
+RELU_GAIN = math.sqrt(2.0)
+# attention query kernels: Flax MultiHeadDotProductAttention / nnx "query", "wq", "q_proj"
+_QUERY_NAMES = re.compile(r"(^|/)(query|wq|q_proj)(/|$)", re.I)
 
 
 def init_leaf(key: jax.Array, shape, role: str, *, dtype=jnp.float32, gain: bool = False,
@@ -76,10 +83,23 @@ def kernel_init(role: str, mup: bool = True):
 
 
 def mup_init_params(key: jax.Array, params: Any, roles: Any = None,
-                    role_overrides: Mapping[str, str] | None = None) -> Any:
-    """Re-initializes any parameter tree (e.g. from ``model.init``) per the μP table.
+                    role_overrides: Mapping[str, str] | None = None, *,
+                    gain: float = RELU_GAIN, embed_std: float = 1.0,
+                    zero_query: bool = True) -> Any:
+    """Re-initializes any parameter tree (e.g. from ``model.init``) as the project's μP task
+    models are initialized, the init the shipped μLOs were meta-trained on
+    (:mod:`meta_train.models`):
 
-    Vectors whose path ends in scale/gain/gamma become ones, other vectors zeros.
+    * input and hidden kernels N(0, gain^2 / fan_in), fan-in per :func:`lopt.fan_ins`
+      (stacked kernels per layer); ``gain`` defaults to He's sqrt(2) for ReLU, the MLP
+      tasks' init (``init_scheme="he"``); the μP transformer tasks use ``gain=1.0``;
+    * embedding tables (``nn.Embed``, ``wte``, ``pos``...; a tied embedding too) N(0,
+      ``embed_std``^2): unit variance as the μP LM's token and position embeddings (an
+      embedding reads a one-hot input, fan-in "1");
+    * attention query kernels zero when ``zero_query`` (μP transformers, Tensor Programs V
+      sec. 4, as the tasks do), the readout zero;
+    * vectors: ones where the path ends in scale/gain/gamma, zeros elsewhere (biases).
+
     With a learned optimizer made with ``mup_in="optimizer"`` (the default), a plain model
     re-initialized this way trains exactly as the μP model with a ``1/fan_in`` readout
     multiplier would; models that carry that multiplier use ``mup_in="model"``.
@@ -87,10 +107,16 @@ def mup_init_params(key: jax.Array, params: Any, roles: Any = None,
     roles = resolve_roles(params, roles, role_overrides)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     role_leaves = treedef.flatten_up_to(roles)
+    fans = treedef.flatten_up_to(fan_ins(params))
     keys = jax.random.split(key, max(1, len(leaves)))
     out = []
-    for k, (path, p), role in zip(keys, leaves, role_leaves):
-        name = path_str(path).rsplit("/", 1)[-1].lower()
-        out.append(init_leaf(k, p.shape, role, dtype=p.dtype, gain=name in _GAIN_NAMES,
-                             fan_in_=leaf_fan_in(path_str(path), p.shape)))
+    for k, (path, p), role, fi in zip(keys, leaves, role_leaves, fans):
+        name, shape = leaf_name(path_str(path)), tuple(p.shape)
+        if role == "input" and is_embedding_table(name, shape):
+            out.append((embed_std * jax.random.normal(k, shape, jnp.float32)).astype(p.dtype))
+        elif role == "hidden" and zero_query and _QUERY_NAMES.search(name):
+            out.append(jnp.zeros(shape, p.dtype))
+        else:
+            out.append(init_leaf(k, shape, role, dtype=p.dtype, std_mult=gain, fan_in_=fi,
+                                 gain=name.rsplit("/", 1)[-1].lower() in _GAIN_NAMES))
     return jax.tree_util.tree_unflatten(treedef, out)

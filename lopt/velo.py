@@ -48,7 +48,8 @@ import optax
 from lopt import features as F
 from lopt import roles as R
 from lopt.learned import INITIAL_ADAFACTOR_DECAYS, INITIAL_MOMENTUM_DECAYS, INITIAL_RMS_DECAYS
-from lopt.learned import MUP_IN, NumStepsError, as_tensor, check_theta_shapes
+from lopt.learned import (MUP_IN, NumStepsError, as_tensor, check_grad_shapes,
+                          check_theta_shapes)
 
 NUM_LOSS_FEATURES = 9
 MAX_RANK = 5
@@ -298,6 +299,7 @@ def make_velo(theta: Any, config: VeLOConfig = MUVELO, *, roles: Any = None,
                                      base=config.mup_base, in_model=mup_in == "model")
 
     def init_fn(params):
+        multipliers(params)     # the roles now: the model's own params carry its creation order
         n = sum(1 for p in jax.tree.leaves(params) if np.size(p))
         h = jnp.broadcast_to(theta["lstm_init"]["h"], (n, config.lstm_hidden))
         c = jnp.broadcast_to(theta["lstm_init"]["c"], (n, config.lstm_hidden))
@@ -318,6 +320,7 @@ def make_velo(theta: Any, config: VeLOConfig = MUVELO, *, roles: Any = None,
         if num_steps is None:
             raise NumStepsError("VeLO needs the run's total step count: "
                                 "lopt.make_velo(..., num_steps=T)")
+        check_grad_shapes(updates, params)
         mults, convs = multipliers(params)
         buf, loss_feats = update_loss_buffer(state.loss, value, num_steps)
         frac = F.fraction_features(state.count, num_steps)
@@ -329,7 +332,7 @@ def make_velo(theta: Any, config: VeLOConfig = MUVELO, *, roles: Any = None,
         tensors = []
         for i in live:
             p, g, c = p_leaves[i], g_leaves[i], c_leaves[i]
-            pt = as_tensor(p).astype(jnp.float32) / c
+            pt = F.finite_or_zero(as_tensor(p).astype(jnp.float32)) / c
             gt = as_tensor(g).astype(jnp.float32)
             gt = jnp.clip(jnp.nan_to_num(gt, nan=0.0, posinf=0.0, neginf=0.0),
                           -GRAD_CLIP, GRAD_CLIP) * c

@@ -83,3 +83,70 @@ def test_a_theta_of_the_wrong_shape_is_refused_when_the_optimizer_is_built():
     with pytest.raises(ValueError, match="does not match"):
         lopt.from_learned_optimization(lo_theta)
     assert lopt.make(theta, config=lopt.LOConfig(hidden_size=16)) is not None
+
+
+def _mlp_params():
+    k = iter(jax.random.split(jax.random.PRNGKey(3), 3))
+    return {f"Dense_{i}": {"kernel": jax.random.normal(next(k), s), "bias": jnp.zeros(s[1])}
+            for i, s in enumerate([(8, 16), (16, 16), (16, 4)])}
+
+
+def test_a_nan_parameter_changes_only_its_own_update_which_stays_finite():
+    """One NaN or inf weight: the per-tensor normalizers ignore it as they ignore a bad
+    gradient element, so the rest of its tensor steps as if the weight were 0 (before: all
+    256 elements' updates became NaN); the bad weight itself stays non-finite after the step."""
+    params = _mlp_params()
+    grads = jax.tree.map(lambda p: jnp.cos(jnp.arange(p.size, dtype=jnp.float32)).reshape(
+        p.shape), params)
+    for name in ("mulo-cpu", "muvelo-cpu"):
+        opt = lopt.load(name, num_steps=10)
+        kw = {"value": jnp.float32(1.0)} if "velo" in name else {}
+        ref = opt.update(grads, opt.init(params), params, **kw)[0]
+        for bad in (np.nan, np.inf):
+            p = {**params, "Dense_1": {**params["Dense_1"],
+                                       "kernel": params["Dense_1"]["kernel"].at[2, 3].set(bad)}}
+            zero = {**params, "Dense_1": {**params["Dense_1"],
+                                          "kernel": params["Dense_1"]["kernel"].at[2, 3].set(0.)}}
+            u = opt.update(grads, opt.init(p), p, **kw)[0]
+            assert all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(u)), name
+            want = opt.update(grads, opt.init(zero), zero, **kw)[0]
+            np.testing.assert_array_equal(u["Dense_1"]["kernel"], want["Dense_1"]["kernel"])
+            if "velo" not in name:    # the μLO's other tensors do not see it at all
+                np.testing.assert_array_equal(u["Dense_0"]["kernel"], ref["Dense_0"]["kernel"])
+            assert not np.isfinite(float((p["Dense_1"]["kernel"] + u["Dense_1"]["kernel"])[2, 3]))
+
+
+def test_a_gradient_of_the_wrong_shape_is_one_error_naming_the_leaf_and_both_shapes():
+    params = _mlp_params()
+    grads = jax.tree.map(jnp.ones_like, params)
+    grads["Dense_1"]["kernel"] = jnp.ones((16, 8))
+    for name in ("mulo-cpu", "muvelo-cpu"):
+        opt = lopt.load(name, num_steps=10)
+        with pytest.raises(lopt.learned.GradShapeError,
+                           match=r"'Dense_1/kernel' has shape \(16, 8\) but the parameter has "
+                                 r"shape \(16, 16\)"):
+            opt.update(grads, opt.init(params), params, value=jnp.float32(1.0))
+
+
+def test_an_empty_leaf_takes_no_matrix_role_and_leaves_the_readout_alone():
+    params = {**_mlp_params(), "empty": jnp.zeros((0, 16))}   # sorts last of all the paths
+    roles = lopt.infer_roles(params)
+    assert roles["empty"] == "vector"
+    assert roles["Dense_2"]["kernel"] == "output" and roles["Dense_1"]["kernel"] == "hidden"
+    opt = lopt.load("mulo-cpu")
+    u, _ = opt.update(jax.tree.map(jnp.ones_like, params), opt.init(params), params)
+    clean = {k: v for k, v in params.items() if k != "empty"}
+    u0, _ = opt.update(jax.tree.map(jnp.ones_like, clean), opt.init(clean), clean)
+    np.testing.assert_array_equal(u["Dense_2"]["kernel"], u0["Dense_2"]["kernel"])
+    assert u["empty"].shape == (0, 16)
+
+
+def test_an_invalid_regex_in_role_overrides_is_a_typed_error_naming_the_pattern():
+    params = _mlp_params()
+    with pytest.raises(lopt.roles.RoleOverrideError,
+                       match=r"role_overrides pattern 'Dense_\[' is not a valid regular "
+                             r"expression \(unterminated character set"):
+        lopt.infer_roles(params, overrides={"Dense_[": "hidden"})
+    with pytest.raises(lopt.roles.RoleOverrideError, match="role_overrides pattern"):
+        opt = lopt.load("mulo-cpu", role_overrides={"Dense_[": "hidden"})
+        opt.update(params, opt.init(params), params)

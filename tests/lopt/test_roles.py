@@ -86,7 +86,10 @@ def test_mup_init_follows_table():
     params = LinenMLP(depth=3).init(jax.random.key(0), jnp.ones((1, 64)))["params"]
     new = lopt.mup_init_params(jax.random.key(1), params)
     assert float(jnp.abs(new["Dense_2"]["kernel"]).max()) == 0.0       # zero readout
-    np.testing.assert_allclose(jnp.std(new["Dense_0"]["kernel"]), 64 ** -0.5, rtol=0.1)
-    np.testing.assert_allclose(jnp.std(new["Dense_1"]["kernel"]), 32 ** -0.5, rtol=0.1)
+    # He's ReLU gain sqrt(2) on N(0, 1/fan_in), as the MLP tasks (meta_train.models)
+    np.testing.assert_allclose(jnp.std(new["Dense_0"]["kernel"]), (2 / 64) ** 0.5, rtol=0.1)
+    np.testing.assert_allclose(jnp.std(new["Dense_1"]["kernel"]), (2 / 32) ** 0.5, rtol=0.1)
+    lecun = lopt.mup_init_params(jax.random.key(1), params, gain=1.0)
+    np.testing.assert_allclose(jnp.std(lecun["Dense_1"]["kernel"]), 32 ** -0.5, rtol=0.1)
     assert lopt.forward_multiplier("output", 512, output_mult=2.0) == pytest.approx(2 / 512)
     assert lopt.forward_multiplier("output", 512, mup=False) == 1.0

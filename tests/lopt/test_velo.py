@@ -173,3 +173,18 @@ def test_missing_loss_step_count_or_wrong_theta_are_clear_errors():
         lopt.make_velo(theta, lopt.VeLOConfig(lstm_hidden=8))
     with pytest.raises(ValueError, match="lstm_hidden=0"):
         lopt.VeLOConfig(lstm_hidden=0)
+
+
+def test_describe_roles_shows_a_velo_optimizers_multipliers():
+    """μVeLO has no depth rule (VeLOConfig has no depth_ref): its table is the classic
+    absolute 1/fan_in for hidden weights."""
+    import lopt
+    params = {"Dense_0": {"kernel": jnp.ones((8, 32)), "bias": jnp.ones(32)},
+              "Dense_1": {"kernel": jnp.ones((32, 32)), "bias": jnp.ones(32)},
+              "Dense_2": {"kernel": jnp.ones((32, 4)), "bias": jnp.ones(4)}}
+    table = lopt.describe_roles(params, lo="muvelo-cpu")
+    row = [ln.split() for ln in table.splitlines() if ln.startswith("Dense_1/kernel")][0]
+    assert row[3:6] == ["hidden", "32", "0.0312"]           # path, (32, 32), role, fan_in, lr
+    assert "depth" not in table
+    sp = lopt.describe_roles(params, lo="sp-velo-cpu")
+    assert [ln.split() for ln in sp.splitlines() if ln.startswith("Dense_1/kernel")][0][5] == "1"
