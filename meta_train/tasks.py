@@ -10,7 +10,8 @@ standard parametrization, ``-b256`` for another batch size, ``-tanh`` for anothe
 activation, ``-lecun`` for N(0, 1/fan_in) kernels instead of the default He init;
 ``lm-fortunes-d128-l2`` (char transformer, d_model 128, 2 layers;
 ``-h4`` heads, ``-c64`` context, ``-r8`` rank-factored attention);
-``rf-s1.0-n256`` (random-feature regression). Any name of these families works with
+``cnn-fmnist28-c32-d3`` (3x3 conv net, 32 channels, 3 convolutions, global average
+pooling); ``rf-s1.0-n256`` (random-feature regression). Any name of these families works with
 :func:`get_task`; :data:`TASKS` lists the registered ones.
 
 The data part of a name is the data the task trains on, never a stand-in: ``fmnist8`` is
@@ -35,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from meta_train import data as D
-from meta_train.models import MLPSpec, RFRegressionSpec, TransformerSpec
+from meta_train.models import CNNSpec, MLPSpec, RFRegressionSpec, TransformerSpec
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -173,6 +174,23 @@ def lm_task(corpus: str = "fortunes", d_model: int = 128, depth: int = 2, heads:
                 split_metrics=_split_metrics_fn(spec.apply, windows))
 
 
+def cnn_task(data: str = "fmnist", resolution: int = 8, channels: int = 16, depth: int = 3,
+             batch_size: int = 128, mup: bool = True, name: str | None = None) -> Task:
+    """A convolutional classifier (:class:`meta_train.models.CNNSpec`) on square images."""
+    ds = D.image_dataset(data, resolution)
+    spec = CNNSpec(resolution=resolution, channels=channels, depth=depth,
+                   num_classes=ds.num_classes, mup=mup)
+    loss, metrics = _classification_fns(spec.apply)
+
+    def sample(d, key, split="train"):
+        return D.sample_images(d[split], key, batch_size)
+
+    return Task(name or f"cnn-{data}{resolution}-c{channels}-d{depth}", spec.init, loss,
+                metrics, sample, {"train": ds.train, "test": ds.test}, spec.roles(),
+                math.log(ds.num_classes), batch_size, spec, ds.source,
+                split_metrics=_split_metrics_fn(spec.apply, lambda d: tuple(d["test"])))
+
+
 def rf_task(s: float = 1.0, num_features: int = 256, latent_dim: int = 4096,
             batch_size: int = 256, noise: float = 0.0, seed: int = 0,
             name: str | None = None) -> Task:
@@ -205,6 +223,7 @@ def rf_task(s: float = 1.0, num_features: int = 256, latent_dim: int = 4096,
 
 _MLP_RE = re.compile(r"^mlp-(fmnist|digits)(\d+)-w(\d+)-d(\d+)((?:-(?:sp|b\d+|relu|gelu|tanh|silu|lecun))*)$")
 _LM_RE = re.compile(r"^lm-(fortunes|stdlib)-d(\d+)-l(\d+)((?:-(?:sp|h\d+|c\d+|r\d+|b\d+))*)$")
+_CNN_RE = re.compile(r"^cnn-(fmnist|digits)(\d+)-c(\d+)-d(\d+)((?:-(?:sp|b\d+))*)$")
 _RF_RE = re.compile(r"^rf-s([0-9.]+)-n(\d+)((?:-(?:m\d+|b\d+|noise[0-9.]+|seed\d+))*)$")
 
 
@@ -239,6 +258,8 @@ class TaskName:
             return cls(f"mlp-{m[1]}{m[2]}", int(m[3]), int(m[4]), tuple(_opts(m[5])))
         if m := _LM_RE.match(name):
             return cls(f"lm-{m[1]}", int(m[2]), int(m[3]), tuple(_opts(m[4])))
+        if m := _CNN_RE.match(name):
+            return cls(f"cnn-{m[1]}{m[2]}", int(m[3]), int(m[4]), tuple(_opts(m[5])))
         if m := _RF_RE.match(name):
             return cls(f"rf-s{m[1]}-n{m[2]}", None, None, tuple(_opts(m[3])))
         raise _unknown(name)
@@ -246,7 +267,7 @@ class TaskName:
     @property
     def keys(self) -> tuple[str, str] | tuple[None, None]:
         """The name keys of width and depth: ("w", "d") for MLPs, ("d", "l") for LMs."""
-        return {"mlp": ("w", "d"), "lm": ("d", "l")}.get(self.prefix.split("-")[0],
+        return {"mlp": ("w", "d"), "lm": ("d", "l"), "cnn": ("c", "d")}.get(self.prefix.split("-")[0],
                                                           (None, None))
 
     def __str__(self) -> str:
@@ -311,6 +332,14 @@ def parse_task(name: str) -> Task:
             else:
                 kw[keys[o[0]]] = int(o[1:])
         return lm_task(**kw, name=name)
+    if m := _CNN_RE.match(name):
+        kw = dict(data=m[1], resolution=int(m[2]), channels=int(m[3]), depth=int(m[4]))
+        for o in _opts(m[5]):
+            if o == "sp":
+                kw["mup"] = False
+            else:
+                kw["batch_size"] = int(o[1:])
+        return cnn_task(**kw, name=name)
     if m := _RF_RE.match(name):
         kw = dict(s=float(m[1]), num_features=int(m[2]))
         for o in _opts(m[3]):
@@ -332,6 +361,7 @@ for _n in ([f"mlp-fmnist{r}-w{w}-d3" for r in (8, 14) for w in (32, 64, 128)]
            + ["mlp-fmnist8-w128-d16", "mlp-fmnist28-w1024-d3", "mlp-fmnist28-w2048-d3",
               "mlp-fmnist8-w128-d3-sp", "mlp-digits8-w64-d2",
               "lm-fortunes-d64-l2", "lm-fortunes-d128-l2", "lm-fortunes-d128-l2-r16",
+              "cnn-fmnist8-c16-d3", "cnn-fmnist28-c32-d3",
               "rf-s1.0-n256"]):
     TASKS[_n] = (lambda n=_n: parse_task(n))
 
