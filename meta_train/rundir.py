@@ -65,7 +65,9 @@ def hold(out: str | os.PathLike):
 
 def _unwritable(out: Path, e: OSError) -> str:
     if out.exists() and not out.is_dir():
-        why = "it is a file, not a directory"
-    else:
-        why = e.strerror or type(e).__name__
-    return f"--out {out} cannot hold a run: {why}; choose another --out"
+        return f"--out {out} cannot hold a run: it is a file, not a directory; choose another --out"
+    why = e.strerror or type(e).__name__
+    if out.is_dir():    # a read-only mount, say: a run there is read with lopt.load(out)
+        return (f"--out {out} cannot hold a run: cannot write into it ({why}); make it "
+                "writable, or copy the run to a writable directory and pass that")
+    return f"--out {out} cannot hold a run: cannot create it ({why}); choose another --out"
