@@ -11,17 +11,16 @@ between machines on a network file system is not relied on).
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
-import socket
 import threading
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+from lopt.locks import holder, is_held, mark_holder, try_lock  # noqa: F401 (re-exported)
 
 # The version of what a cached group means. Part of every cache key and recorded in every
 # row of results.json: bump it when a change alters the numbers a group holds and the key's
@@ -90,51 +89,6 @@ class Busy(NotCached):
 def _tmp(f: Path) -> Path:
     """A temporary name next to ``f`` that no other process or thread writes."""
     return f.with_name(f"{f.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-
-
-def try_lock(path: Path) -> int | None:
-    """A file descriptor holding an exclusive ``flock`` on ``path`` (created if missing), or
-    None when another open file holds it. The kernel drops the lock when its process dies, so
-    a killed run leaves nothing that blocks others (its file stays, unlocked)."""
-    while True:
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        try:        # the holder before us may have removed the file after we opened it
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            return fd
-        os.close(fd)
-
-
-def is_held(path: Path) -> bool:
-    """Whether a live process (or another thread here) holds ``path``'s lock."""
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)        # closing drops the shared lock if it was taken
-
-
-def holder(path: Path) -> str:
-    """Who holds a lock, as its file says (pid, host, since when), for messages."""
-    try:
-        info = json.loads(path.read_text())
-        return (f"pid {info['pid']} on {info['host']} since "
-                f"{time.strftime('%H:%M:%S', time.localtime(info['since']))}")
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another process"
 
 
 class GroupCache:
@@ -273,9 +227,7 @@ class GroupCache:
         fd = try_lock(lock)
         if fd is None:
             raise Busy(f"{what}: being computed by {holder(lock)} (lock {lock})", lock)
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "since": time.time()}).encode())
+        mark_holder(fd)
         return lock, fd
 
 

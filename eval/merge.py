@@ -19,7 +19,6 @@ command, commit and the rows it supplied.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shlex
 import sys
@@ -67,8 +66,8 @@ def _settings(doc: dict) -> dict:
     """A run's suite settings; one it predates at its off value (the ``SuiteSpec`` default),
     which is how that run behaved."""
     from eval.suite import SuiteSpec
-    off = json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(SuiteSpec)}))
-    return {**off, **doc.get("spec", {})}
+    from meta_train.config import fill_absent
+    return fill_absent(doc.get("spec", {}), SuiteSpec)
 
 
 def _order(suite: str) -> tuple[list[str], dict[str, list[str]]]:

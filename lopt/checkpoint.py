@@ -2,7 +2,13 @@
 
 A learned optimizer on disk is one small JSON document (theta is ~2.4k numbers)::
 
-    {"format": "mulo-lopt-v1", "config": {LOConfig fields}, "theta": {...}, "meta": {...}}
+    {"format": "mulo-lopt-v1", "config": {LOConfig fields}, "theta": {...}, "meta": {...},
+     "sha256": "..."}
+
+``sha256`` is the digest of the rest of the document (:func:`doc_digest`), written with it
+and checked when it is read: a damaged file fails to load (a run directory then falls back
+to its previous step, with a warning) instead of loading other numbers. Documents without
+it (the shipped checkpoints, runs written before it) load unverified.
 
 A (μ)VeLO is stored the same way; its config carries ``"arch": "velo"`` and the
 :class:`lopt.velo.VeLOConfig` fields.
@@ -22,6 +28,8 @@ back to the same float32, so save/load is exact.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -60,12 +68,22 @@ def shipped_dir() -> Path:
 
 
 def to_json(theta: Any, config: LOConfig, meta: Mapping[str, Any] | None = None) -> dict:
-    """The JSON document for (theta, config)."""
+    """The JSON document for (theta, config), with its digest (``sha256``)."""
     def enc(x):
         a = np.asarray(x, np.float32)
         return {"shape": list(a.shape), "values": [float(v) for v in a.ravel()]}
-    return {"format": FORMAT, "config": config.to_dict(),
-            "theta": jax.tree.map(enc, jax.device_get(theta)), "meta": dict(meta or {})}
+    doc = {"format": FORMAT, "config": config.to_dict(),
+           "theta": jax.tree.map(enc, jax.device_get(theta)), "meta": dict(meta or {})}
+    return {**doc, "sha256": doc_digest(doc)}
+
+
+def doc_digest(doc: Mapping[str, Any]) -> str:
+    """sha256 of a learned-optimizer document without its ``sha256`` field, over its
+    canonical JSON (sorted keys; floats as the shortest decimal that round-trips, so the
+    digest of a document read back equals the one written)."""
+    body = json.loads(json.dumps({k: v for k, v in doc.items() if k != "sha256"}))
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def from_json(doc: Mapping[str, Any], source: str = "checkpoint"):
@@ -73,6 +91,9 @@ def from_json(doc: Mapping[str, Any], source: str = "checkpoint"):
     if not isinstance(doc, Mapping) or doc.get("format") != FORMAT:
         raise CheckpointError(f"{source}: not a μLO learned-optimizer checkpoint "
                               f"(expected format {FORMAT!r})")
+    if "sha256" in doc and doc["sha256"] != doc_digest(doc):
+        raise CheckpointError(f"{source}: damaged learned-optimizer checkpoint (its content "
+                              "does not match the sha256 written with it)")
     try:
         config = config_from_dict(doc["config"])
         is_arr = lambda x: isinstance(x, Mapping) and set(x) == {"shape", "values"}
@@ -99,15 +120,24 @@ def save(path: str | os.PathLike, theta: Any, config: LOConfig,
     return path / LOPT_FILE
 
 
-def write_json(file: str | os.PathLike, doc: Any) -> None:
+def write_json(file: str | os.PathLike, doc: Any, indent: int | None = None) -> None:
     """Writes ``doc`` as JSON to ``file`` atomically: a crash leaves the old file or none,
-    never a half-written one."""
+    never a half-written one, and a failed write (a full disk) leaves no temporary file.
+
+    Raises:
+      OSError: the file cannot be written (the old one, if any, is left as it was).
+    """
     file = Path(file)
     fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}-", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(doc, f)
-    os.chmod(tmp, 0o644)   # mkstemp creates 0600; a checkpoint is meant to be shared
-    os.replace(tmp, file)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=indent)
+        os.chmod(tmp, 0o644)   # mkstemp creates 0600; a checkpoint is meant to be shared
+        os.replace(tmp, file)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _read(file: Path):

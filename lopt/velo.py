@@ -164,7 +164,8 @@ class LossBuffer(NamedTuple):
     """EMAs of the training loss at 10 half-lives (VeLO's loss features)."""
     means: jax.Array        # [10]
     running_min: jax.Array  # [10]
-    count: jax.Array        # [] int32
+    count: jax.Array        # [] int32: losses taken in
+    last: jax.Array = 0.0   # [] float32: the last finite loss, which stands in for a NaN/inf one
 
 
 class VeLOState(NamedTuple):
@@ -187,20 +188,30 @@ def update_loss_buffer(buf: LossBuffer, loss, num_steps) -> tuple[LossBuffer, ja
 
     Each EMA is bias-corrected; a loss above twice the largest corrected EMA is clipped
     there (spikes); feature ``i`` is where EMA ``i`` sits between its running minimum and
-    the next-slower EMA, minus 1. The features are 0 for the first two steps."""
+    the next-slower EMA, minus 1. The features are 0 for the first two steps.
+
+    A NaN or inf loss is contained: it counts as the last finite loss (so the updates that
+    follow equal those of the same run with that loss in its place), and before any finite
+    loss it leaves the buffer as it is (features 0). The buffer stays finite."""
     decays = _loss_decays(num_steps)
     t = buf.count
-    loss = jnp.asarray(loss, jnp.float32)
+    raw = jnp.asarray(loss, jnp.float32)
+    finite = jnp.isfinite(raw)
+    loss = jnp.where(finite, raw, jnp.asarray(buf.last, jnp.float32))
     prev = buf.means / (1.0 - decays ** jnp.maximum(t, 1))
     cap = jnp.where(t == 0, jnp.abs(loss), jnp.max(jnp.abs(prev)))
-    loss = jnp.minimum(2.0 * cap, jnp.nan_to_num(loss, nan=2.0 * cap, posinf=2.0 * cap))
+    loss = jnp.minimum(2.0 * cap, loss)
     means = decays * buf.means + (1.0 - decays) * loss
     cor = means / (1.0 - decays ** (t + 1))
     running_min = jnp.minimum(buf.running_min, cor)
     slower, cur, rmin = cor[1:], cor[:-1], running_min[:-1]
     feats = jnp.clip((cur - rmin) / jnp.maximum(1e-8, slower - rmin) - 1.0, -1.0, 1.0)
     feats = jnp.where(t + 1 <= 2, 0.0, feats)
-    return LossBuffer(means, running_min, t + 1), feats
+    new = LossBuffer(means, running_min, t + 1,
+                     jnp.where(finite, raw, jnp.asarray(buf.last, jnp.float32)))
+    skip = ~finite & (t == 0)       # no finite loss yet: nothing to stand in for it
+    new = jax.tree.map(lambda old, n: jnp.where(skip, jnp.asarray(old, n.dtype), n), buf, new)
+    return new, jnp.where(skip, 0.0, feats)
 
 
 def _clip_log_abs(v, scale=10.0):
@@ -305,7 +316,7 @@ def make_velo(theta: Any, config: VeLOConfig = MUVELO, *, roles: Any = None,
         c = jnp.broadcast_to(theta["lstm_init"]["c"], (n, config.lstm_hidden))
         acc = jax.tree.map(lambda p: F.init_accumulators(as_tensor(p)), params)
         buf = LossBuffer(jnp.zeros(10, jnp.float32), jnp.full(10, 1e12, jnp.float32),
-                         jnp.zeros([], jnp.int32))
+                         jnp.zeros([], jnp.int32), jnp.zeros([], jnp.float32))
         return VeLOState(acc, h, c, buf, jnp.zeros([], jnp.int32))
 
     def update_fn(updates, state, params=None, *, value=None, num_steps=num_steps,

@@ -10,21 +10,37 @@ previous one is used; the skipped one is moved aside to ``<step>.unusable`` (orb
 otherwise never save a step at or below it), so training rewrites its step when it gets
 there again.
 
+Every checkpoint is verified: orbax commits, with the state, the item ``digest`` (a sha256
+over the state's arrays: their paths, dtypes, shapes and bytes, in tree order,
+:func:`state_digest`), and a restore compares the arrays read back with it; a mismatch
+counts as a damaged checkpoint (fallback, set aside, rewritten). ``lopt.json`` carries its
+own digest (:mod:`lopt.checkpoint`). Saving a step that exists repairs its JSON files where
+they are missing or damaged (a run resumed at its final step rewrites a lost ``lopt.json``).
+
 Checkpoints written before this layout (state leaves keyed by flat index, ``lopt`` and
-``config`` as orbax JSON items) still restore and load.
+``config`` as orbax JSON items) or before digests still restore and load, unverified.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
+import io
 import json
+import logging
 import os
+import re
+import shutil
+import sys
 import warnings
 from pathlib import Path
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
-from lopt.checkpoint import LOPT_FILE, CheckpointError, write_json
+from lopt.checkpoint import LOPT_FILE, OLD_STEP_FILE, CheckpointError, from_json, write_json
 
 
 class Checkpointer:
@@ -32,6 +48,7 @@ class Checkpointer:
         self.dir = Path(directory).absolute()
         self._mngr = None
         self._keep = keep
+        self._failed = False
 
     @property
     def mngr(self) -> ocp.CheckpointManager:
@@ -59,18 +76,71 @@ class Checkpointer:
                     continue
                 if isinstance(doc, dict):
                     return doc
+        for step in steps:      # every config file lost: the one lopt.json records
+            for file in (step / LOPT_FILE, step / OLD_STEP_FILE):
+                try:
+                    doc = json.loads(file.read_text())["meta"]["config"]
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue
+                if isinstance(doc, dict):
+                    return doc
         return None
 
     def save(self, step: int, state: dict, lopt_doc: dict, config: dict,
              force: bool = False) -> None:
-        """Saves ``step`` and waits until it is on disk; a step already saved is kept."""
+        """Saves ``step`` and waits until it is on disk. A step already saved is kept, its
+        ``lopt.json`` and ``config.json`` rewritten where they are missing or damaged.
+
+        Raises:
+          OSError: the checkpoint cannot be written (a full disk); nothing half-written is
+            left (orbax's temporary directory is removed, and a step committed without its
+            JSON files is repaired when the run saves or resumes it again).
+        """
         if step in self.mngr.all_steps():
+            self.repair(step, lopt_doc, config)
             return
-        self.mngr.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(_payload(state))), force=force)
-        self.mngr.wait_until_finished()
+        digest = state_digest(state)
+        items = {"state": ocp.args.StandardSave(_payload(state))}
+        if digest is not None:
+            items["digest"] = ocp.args.JsonSave({"sha256": digest})
+        try:
+            with _held_back_output() as held:
+                self.mngr.save(step, args=ocp.args.Composite(**items), force=force)
+                self.mngr.wait_until_finished()
+                held.release()      # saved: what orbax said is worth seeing
+        except BaseException as e:
+            self._failed = True
+            for tmp in self.dir.glob(f"{step}.orbax-checkpoint-tmp*"):
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise _os_error(e, self.dir / str(step)) from e
         for name, doc in ((LOPT_FILE, lopt_doc), (CONFIG_FILE, config)):
             write_json(self.dir / str(step) / name, doc)
+
+    def repair(self, step: int, lopt_doc: dict, config: dict) -> list[str]:
+        """Rewrites step ``step``'s ``lopt.json`` and ``config.json`` where they are missing or
+        damaged (a kill between orbax's commit and their write, a full disk, a damaged file),
+        from the state restored there; returns the names of the files rewritten."""
+        d = self.dir / str(step)
+        fixed = []
+        try:
+            if not (d / LOPT_FILE).exists() and (d / OLD_STEP_FILE).is_file():
+                from_json(json.loads((d / OLD_STEP_FILE).read_text()))  # an older run's layout
+            else:
+                from_json(json.loads((d / LOPT_FILE).read_text()))
+        except (OSError, ValueError):   # CheckpointError is a ValueError
+            write_json(d / LOPT_FILE, lopt_doc)
+            fixed.append(LOPT_FILE)
+        try:
+            ok = isinstance(json.loads((d / CONFIG_FILE).read_text()), dict)
+        except (OSError, ValueError):
+            ok = (d / "config" / "metadata").is_file()      # an older run's layout
+        if not ok:
+            write_json(d / CONFIG_FILE, config)
+            fixed.append(CONFIG_FILE)
+        if fixed:
+            warnings.warn(f"{d}: rewrote its missing or damaged {' and '.join(fixed)} "
+                          "from the checkpoint's state")
+        return fixed
 
     def restore(self, like: dict) -> dict:
         """Restores the newest restorable checkpoint into the structure of ``like``.
@@ -78,22 +148,50 @@ class Checkpointer:
         Raises:
           CheckpointError: no checkpoint restores (the message names each one and why).
         """
-        errors = []
-        for step in sorted(self.mngr.all_steps(), reverse=True):
-            try:
-                out = self._restore_step(step, like)
-            except Exception as e:  # orbax raises many types for damaged files
-                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-                errors.append(f"{self.dir / str(step)}: {msg[:200]}")
-                continue
-            if errors:
-                moved = self._set_aside(step)
-                warnings.warn(f"checkpoint(s) unusable, resumed from step {step} instead: "
-                              + "; ".join(errors) + f" (moved to {', '.join(moved)})")
-            return out
-        raise CheckpointError(f"no restorable checkpoint in {self.dir}: " + "; ".join(errors))
+        errors, out = [], None
+        with _quiet_restore_noise():
+            for step in sorted(self.mngr.all_steps(), reverse=True):
+                try:
+                    out = self._restore_step(step, like)
+                    break
+                except Exception as e:  # noqa: PERF203 - orbax raises many types
+                    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                    errors.append(f"{self.dir / str(step)}: {msg[:200]}")
+        if out is None:
+            raise CheckpointError(f"no restorable checkpoint in {self.dir}: "
+                                  + "; ".join(errors))
+        if errors:
+            moved = self._set_aside(step)
+            warnings.warn(f"checkpoint(s) unusable, resumed from step {step} instead: "
+                          + "; ".join(errors) + f" (moved to {', '.join(moved)})")
+        return out
 
     def _restore_step(self, step: int, like: dict) -> dict:
+        want = self._recorded_digest(step)
+        out = self._restore_arrays(step, like)
+        if want is not None and state_digest(out) != want:
+            raise ValueError("damaged: the arrays read back differ from the ones written "
+                             "(sha256 mismatch)")
+        return out
+
+    def _recorded_digest(self, step: int) -> str | None:
+        """The digest committed with ``step``; None for checkpoints written before digests.
+
+        Raises:
+          ValueError: the digest item is there but unreadable (a damaged checkpoint).
+        """
+        f = self.dir / str(step) / "digest" / "metadata"
+        if not (self.dir / str(step) / "digest").exists():
+            return None
+        try:
+            digest = json.loads(f.read_text())["sha256"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"damaged: its digest is unreadable ({type(e).__name__})") from None
+        if not isinstance(digest, str):
+            raise ValueError("damaged: its digest is not a string")
+        return digest
+
+    def _restore_arrays(self, step: int, like: dict) -> dict:
         # The state tree by field names (this layout), else by flat leaf index (older runs).
         first = None
         for to_payload, from_payload in ((_payload, _unpayload), (_payload_v1, _unpayload_v1)):
@@ -122,11 +220,101 @@ class Checkpointer:
         return moved
 
     def close(self) -> None:
-        if self._mngr is not None:
+        # after a failed save, orbax's background writers may still be failing: not waited for
+        if self._mngr is not None and not self._failed:
             self._mngr.close()
 
 
 CONFIG_FILE = "config.json"
+
+
+def state_digest(state) -> str | None:
+    """sha256 over every array of ``state``: its tree path, dtype, shape and bytes, in tree
+    order (zero-size leaves included). None where an array is not fully addressable from this
+    process (multi-host: each process holds a part), which leaves the checkpoint unverified."""
+    h = hashlib.sha256()
+    for path, x in jax.tree_util.tree_flatten_with_path(state)[0]:
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return None
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x = jax.random.key_data(x)
+        a = np.ascontiguousarray(np.asarray(x))
+        h.update(f"{jax.tree_util.keystr(path)}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+# The lines of the tracebacks that a failed orbax restore makes tensorstore's callbacks print
+# (into a closed asyncio loop): ~50 of them for one missing ``manifest.ocdbt``.
+_NOISE = re.compile(r'Traceback \(most recent call last\):|  File ".*/asyncio/.*|    .*|'
+                    r'RuntimeError: Event loop is closed')
+
+
+def _os_error(e: BaseException, path: Path) -> BaseException:
+    """``e`` as the ``OSError`` it stands for where orbax/tensorstore report one in a message
+    (``"... No space left on device [os_error_code='28']"``), else ``e``."""
+    if isinstance(e, OSError):
+        return e
+    m = re.search(r"os_error_code='?(\d+)", str(e))
+    if m:
+        code = int(m[1])
+        return OSError(code, os.strerror(code), str(path))
+    if "No space left on device" in str(e):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return e
+
+
+class _Held(logging.Filter):
+    def __init__(self):
+        super().__init__()
+        self.records: list = []
+        self.text = io.StringIO()
+        self.released = False
+
+    def filter(self, record):
+        self.records.append(record)
+        return False
+
+    def release(self):
+        self.released = True
+
+
+@contextlib.contextmanager
+def _held_back_output():
+    """Holds back what orbax prints and logs (absl) while a save runs: written out when the
+    block calls ``release()`` (the save worked), dropped otherwise. A failed write (a full
+    disk) makes orbax log the error from each of its threads, with tracebacks, for one
+    failure that the caller reports in one line."""
+    held = _Held()
+    absl = logging.getLogger("absl")
+    absl.addFilter(held)
+    real, sys.stderr = sys.stderr, held.text
+    try:
+        yield held
+    finally:
+        sys.stderr = real
+        absl.removeFilter(held)
+        if held.released:
+            if held.text.getvalue():
+                real.write(held.text.getvalue())
+            for record in held.records:
+                absl.handle(record)
+
+
+@contextlib.contextmanager
+def _quiet_restore_noise():
+    """Holds back what a restore prints to ``sys.stderr`` and writes it out without the
+    "Event loop is closed" tracebacks of a damaged checkpoint, which
+    :meth:`Checkpointer.restore` reports in one warning instead."""
+    real, buf = sys.stderr, io.StringIO()
+    sys.stderr = buf
+    try:
+        yield
+    finally:
+        sys.stderr = real
+        keep = [line for line in buf.getvalue().splitlines() if not _NOISE.fullmatch(line)]
+        if keep:
+            print("\n".join(keep), file=real)
 
 
 def _key_name(k) -> str:

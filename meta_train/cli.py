@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from meta_train.config import PRESETS, apply_overrides, field_help
@@ -24,11 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default=None, help="run directory (default runs/<preset>)")
     ap.add_argument("--resume", action="store_true",
                     help="continue the run in --out from its newest complete checkpoint; "
-                         "without --preset or overrides the config is read from the run; "
-                         "fails when --out holds no run")
+                         "without --preset the config is read from the run, and overrides "
+                         "apply to it (--outer_steps N extends a run); fails when --out "
+                         "holds no run")
     ap.add_argument("--resume-or-start", action="store_true",
                     help="like --resume when --out holds a run, else start a new one there")
-    ap.add_argument("--stop-after", type=int, default=None,
+    ap.add_argument("--stop-after", type=_positive_int, default=None, metavar="N",
                     help="stop after this many outer steps in this invocation (checkpointed)")
     ap.add_argument("--no-progress", action="store_true",
                     help="hide progress (shown as a bar on a terminal, otherwise as one line "
@@ -38,10 +40,19 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
 def parse(argv=None):
-    """Returns (args, config). With ``--resume`` (or ``--resume-or-start`` on a run) and
-    neither ``--preset`` nor overrides, the config is the run's own (None when ``--out``
-    holds no run: :func:`main` reports that)."""
+    """Returns (args, config). With ``--resume`` (or ``--resume-or-start`` on a run) and no
+    ``--preset``, the config is the run's own with the overrides applied to it."""
     ap = build_parser()
     args, rest = ap.parse_known_args(argv)
     # --key=value as well as --key value
@@ -59,13 +70,14 @@ def parse(argv=None):
     from meta_train.loop import RunDirError, load_run_config, saved_config
     resuming = args.resume or (args.resume_or_start and saved_config(args.out) is not None)
     args.resume = resuming
-    if resuming and args.preset is None and not pairs:
+    base = PRESETS[args.preset or "quick"]
+    if resuming and args.preset is None:
         try:
-            return args, load_run_config(args.out)
+            base = load_run_config(args.out)
         except RunDirError as e:
             ap.exit(2, f"error: {e}\n")
     try:
-        cfg = apply_overrides(PRESETS[args.preset or "quick"], pairs)
+        cfg = apply_overrides(base, pairs)
     except ValueError as e:
         ap.error(str(e))
     return args, cfg
@@ -78,7 +90,8 @@ def main(argv=None):
         return 0
     from lopt.checkpoint import CheckpointError
     from meta_train.data import DataNotFoundError
-    from meta_train.loop import Interrupted, RunDirError, check_run_dir, resume_command, run
+    from meta_train.loop import (Interrupted, RunDirError, check_run_dir, hold_run_dir,
+                                 resume_command, run, saved_config)
     from meta_train.tasks import get_task
     for name in cfg.tasks + ((cfg.validate_task,) if cfg.validate_task else ()):
         try:
@@ -87,18 +100,34 @@ def main(argv=None):
             print(f"error: {e}", file=sys.stderr)
             return 2
     out = args.out
+    given = sys.argv[1:] if argv is None else list(argv)
     try:
-        check_run_dir(cfg, out, resume=args.resume)
-        # only commands that run are recorded (the model card quotes them)
-        _record_invocation(out, argv)
-        res = run(cfg, out, resume=args.resume, progress=not args.no_progress,
-                  stop_after=args.stop_after)
+        if args.resume and saved_config(out) is None:
+            check_run_dir(cfg, out, resume=True)    # raises: no run, and nothing is created
+        with hold_run_dir(out):     # before anything is written: one process per run
+            check_run_dir(cfg, out, resume=args.resume)
+            # only commands that run are recorded (the model card quotes them)
+            _record_invocation(out, argv)
+            res = run(cfg, out, resume=args.resume, progress=not args.no_progress,
+                      stop_after=args.stop_after)
     except (RunDirError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        print(f"stopped; continue with: {resume_command(out)}", file=sys.stderr)
-        return 128 + e.signum if isinstance(e, Interrupted) else 130
+        print(f"stopped; continue with: {resume_command(out, cfg, given)}", file=sys.stderr)
+        code = 128 + e.signum if isinstance(e, Interrupted) else 130
+        if getattr(e, "abandoned", False):   # a step still computing in a worker thread:
+            sys.stdout.flush()              # exit without waiting for it
+            sys.stderr.flush()
+            os._exit(code)
+        return code
+    except OSError as e:     # a full disk, a file system gone read-only
+        what = f"{e.strerror or type(e).__name__}" + (f": {e.filename}" if e.filename else "")
+        print(f"error: cannot write the run ({what}); free space or fix the file system, then "
+              f"continue with: {resume_command(out, cfg, given)}", file=sys.stderr)
+        sys.stdout.flush()      # orbax's failed background writers may still be running (and
+        sys.stderr.flush()      # print): exit without waiting for them
+        os._exit(1)
     m = res["metrics"]
     print(f"done: step {res['step']}, meta-loss {m.get('meta_loss', float('nan')):.4f}; "
           f"checkpoint in {out}/checkpoints (load with lopt.load({str(out)!r}))")

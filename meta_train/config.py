@@ -28,11 +28,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Any
+from typing import Any, Callable, Mapping
 
 from lopt.learned import LOConfig, config_from_dict
 from lopt.velo import MUVELO, VeLOConfig
 from meta_train.es import ESConfig, check_fields
+
+
+# The most one run takes, checked before anything runs. One truncation (``unroll_length``
+# inner steps of ``2 num_pairs`` runs per task) and one validation are each one compiled
+# computation; a signal abandons it rather than waiting for it (meta_train.loop), and these
+# keep a run inside what a machine can compile and hold (the paper preset: unroll 50,
+# horizons up to 1000, 8 pairs).
+LIMITS = {"es.unroll_length": 10_000, "es.max_horizon": 1_000_000, "es.num_pairs": 4096,
+          "validate_steps": 1_000_000, "validate_seeds": 1000, "outer_steps": 10_000_000}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +107,12 @@ class MetaTrainConfig:
         for name in ("final_lr", "weight_decay"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        for name, hi in LIMITS.items():
+            v = self.es if name.startswith("es.") else self
+            v = getattr(v, name.removeprefix("es."))
+            if v > hi:
+                raise ValueError(f"{name} must be <= {hi}, got {v} (meta_train.config.LIMITS: "
+                                 "the most one run is built to take)")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -273,8 +288,47 @@ def apply_overrides(config: MetaTrainConfig, pairs) -> MetaTrainConfig:
     return MetaTrainConfig.from_dict(d)
 
 
+def fill_absent(doc: Mapping[str, Any], cls, nested: Mapping[str, Callable] | None = None
+                ) -> dict:
+    """``doc``, the stored fields of dataclass ``cls`` as some version wrote them, with every
+    field it lacks at the field's default: a setting a run or result predates counts at its
+    off value, which is how it behaved (each field added since the first release defaults to
+    the old behaviour). Nested dataclass fields present as dicts are filled the same way, by
+    the class of their default or ``nested[name](value)``; values come as JSON would give
+    them (tuples as lists). The one rule that ``eval.merge`` (suite settings) and a resumed
+    meta-training run (its saved config) apply."""
+    nested = nested or {}
+    out = dict(doc)
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            continue
+        if f.name not in out:
+            out[f.name] = json.loads(json.dumps(
+                dataclasses.asdict(default) if dataclasses.is_dataclass(default) else default))
+        elif isinstance(out[f.name], Mapping) and (f.name in nested
+                                                   or dataclasses.is_dataclass(default)):
+            sub = nested[f.name](out[f.name]) if f.name in nested else type(default)
+            out[f.name] = fill_absent(out[f.name], sub)
+    return out
+
+
+def _lo_class(d: Mapping[str, Any]):
+    return VeLOConfig if d.get("arch", "mlp") == "velo" else LOConfig
+
+
+def fill_config(saved: Mapping[str, Any]) -> dict:
+    """A saved meta-training config (``config.json``) with the fields it predates at their
+    off values (:func:`fill_absent`)."""
+    return fill_absent(saved, MetaTrainConfig, {"lo": _lo_class})
+
+
 def config_diff(saved: dict, requested: dict, _prefix: str = "") -> list[str]:
-    """``["es.num_pairs: 2 in the run, 4 requested", ...]`` for two ``to_dict()`` results."""
+    """``["es.num_pairs: 2 in the run, 4 requested", ...]`` for two ``to_dict()`` results
+    (fill a saved one first: :func:`fill_config`)."""
     out = []
     for k in sorted(set(saved) | set(requested)):
         a, b = saved.get(k, "(absent)"), requested.get(k, "(absent)")

@@ -1,7 +1,8 @@
 """Inner training shared by meta-training and eval: N steps of any optax optimizer on a task.
 
-The whole run is one ``lax.scan``; a non-finite loss freezes the parameters from that step
-on and is reported as divergence (``diverged`` flag and ``diverged_at`` step), never raised.
+The whole run is one ``lax.scan``; a non-finite loss, parameter or optimizer-state element
+(one that overflowed) freezes the run from that step on and is reported as divergence
+(``diverged`` flag and ``diverged_at`` step), never raised.
 """
 
 from __future__ import annotations
@@ -22,6 +23,16 @@ def all_finite(tree: Any) -> jax.Array:
     if not leaves:
         return jnp.bool_(True)
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def overflowed(new: Any, old: Any) -> jax.Array:
+    """True when a float leaf of ``new`` holds a non-finite element where ``old`` (the same
+    tree one step earlier) held a finite one: optimizer state that overflowed. State that
+    starts non-finite on purpose (a best-so-far at inf) counts only if it changes."""
+    flags = [jnp.any(~jnp.isfinite(a) & jnp.isfinite(b))
+             for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(old))
+             if jnp.issubdtype(a.dtype, jnp.inexact)]
+    return jnp.any(jnp.stack(flags)) if flags else jnp.bool_(False)
 
 
 def inner_step(task: Task, opt: optax.GradientTransformation, params: Any, opt_state: Any,
@@ -97,7 +108,9 @@ def _train(task, opt, p0, k_data, k_test, num_steps, eval_batches, extra_args=No
         loss, new_params, new_state = inner_step(task, opt, params, state, batch,
                                                  pass_loss=pass_loss, **extra)
         bad = ~jnp.isfinite(loss) | dead
-        bad_after = bad | ~all_finite(new_params)
+        # the optimizer state counts too: an overflowed state with finite parameters would
+        # stall the run, neither diverged nor learning
+        bad_after = bad | ~all_finite(new_params) | overflowed(new_state, state)
         # a dead run keeps its last finite params and float state (its later losses read inf).
         # Integer state (step counts, choices) moves on: it carries no NaN, and a select on it
         # would make a vmapped group's counts batched, turning every optimizer's periodic

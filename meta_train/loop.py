@@ -37,9 +37,10 @@ import optax
 import lopt
 from lopt.checkpoint import to_json as lopt_to_json
 from meta_train import es as ES
-from meta_train.config import MetaTrainConfig, config_diff
+from meta_train.config import MetaTrainConfig, config_diff, fill_config
 from meta_train.inner import all_finite, train as inner_train
 from meta_train.progress import progress_bar
+from meta_train.rundir import RunDirError, hold as hold_run_dir
 from meta_train.tasks import get_task
 from meta_train.tblog import TBWriter
 
@@ -136,17 +137,15 @@ def _apply(meta_opt, theta, opt_state, grad):
     return pick(new_theta, theta), pick(new_opt_state, opt_state), ok
 
 
-class RunDirError(ValueError):
-    """The run directory cannot take this run: it holds another run (and no ``resume``), no
-    run to resume, or a run whose saved config differs from the requested one."""
-
-
 class Interrupted(KeyboardInterrupt):
     """SIGINT, SIGTERM or SIGHUP stopped :func:`run`, after it saved a checkpoint.
 
     Attributes:
       signum: the signal number (a CLI exits with ``128 + signum``).
+      abandoned: an outer step was computing in a worker thread and was left running (its
+        result is dropped); a CLI then ends with ``os._exit`` rather than wait for it.
     """
+    abandoned = False
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
@@ -199,6 +198,37 @@ class _StopSignals:
         if self.received is not None and self._depth == 0:
             raise Interrupted(self.received)
 
+    def call(self, fn):
+        """``fn()``, computed in a worker thread and waited for here, so that a first signal
+        is taken at once: a jitted computation holds the thread that runs it until it ends,
+        out of a signal handler's reach (a huge truncation once kept a stopped run computing
+        for minutes). The signal raises :class:`Interrupted` with ``abandoned`` set; the
+        worker runs on unobserved and its result is dropped."""
+        if threading.current_thread() is not threading.main_thread():
+            return fn()
+        box: dict = {}
+        done = threading.Event()
+
+        def work():
+            try:
+                box["out"] = fn()
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                box["err"] = e
+            finally:
+                done.set()
+        threading.Thread(target=work, name="meta-train-step", daemon=True).start()
+        try:
+            # a signal interrupts the wait and its handler raises (not Thread.join: an
+            # exception inside it marks a running thread as stopped, bpo-45274)
+            while not done.wait(0.5):
+                pass
+        except Interrupted as e:
+            e.abandoned = not done.is_set()
+            raise
+        if "err" in box:
+            raise box["err"]
+        return box["out"]
+
 
 def saved_config(out: str | os.PathLike) -> dict | None:
     """The config of the run in ``out`` as a dict: ``config.json``, or where that is missing
@@ -230,13 +260,40 @@ def load_run_config(out: str | os.PathLike) -> MetaTrainConfig:
         raise RunDirError(f"{out}: saved config is invalid ({e})") from None
 
 
-def resume_command(out: str | os.PathLike) -> str:
-    """The command that continues the run in ``out`` (its config comes from the run)."""
-    return f"python -m meta_train --out {shlex.quote(str(out))} --resume"
+def resume_command(out: str | os.PathLike, cfg: MetaTrainConfig | None = None,
+                   argv: list[str] | None = None) -> str:
+    """The command that continues the run in ``out``: ``--out OUT --resume`` (the config
+    comes from the run) where the run has a saved config, equal to ``cfg`` when given; else
+    the invocation ``argv`` (its preset and overrides) with ``--resume-or-start``, which
+    works whether or not the run got as far as saving its config."""
+    short = f"python -m meta_train --out {shlex.quote(str(out))} --resume"
+    if argv is None:
+        return short
+    saved = saved_config(out)
+    if saved is not None and (cfg is None or fill_config(saved) == json.loads(cfg.to_json())):
+        return short
+    args = [a for a in argv if a not in ("--resume", "--resume-or-start")]
+    return " ".join(["python -m meta_train", *map(shlex.quote, args), "--resume-or-start"])
 
 
-def check_run_dir(cfg: MetaTrainConfig, out: str | os.PathLike, *, resume: bool) -> None:
-    """Raises :class:`RunDirError` when :func:`run` would refuse ``out``; touches nothing."""
+# Settings a resumed run may change: how long it runs, how often it saves and what it
+# validates, not the trajectory of the steps taken so far (a new ``outer_steps`` stretches
+# the meta-LR schedule from the current step on: ``--out RUN --resume --outer_steps N``
+# extends a run).
+RESUME_MAY_CHANGE = ("outer_steps", "checkpoint_every", "keep_checkpoints", "validate_every",
+                     "validate_task", "validate_steps", "validate_seeds")
+
+
+def check_run_dir(cfg: MetaTrainConfig, out: str | os.PathLike, *, resume: bool) -> list[str]:
+    """Raises :class:`RunDirError` when :func:`run` would refuse ``out``; touches nothing.
+
+    The saved config counts the fields it predates at their off values
+    (:func:`meta_train.config.fill_config`), so a run of an earlier version resumes.
+
+    Returns:
+      the settings of :data:`RESUME_MAY_CHANGE` that the requested config changes, as
+      ``"outer_steps: 6 in the run, 25 requested"`` (empty without ``resume``).
+    """
     from meta_train.checkpointing import Checkpointer
 
     out = Path(out)
@@ -244,15 +301,19 @@ def check_run_dir(cfg: MetaTrainConfig, out: str | os.PathLike, *, resume: bool)
         if Checkpointer(out / "checkpoints").has_checkpoints():
             raise RunDirError(f"{out} already holds a run; pass --resume to continue it or "
                               "choose another --out")
-        return
+        return []
     saved = saved_config(out)
     if saved is None:
         raise RunDirError(f"{out} holds no run to resume (no config.json or checkpoint); "
                           "check --out, or drop --resume to start a new run")
-    diff = config_diff(saved, json.loads(cfg.to_json()))
+    diff = config_diff(fill_config(saved), json.loads(cfg.to_json()))
+    changes = [d for d in diff if d.split(":", 1)[0] in RESUME_MAY_CHANGE]
+    diff = [d for d in diff if d not in changes]
     if diff:
-        raise RunDirError(f"{out}/config.json differs from the requested config in "
-                          f"{'; '.join(diff)}; resume with: {resume_command(out)}")
+        raise RunDirError(f"the run in {out} has another config: it differs from the requested "
+                          f"one in {'; '.join(diff)}; resume with: {resume_command(out)} "
+                          "(optionally with --outer_steps N to extend it)")
+    return changes
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -302,31 +363,61 @@ def run(cfg: MetaTrainConfig, out: str | os.PathLike, *, resume: bool = False,
 
     out = Path(out)
     with _StopSignals() as sig:
-        check_run_dir(cfg, out, resume=resume)
-        ckpt = Checkpointer(out / "checkpoints", keep=cfg.keep_checkpoints)
-        try:
-            trainer = MetaTrainer(cfg)
-            state = trainer.init_state()
-            if resume and ckpt.has_checkpoints():
-                state = ckpt.restore(state)
-                print(f"resumed from step {int(state['step'])}", file=sys.stderr)
-            elif resume:
-                print("no checkpoint yet: starting from step 0", file=sys.stderr)
-            start = int(state["step"])
-            with sig.deferred():
-                out.mkdir(parents=True, exist_ok=True)
-                (out / "config.json").write_text(cfg.to_json())
-                _truncate_metrics(out / "metrics.jsonl", start)
-            return _loop(cfg, out, trainer, state, ckpt, sig, progress, stop_after)
-        finally:
-            ckpt.close()
+        if resume and saved_config(out) is None:
+            check_run_dir(cfg, out, resume=True)    # raises: no run, and nothing is created
+        with hold_run_dir(out):     # one process per run directory
+            for change in check_run_dir(cfg, out, resume=resume):
+                print(f"resuming with a changed setting: {change}", file=sys.stderr)
+            if not resume:   # at once: a run stopped before its first checkpoint resumes
+                with sig.deferred():
+                    _write_config(out, cfg)
+            ckpt = Checkpointer(out / "checkpoints", keep=cfg.keep_checkpoints)
+            try:
+                trainer = MetaTrainer(cfg)
+                state = trainer.init_state()
+                if resume and ckpt.has_checkpoints():
+                    state = ckpt.restore(state)
+                    print(f"resumed from step {int(state['step'])}", file=sys.stderr)
+                elif resume:
+                    print("no checkpoint yet: starting from step 0", file=sys.stderr)
+                start = int(state["step"])
+                if start > cfg.outer_steps:
+                    raise RunDirError(f"the run in {out} is at step {start}, past outer_steps="
+                                      f"{cfg.outer_steps}; pass --outer_steps {start} or more")
+                with sig.deferred():
+                    _write_config(out, cfg)
+                    _truncate_metrics(out / "metrics.jsonl", start)
+                    if start:   # its lopt.json may be lost (a kill, a full disk): rewritten
+                        ckpt.repair(start, _lopt_doc(cfg, state, start), cfg.to_dict())
+                return _loop(cfg, out, trainer, state, ckpt, sig, progress, stop_after)
+            finally:
+                ckpt.close()
+
+
+def _write_config(out: Path, cfg: MetaTrainConfig) -> None:
+    from lopt.checkpoint import write_json
+    write_json(out / "config.json", cfg.to_dict(), indent=2)
+
+
+def _lopt_doc(cfg: MetaTrainConfig, state: dict, step: int) -> dict:
+    """The ``lopt.json`` of step ``step``: theta, the LO config and the run's config."""
+    return lopt_to_json(state["theta"], cfg.lo, {"step": step, "config": cfg.to_dict()})
 
 
 def _loop(cfg, out, trainer, state, ckpt, sig, progress, stop_after):
     def save(step, state, force=False):
-        ckpt.save(step, state, lopt_to_json(state["theta"], cfg.lo,
-                                            {"step": step, "config": cfg.to_dict()}),
-                  cfg.to_dict(), force=force)
+        ckpt.save(step, state, _lopt_doc(cfg, state, step), cfg.to_dict(), force=force)
+
+    def compute(state, t_last):
+        new_state, new_mets = trainer.outer_step(state)
+        step = int(new_state["step"])
+        now = time.time()
+        new_mets["outer_steps_per_s"] = 1.0 / max(now - t_last, 1e-9)
+        new_mets["inner_steps_per_s"] = (new_mets["outer_steps_per_s"] * len(trainer.tasks)
+                                         * 2 * cfg.es.num_pairs * cfg.es.unroll_length)
+        if cfg.validate_every and (step % cfg.validate_every == 0 or step == cfg.outer_steps):
+            new_mets.update(trainer.validate(new_state["theta"]))
+        return new_state, new_mets, step, now
 
     tb = TBWriter(out / "tb")
     start = int(state["step"])
@@ -336,15 +427,8 @@ def _loop(cfg, out, trainer, state, ckpt, sig, progress, stop_after):
     t_last = time.time()
     try:
         while int(state["step"]) < end:
-            # a signal during the computation abandons this step: state is untouched
-            new_state, new_mets = trainer.outer_step(state)
-            step = int(new_state["step"])
-            now = time.time()
-            new_mets["outer_steps_per_s"] = 1.0 / max(now - t_last, 1e-9)
-            new_mets["inner_steps_per_s"] = (new_mets["outer_steps_per_s"] * len(trainer.tasks)
-                                             * 2 * cfg.es.num_pairs * cfg.es.unroll_length)
-            if cfg.validate_every and (step % cfg.validate_every == 0 or step == cfg.outer_steps):
-                new_mets.update(trainer.validate(new_state["theta"]))
+            # a signal during the computation abandons this step at once: state is untouched
+            new_state, new_mets, step, now = sig.call(lambda: compute(state, t_last))
             t_last = time.time() if "val/meta_loss" in new_mets else now
             with sig.deferred():   # the bookkeeping of a finished step is done whole
                 state, mets = new_state, new_mets

@@ -188,3 +188,36 @@ def test_describe_roles_shows_a_velo_optimizers_multipliers():
     assert "depth" not in table
     sp = lopt.describe_roles(params, lo="sp-velo-cpu")
     assert [ln.split() for ln in sp.splitlines() if ln.startswith("Dense_1/kernel")][0][5] == "1"
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_nan_or_inf_loss_counts_as_the_last_finite_one(bad):
+    # μVeLO contains a bad loss as μLO contains a bad gradient element: the updates after a
+    # NaN/inf loss equal those of the same run with that loss replaced by the last finite
+    # one, and the state stays finite (a NaN loss once made the LSTM state NaN for good)
+    theta = V.init_velo_theta(jax.random.key(0))
+    opt = lopt.make_velo(theta, num_steps=20)
+    params = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.ones((4,))}
+    grads = [jax.tree.map(lambda p, i=i: jnp.cos(p * (i + 1)), params) for i in range(6)]
+    good = [2.3, 2.1, 1.9, 1.9, 1.7, 1.6]   # step 3 repeats step 2's loss
+    seen = [2.3, 2.1, 1.9, bad, 1.7, 1.6]
+    update = jax.jit(opt.update)
+
+    def run(losses):
+        state, out = opt.init(params), []
+        for g, loss in zip(grads, losses):
+            u, state = update(g, state, params, value=jnp.float32(loss))
+            out.append(u)
+        return out, state
+
+    want, _ = run(good)
+    got, state = run(seen)
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+        np.testing.assert_array_equal(a, b)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state))
+    # a bad first loss (no finite one yet) leaves the loss buffer as it was: features 0
+    u, state = update(grads[0], opt.init(params), params, value=jnp.float32(bad))
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves((u, state)))
+    assert int(state.loss.count) == 0
+    u, _ = update(grads[1], state, params, value=jnp.float32(2.0))
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(u))
