@@ -39,6 +39,9 @@ from meta_train.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
+# Process 1 sends itself SIGTERM as it starts outer step 3 (a signal to one process of a run).
+_SIGTERM_PROCESS_1_AT_STEP_3 = _KILL_PROCESS_1_AT_STEP_3.replace("SIGKILL", "SIGTERM")
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -127,6 +130,22 @@ def test_a_killed_process_stops_the_other_with_its_name_and_resume_loses_nothing
     steps = [int(line.split(",")[0].split(":")[1])
              for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_process_stops_every_process_after_the_step_with_a_checkpoint(
+        pair_run, tmp_path):
+    full, _ = pair_run
+    out = tmp_path / "termed"
+    res = _finish(_start(out, script=_SIGTERM_PROCESS_1_AT_STEP_3))
+    assert [r[0] for r in res] == [128 + signal.SIGTERM] * 2, res[0][2][-3000:]
+    assert all("continue with:" in e.strip().splitlines()[-1] for _, _, e in res)
+    # both finished step 3, the one the signal arrived in, and process 0 checkpointed it
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["1", "2", "3"]
+    res = _finish(_start(out, "--resume"))
+    assert [r[0] for r in res] == [0, 0], res[0][2][-3000:] + res[1][2][-3000:]
+    assert "resumed from step 3" in res[0][2]
+    assert _bitwise_equal(_theta(out), _theta(full))
 
 
 def test_a_bad_process_id_is_one_error_line():
