@@ -77,5 +77,13 @@ def test_two_shards_of_the_smoke_suite_merge_into_the_unsharded_report(tmp_path)
         return {(c["axis"], c["task"], c["steps"], n): {k: v for k, v in o.items() if k != "run"}
                 for c in doc["cells"] for n, o in c["optimizers"].items()}
     assert rows(merged) == rows(whole) and len(rows(whole)) >= 4
+    assert "shard" not in merged and "shard" not in whole
     assert [(c["axis"], c["task"]) for c in merged["cells"]] == \
         [(c["axis"], c["task"]) for c in whole["cells"]]
+
+
+def test_a_merge_names_the_shards_of_a_split_it_lacks():
+    from eval.merge import missing_shards
+    docs = [{"shard": "0/3"}, {"shard": "2/3"}, {}]
+    assert missing_shards(docs) == ["1/3"]
+    assert missing_shards([{"shard": "0/2"}, {"shard": "1/2"}]) == []
