@@ -102,6 +102,7 @@ def _main(argv=None):
         except dist.DistributedError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        print(f"distributed run: {dist.describe()}", file=sys.stderr)
     from lopt.checkpoint import CheckpointError
     from meta_train.data import DataNotFoundError
     from meta_train.loop import Interrupted, RunDirError, check_run_dir, resume_command, run
