@@ -49,13 +49,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(out, *extra, script=None):
-    """The two processes of a localhost run (docs/scale-out.md), started in the background."""
+def _start(out, *extra, script=None, own=([], [])):
+    """The two processes of a localhost run (docs/scale-out.md), started in the background;
+    ``own[i]``: arguments of process ``i`` only."""
     port = _free_port()
     head = [sys.executable, "-c", script] if script else [sys.executable, "-m", "meta_train"]
     return [subprocess.Popen(
-        head + [*FLAGS, "--out", str(out), *extra, "--coordinator", f"127.0.0.1:{port}",
-                "--num-processes", "2", "--process-id", str(i)],
+        head + [*FLAGS, "--out", str(out), *extra, *own[i], "--coordinator",
+                f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
         cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i in range(2)]
 
@@ -146,6 +147,16 @@ def test_a_signal_to_one_process_stops_every_process_after_the_step_with_a_check
     assert [r[0] for r in res] == [0, 0], res[0][2][-3000:] + res[1][2][-3000:]
     assert "resumed from step 3" in res[0][2]
     assert _bitwise_equal(_theta(out), _theta(full))
+
+
+def test_processes_started_with_different_configs_stop_with_one_line(tmp_path):
+    res = _finish(_start(tmp_path / "run", own=[[], ["--seed", "7"]]), timeout=300)
+    for code, _, err in res:
+        assert code == 2, err[-3000:]
+        assert err.strip().splitlines()[-1] == (
+            "error: process(es) 1 run another config than process 0; start every process "
+            "with the same command")
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_a_bad_process_id_is_one_error_line():
