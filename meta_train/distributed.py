@@ -138,13 +138,10 @@ def same_on_all(name: str, text: str, what: str) -> None:
     if not multi_process():
         return
     key = _key(name)
-    if is_primary():
-        _client().key_value_set(key, text)
     _client().key_value_set(f"{key}/{jax.process_index()}", text)
-    primary = _client().blocking_key_value_get(key, 600_000)
-    others = [_client().blocking_key_value_get(f"{key}/{p}", 600_000)
-              for p in range(jax.process_count())]
-    bad = [p for p, t in enumerate(others) if t != primary]
+    texts = [_client().blocking_key_value_get(f"{key}/{p}", 600_000)
+             for p in range(jax.process_count())]
+    bad = [p for p, t in enumerate(texts) if t != texts[0]]
     if bad:
         raise DistributedError(f"process(es) {', '.join(map(str, bad))} run another {what} "
                                "than process 0; start every process with the same command")
