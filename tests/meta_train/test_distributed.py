@@ -101,6 +101,17 @@ def test_two_processes_give_the_meta_parameters_of_one_process_with_two_devices(
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["2", "3", "4"]
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 4
     assert all("done: step 4" in o for _, o, _ in res)
+    # the whole checkpoint (estimator states included) is the one-process run's, and it
+    # restores in one process: a run may continue with another number of processes
+    from meta_train.checkpointing import Checkpointer
+    from meta_train.loop import MetaTrainer, load_run_config
+    like = MetaTrainer(load_run_config(out)).init_state()
+    states = []
+    for run_dir in (out, tmp_path / "one"):
+        ck = Checkpointer(run_dir / "checkpoints")
+        states.append(jax.tree.leaves(ck.restore(like)))
+        ck.close()
+    assert len(states[0]) > 50 and _bitwise_equal(*states)
 
 
 @pytest.mark.slow
