@@ -131,7 +131,9 @@ def _main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        print(f"stopped; continue with: {resume_command(out)}", file=sys.stderr)
+        again = ("the same commands plus --resume" if dist.multi_process()
+                 else resume_command(out))
+        print(f"stopped; continue with: {again}", file=sys.stderr)
         return 128 + e.signum if isinstance(e, Interrupted) else 130
     m = res["metrics"]
     print(f"done: step {res['step']}, meta-loss {m.get('meta_loss', float('nan')):.4f}; "
