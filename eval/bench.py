@@ -14,12 +14,17 @@
 * ES/PES meta-training throughput (inner steps/s across the population, outer steps/min)
   for presets ``quick`` and ``cpu`` and for a reference configuration
   (MLP 64-128-128-10 on 8x8 digits, batch 128, 8 pairs, K=50, horizons 100-1000).
+
+``--scale-out`` reports instead the outer steps/s of a preset (``--preset``, default
+``quick``) for 1 process on 1 core, 2 processes on 1 core each (jax.distributed) and 1
+process with 2 devices on 2 cores (:mod:`eval.bench_scale`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import time
 
 import jax
@@ -213,7 +218,18 @@ def main(argv=None):
     ap.add_argument("--optimizers", default=None, metavar="A,B",
                     help="baselines of the optimizer table besides AdamW and the μLO "
                          "(default: every one in lopt.BASELINES)")
+    ap.add_argument("--scale-out", action="store_true",
+                    help="only the scale-out throughput: outer steps/s of --preset for 1 "
+                         "process on 1 core, 2 processes on 1 core each, 1 process with 2 "
+                         "devices on 2 cores (docs/scale-out.md)")
+    ap.add_argument("--preset", default="quick",
+                    help="meta-training preset of --scale-out (default quick)")
+    ap.add_argument("--steps", type=int, default=10, metavar="N",
+                    help="timed outer steps per --scale-out configuration, after 2 untimed "
+                         "(default 10)")
     args = ap.parse_args(argv)
+    if args.scale_out:
+        return _scale_out(ap, args)
     from lopt.baselines import BASELINES
     names = None if args.optimizers is None else [n.strip() for n in
                                                   args.optimizers.split(",") if n.strip()]
@@ -265,6 +281,26 @@ def main(argv=None):
               f"{r['inner_steps_per_s']:.0f} inner steps/s")
     report["es"] = rows
     _dump(args.json, report)
+    return 0
+
+
+def _scale_out(ap, args) -> int:
+    from eval.bench_scale import bench_scale_out, print_scale_out
+    from meta_train.config import PRESETS
+    if args.preset not in PRESETS:
+        ap.error(f"--preset {args.preset}: unknown; choose from {', '.join(sorted(PRESETS))}")
+    if PRESETS[args.preset].es.num_pairs % 2:
+        ap.error(f"--preset {args.preset} has {PRESETS[args.preset].es.num_pairs} pairs; "
+                 "two processes need an even number")
+    if args.steps < 1:
+        ap.error(f"--steps must be at least 1, got {args.steps}")
+    try:
+        r = bench_scale_out(args.preset, args.steps)
+    except (ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print_scale_out(r)
+    _dump(args.json, {"scale_out": r})
     return 0
 
 

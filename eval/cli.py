@@ -113,8 +113,18 @@ def main(argv=None):
                          "own, so a killed run keeps its finished groups, a group needs less "
                          "memory and processes sharing --out share its groups (default: a "
                          "whole sweep per group)")
+    ap.add_argument("--shard", default=None, metavar="I/N",
+                    help="run only part I of N of the suite's cells (I = 0..N-1), e.g. on N "
+                         "machines with --shard 0/N ... --shard N-1/N, each with its own --out; "
+                         "cells that share a μTransfer LR stay in one part. Join the parts "
+                         "with `python -m eval.merge OUT0 OUT1 ... --out MERGED`")
     args = ap.parse_args(argv)
     _one_line_cache_warnings()
+    from eval.shard import ShardError, parse_shard
+    try:
+        shard = parse_shard(args.shard) if args.shard is not None else None
+    except ShardError as e:
+        ap.error(str(e))
     import lopt
     from eval.report import OutError, check_out, publish
     from meta_train.data import DataError, DataNotFoundError
@@ -145,8 +155,10 @@ def main(argv=None):
                         overrides=overrides,
                         baselines=tuple(b for b in (args.baselines or "").split(",") if b)
                         or None, cached_only=args.cached_only, group_runs=args.group_runs,
+                        shard=shard,
                         log=lambda line: print(line, file=sys.stderr, flush=True))
-    except (lopt.CheckpointError, DataNotFoundError, DataError, SuiteError, OutError) as e:
+    except (lopt.CheckpointError, DataNotFoundError, DataError, SuiteError, OutError,
+            ShardError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     publish(doc, out, "python -m eval " + " ".join(shlex.quote(a) for a in

@@ -188,6 +188,7 @@ def merge(docs: list[dict], sources: list[str] | None = None) -> dict:
     spec["axes"] = sorted({a for d in docs for a in d.get("spec", {}).get("axes", ())},
                           key=lambda a: axes.index(a) if a in axes else inf)
     spec["wider"] = sorted({w for d in docs for w in d.get("spec", {}).get("wider", ())})
+    first = {k: v for k, v in first.items() if k != "shard"}   # the merge is no one shard
     return {**first, "spec": spec, "cells": merged,
             "baselines": list(dict.fromkeys(b for d in docs for b in d.get("baselines", []))),
             "skipped": skipped,
@@ -228,6 +229,14 @@ def _speedups(c: dict) -> None:
             o["speedup_from_rounded_curves"] = True
 
 
+def missing_shards(docs: list[dict]) -> list[str]:
+    """The shards (``i/n``, from ``python -m eval --shard``) of a split the runs name but do
+    not all include."""
+    have = [tuple(map(int, d["shard"].split("/"))) for d in docs if d.get("shard")]
+    return [f"{i}/{n}" for n in sorted({n for _, n in have}) for i in range(n)
+            if (i, n) not in have]
+
+
 def _provenance(doc: dict, source: str) -> list[dict]:
     """The runs a document's rows were computed by: its own run, or, for an earlier merge,
     the runs it was merged from (its rows' ``run`` indices point into that list)."""
@@ -251,11 +260,16 @@ def main(argv=None) -> int:
     from eval.report import OutError, check_out, publish
     try:
         check_out(Path(args.out), create=False)
-        doc = merge([load(r) for r in args.runs], list(args.runs))
+        docs = [load(r) for r in args.runs]
+        doc = merge(docs, list(args.runs))
         check_out(Path(args.out))
     except (MergeError, OutError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    missing = missing_shards(docs)
+    if missing:
+        print(f"note: shard(s) {', '.join(missing)} are not among the runs; the report lacks "
+              "their cells", file=sys.stderr)
     publish(doc, Path(args.out), "python -m eval.merge " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])))
     return 0

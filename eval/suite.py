@@ -484,7 +484,7 @@ class Runner(GroupCache):
 def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
               baselines: tuple[str, ...] | None = None, overrides: dict | None = None,
               cached_only: bool = False, log: Callable[[str], None] | None = None,
-              group_runs: int | None = None) -> dict:
+              group_runs: int | None = None, shard: tuple[int, int] | None = None) -> dict:
     """Runs a named suite for one or more LOs (paths, or ``label=path``).
 
     The first LO's meta-training config defines the cells; every optimizer runs each cell in
@@ -494,6 +494,8 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
     ``log``: called with the cell plan (axis, task, steps) before anything trains, and with a
     note for each later LO whose own meta-training config would define other cells.
     ``group_runs``: at most this many runs per vmapped group (see :class:`Runner`).
+    ``shard``: ``(i, n)``: run only part ``i`` of ``n`` of the cells (:mod:`eval.shard`;
+    ``python -m eval.merge`` joins the parts).
     Returns the results document.
     """
     spec = dataclasses.replace(SUITES[suite], **(overrides or {}))
@@ -504,6 +506,8 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
                          "needs one to define its axes")
     names = tuple(baselines) if baselines else spec.baselines
     cells = cells_for(meta_cfg, spec)
+    if shard is not None:
+        cells = shard_cells(cells, spec, meta_cfg, shard)
     unknown = [n for n in dict.fromkeys(names + tuple(b for c in cells for b in c.baselines or ()))
                if n not in BASELINES]
     if unknown:
@@ -700,7 +704,21 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
             "spec": dataclasses.asdict(spec), "baselines": list(names),
             "report_seeds": report_seeds, "cells": results, "skipped": skipped,
             **({"not_run": not_run} if cached_only else {}),
+            **({"shard": f"{shard[0]}/{shard[1]}"} if shard is not None else {}),
             "host": host_info()}
+
+
+def shard_cells(cells: list[Cell], spec: SuiteSpec, meta_cfg: dict,
+                shard: tuple[int, int]) -> list[Cell]:
+    """Part ``shard = (i, n)`` of ``cells`` (:func:`eval.shard.select`): cells that may
+    take a μTransfer LR run with the rest of their family."""
+    from eval.shard import select
+    widest = max([_width(t) or 0 for t in meta_cfg["tasks"]])
+
+    def transfers(c: Cell) -> bool:
+        limit, w = transfer_limit(c, spec, widest), _width(c.task)
+        return bool(limit and w and w > limit)
+    return select(cells, shard, lambda c: family(c.task), transfers)
 
 
 def cell_plan(los, cells: list[Cell], spec: SuiteSpec) -> list[str]:

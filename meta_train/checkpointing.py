@@ -53,9 +53,9 @@ class Checkpointer:
     @property
     def mngr(self) -> ocp.CheckpointManager:
         if self._mngr is None:
-            self._mngr = ocp.CheckpointManager(
-                self.dir, options=ocp.CheckpointManagerOptions(max_to_keep=self._keep,
-                                                               create=True))
+            if jax.process_count() > 1:   # orbax creates it only with all processes
+                self.dir.mkdir(parents=True, exist_ok=True)
+            self._mngr = ocp.CheckpointManager(self.dir, options=_options(self._keep))
         return self._mngr
 
     def has_checkpoints(self) -> bool:
@@ -315,6 +315,17 @@ def _quiet_restore_noise():
         keep = [line for line in buf.getvalue().splitlines() if not _NOISE.fullmatch(line)]
         if keep:
             print("\n".join(keep), file=real)
+
+
+def _options(keep: int) -> ocp.CheckpointManagerOptions:
+    """Orbax options; in a multi-process run only process 0 makes a Checkpointer's manager
+    (it saves host copies of the whole state), so orbax syncs over that one process."""
+    if jax.process_count() == 1:
+        return ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    return ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=False,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+            primary_host=jax.process_index(), active_processes={jax.process_index()}))
 
 
 def _key_name(k) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -37,6 +38,22 @@ def build_parser() -> argparse.ArgumentParser:
                          "per ~5%% of the run)")
     ap.add_argument("--print-config", action="store_true",
                     help="print the resolved config as JSON and exit")
+    g = ap.add_argument_group(
+        "multi-process (docs/scale-out.md)",
+        "run the same command in every process; process 0 alone writes --out")
+    g.add_argument("--distributed", action="store_true",
+                   help="join a multi-process run with jax.distributed.initialize(); without "
+                        "the options below jax reads the cluster from the environment "
+                        "(SLURM, Open MPI, JAX_COORDINATOR_ADDRESS)")
+    g.add_argument("--coordinator", metavar="HOST:PORT", default=None,
+                   help="address of process 0's coordination service (implies --distributed)")
+    g.add_argument("--num-processes", type=int, default=None, metavar="N",
+                   help="number of processes in the run (implies --distributed)")
+    g.add_argument("--process-id", type=int, default=None, metavar="I",
+                   help="this process's id, 0..N-1 (implies --distributed)")
+    g.add_argument("--heartbeat-timeout", type=int, default=None, metavar="S",
+                   help="seconds without heartbeats before jax declares a process dead and "
+                        "stops the run (default 20)")
     return ap
 
 
@@ -83,11 +100,22 @@ def parse(argv=None):
     return args, cfg
 
 
-def main(argv=None):
+def _main(argv=None):
     args, cfg = parse(argv)
     if args.print_config:
         print(cfg.to_json())
         return 0
+    from meta_train import distributed as dist
+    if (args.distributed or args.coordinator is not None or args.num_processes is not None
+            or args.process_id is not None):
+        try:
+            dist.initialize(args.coordinator, args.num_processes, args.process_id,
+                            heartbeat_timeout_s=args.heartbeat_timeout
+                            or dist.HEARTBEAT_TIMEOUT_S)
+        except dist.DistributedError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"distributed run: {dist.describe()}", file=sys.stderr)
     from lopt.checkpoint import CheckpointError
     from meta_train.data import DataNotFoundError
     from meta_train.loop import (Interrupted, RunDirError, check_run_dir, hold_run_dir,
@@ -101,20 +129,31 @@ def main(argv=None):
             return 2
     out = args.out
     given = sys.argv[1:] if argv is None else list(argv)
-    try:
+    held = contextlib.ExitStack()
+
+    def check():
         if args.resume and saved_config(out) is None:
             check_run_dir(cfg, out, resume=True)    # raises: no run, and nothing is created
-        with hold_run_dir(out):     # before anything is written: one process per run
-            check_run_dir(cfg, out, resume=args.resume)
-            # only commands that run are recorded (the model card quotes them)
-            _record_invocation(out, argv)
+        held.enter_context(hold_run_dir(out))      # before anything is written: one process
+        check_run_dir(cfg, out, resume=args.resume)  # per run, for the life of the run
+        # only commands that run are recorded (the model card quotes them)
+        _record_invocation(out, argv)
+
+    try:
+        with held:
+            dist.on_primary("cli-check", check, (RunDirError,))
             res = run(cfg, out, resume=args.resume, progress=not args.no_progress,
                       stop_after=args.stop_after)
-    except (RunDirError, CheckpointError) as e:
+    except dist.LostProcessError as e:
+        print(f"error: {e}; continue with the same commands plus --resume", file=sys.stderr)
+        dist.hard_exit(dist.LOST_EXIT)
+    except (RunDirError, CheckpointError, dist.DistributedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        print(f"stopped; continue with: {resume_command(out, cfg, given)}", file=sys.stderr)
+        again = ("the same commands plus --resume" if dist.multi_process()
+                 else resume_command(out, cfg, given))
+        print(f"stopped; continue with: {again}", file=sys.stderr)
         code = 128 + e.signum if isinstance(e, Interrupted) else 130
         if getattr(e, "abandoned", False):   # a step still computing in a worker thread:
             sys.stdout.flush()              # exit without waiting for it
@@ -148,6 +187,20 @@ def _record_invocation(out, argv):
         f.write(json.dumps({"time": time.time(), "commit": _commit(), "host": host(),
                             "command": "python -m meta_train " + " ".join(
                                 shlex.quote(a) for a in args)}) + "\n")
+
+
+def main(argv=None) -> int:
+    """The command line; in a multi-process run, an unexpected error ends this process at once
+    (after its traceback), so the others stop with a line naming it instead of waiting."""
+    try:
+        return _main(argv)
+    except Exception:
+        from meta_train import distributed as dist
+        if not dist.multi_process():
+            raise
+        import traceback
+        traceback.print_exc()
+        dist.hard_exit(1)
 
 
 if __name__ == "__main__":

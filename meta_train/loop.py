@@ -36,7 +36,7 @@ import optax
 
 import lopt
 from lopt.checkpoint import to_json as lopt_to_json
-from meta_train import es as ES
+from meta_train import distributed as dist, es as ES
 from meta_train.config import MetaTrainConfig, config_diff, fill_config
 from meta_train.inner import all_finite, train as inner_train
 from meta_train.progress import progress_bar
@@ -166,6 +166,9 @@ class _StopSignals:
         self.received: int | None = None
         self._depth = 0
         self._old: dict = {}
+        # multi-process: a signal never cuts a step short (the others are in its
+        # collectives); every process stops at the end of the step where any got one
+        self.collective = dist.multi_process()
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -184,7 +187,7 @@ class _StopSignals:
                      .encode())
             os._exit(128 + signum)
         self.received = signum
-        if self._depth == 0:
+        if self._depth == 0 and not self.collective:
             raise Interrupted(signum)
 
     @contextlib.contextmanager
@@ -195,7 +198,7 @@ class _StopSignals:
             yield
         finally:
             self._depth -= 1
-        if self.received is not None and self._depth == 0:
+        if self.received is not None and self._depth == 0 and not self.collective:
             raise Interrupted(self.received)
 
     def call(self, fn):
@@ -228,6 +231,12 @@ class _StopSignals:
         if "err" in box:
             raise box["err"]
         return box["out"]
+
+    def agree(self) -> None:
+        """Multi-process: raises :class:`Interrupted` on every process when any process
+        received a signal (a collective, called once per step by all)."""
+        if self.collective and dist.any_process(self.received is not None):
+            raise Interrupted(self.received or signal.SIGTERM)
 
 
 def saved_config(out: str | os.PathLike) -> dict | None:
@@ -363,32 +372,36 @@ def run(cfg: MetaTrainConfig, out: str | os.PathLike, *, resume: bool = False,
 
     out = Path(out)
     with _StopSignals() as sig:
-        if resume and saved_config(out) is None:
-            check_run_dir(cfg, out, resume=True)    # raises: no run, and nothing is created
-        with hold_run_dir(out):     # one process per run directory
+        # multi-process: process 0 alone reads and writes ``out`` (meta_train.distributed)
+        dist.same_on_all("config", cfg.to_json(), "config")
+        held = contextlib.ExitStack()
+
+        def check():
+            if resume and saved_config(out) is None:
+                check_run_dir(cfg, out, resume=True)    # raises: no run, nothing is created
+            held.enter_context(hold_run_dir(out))     # one process per run directory
             for change in check_run_dir(cfg, out, resume=resume):
                 print(f"resuming with a changed setting: {change}", file=sys.stderr)
             if not resume:   # at once: a run stopped before its first checkpoint resumes
                 with sig.deferred():
                     _write_config(out, cfg)
+
+        with held:
+            dist.on_primary("check-run-dir", check, (RunDirError,))
             ckpt = Checkpointer(out / "checkpoints", keep=cfg.keep_checkpoints)
             try:
                 trainer = MetaTrainer(cfg)
-                state = trainer.init_state()
-                if resume and ckpt.has_checkpoints():
-                    state = ckpt.restore(state)
-                    print(f"resumed from step {int(state['step'])}", file=sys.stderr)
-                elif resume:
-                    print("no checkpoint yet: starting from step 0", file=sys.stderr)
+                state = _initial_state(trainer, ckpt, resume)
                 start = int(state["step"])
                 if start > cfg.outer_steps:
                     raise RunDirError(f"the run in {out} is at step {start}, past outer_steps="
                                       f"{cfg.outer_steps}; pass --outer_steps {start} or more")
-                with sig.deferred():
-                    _write_config(out, cfg)
-                    _truncate_metrics(out / "metrics.jsonl", start)
-                    if start:   # its lopt.json may be lost (a kill, a full disk): rewritten
-                        ckpt.repair(start, _lopt_doc(cfg, state, start), cfg.to_dict())
+                if dist.is_primary():
+                    with sig.deferred():
+                        _write_config(out, cfg)
+                        _truncate_metrics(out / "metrics.jsonl", start)
+                        if start:   # its lopt.json may be lost (a kill, a full disk): rewritten
+                            ckpt.repair(start, _lopt_doc(cfg, state, start), cfg.to_dict())
                 return _loop(cfg, out, trainer, state, ckpt, sig, progress, stop_after)
             finally:
                 ckpt.close()
@@ -404,8 +417,51 @@ def _lopt_doc(cfg: MetaTrainConfig, state: dict, step: int) -> dict:
     return lopt_to_json(state["theta"], cfg.lo, {"step": step, "config": cfg.to_dict()})
 
 
+def _initial_state(trainer: MetaTrainer, ckpt, resume: bool) -> dict:
+    """A fresh state, or with ``resume`` the newest checkpoint's; multi-process, process 0
+    restores it and sends it to the others (which never read the run directory)."""
+    state = trainer.init_state()
+    restored = {}
+
+    def restore():
+        if not (resume and ckpt.has_checkpoints()):
+            return None
+        if not dist.multi_process():
+            restored["state"] = ckpt.restore(state)
+        else:   # into local arrays: the others take their part from the broadcast
+            local = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), state)
+            restored["state"] = dist.to_host(ckpt.restore(local))
+        return "found"
+
+    from lopt.checkpoint import CheckpointError
+    if dist.on_primary("restore", restore, (CheckpointError,)):
+        if dist.multi_process():
+            host = dist.broadcast(restored.get("state") or dist.null_tree(state))
+            restored["state"] = dist.place_like(host, state)
+        state = restored["state"]
+        if dist.is_primary():
+            print(f"resumed from step {int(state['step'])}", file=sys.stderr)
+    elif resume and dist.is_primary():
+        print("no checkpoint yet: starting from step 0", file=sys.stderr)
+    return state
+
+
+class _NoWriter:
+    """TensorBoard stand-in of the processes that write no files."""
+
+    def scalars(self, step, values):
+        pass
+
+    def close(self):
+        pass
+
+
 def _loop(cfg, out, trainer, state, ckpt, sig, progress, stop_after):
     def save(step, state, force=False):
+        if dist.multi_process():   # every process sends its shards; process 0 writes
+            state = dist.to_host(state)
+            if not dist.is_primary():
+                return
         ckpt.save(step, state, _lopt_doc(cfg, state, step), cfg.to_dict(), force=force)
 
     def compute(state, t_last):
@@ -419,10 +475,11 @@ def _loop(cfg, out, trainer, state, ckpt, sig, progress, stop_after):
             new_mets.update(trainer.validate(new_state["theta"]))
         return new_state, new_mets, step, now
 
-    tb = TBWriter(out / "tb")
+    primary = dist.is_primary()
+    tb = TBWriter(out / "tb") if primary else _NoWriter()
     start = int(state["step"])
     end = cfg.outer_steps if stop_after is None else min(cfg.outer_steps, start + stop_after)
-    bar = _progress(start, cfg.outer_steps, progress)
+    bar = _progress(start, cfg.outer_steps, progress and primary)
     mets: dict[str, Any] = {}
     t_last = time.time()
     try:
@@ -433,14 +490,20 @@ def _loop(cfg, out, trainer, state, ckpt, sig, progress, stop_after):
             with sig.deferred():   # the bookkeeping of a finished step is done whole
                 state, mets = new_state, new_mets
                 tb.scalars(step, mets)
-                with open(out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps({"step": step, "time": now, **mets}) + "\n")
+                if primary:
+                    with open(out / "metrics.jsonl", "a") as f:
+                        f.write(json.dumps({"step": step, "time": now, **mets}) + "\n")
                 if step % cfg.checkpoint_every == 0 or step == end:
                     save(step, state)
                 bar.set_postfix(meta_loss=f"{mets['meta_loss']:.4f}",
                                 **({"val": f"{mets['val/meta_loss']:.4f}"}
                                    if "val/meta_loss" in mets else {}))
                 bar.update(1)
+            sig.agree()
+    except Exception as e:
+        if dist.is_collective_failure(e):   # another process died: name it, save nothing
+            raise dist.lost(e) from None
+        raise
     except KeyboardInterrupt:
         step = int(state["step"])
         print(f"\ninterrupted: saving checkpoint at step {step}", file=sys.stderr)

@@ -16,3 +16,29 @@ def test_bad_arguments_are_one_clear_error(argv, message, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert message in err, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--preset", "nope"], "--preset nope: unknown; choose from"),
+    (["--steps", "0"], "--steps must be at least 1, got 0"),
+])
+def test_bad_scale_out_arguments_are_one_clear_error(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--scale-out", *argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in err, err
+
+
+@pytest.mark.slow
+def test_scale_out_runs_the_three_configurations_and_reports_their_ratios(tmp_path, capsys):
+    import json
+    assert main(["--scale-out", "--preset", "smoke", "--steps", "2", "--json",
+                 str(tmp_path / "r.json")]) == 0
+    r = json.loads((tmp_path / "r.json").read_text())["scale_out"]
+    rates = [r["one_process_one_core"], r["two_processes_one_core_each"],
+             r["one_process_two_devices_two_cores"]]
+    assert all(x > 0 for x in rates)
+    assert r["two_processes_over_one"] == pytest.approx(rates[1] / rates[0])
+    assert r["two_devices_over_one"] == pytest.approx(rates[2] / rates[0])
+    assert "2 processes, 1 core each" in capsys.readouterr().out
