@@ -705,7 +705,7 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
             "report_seeds": report_seeds, "cells": results, "skipped": skipped,
             **({"not_run": not_run} if cached_only else {}),
             **({"shard": f"{shard[0]}/{shard[1]}"} if shard is not None else {}),
-            "host": host_info()}
+            "host": host_info(), "full_mean_curves": True}   # in memory, nothing is rounded
 
 
 def shard_cells(cells: list[Cell], spec: SuiteSpec, meta_cfg: dict,
