@@ -307,7 +307,8 @@ def lo_digest(theta, config) -> str:
                         .encode()).hexdigest()[:16]
 
 
-_LATER_FIELDS = ("mup_base", "depth_ref", "horizon_ref", "horizon_power")
+_LATER_FIELDS = ("mup_base", "depth_ref", "horizon_ref", "horizon_power", "features",
+                 "magnitude", "output_norm", "orthogonalize")
 
 
 def _depth_rule_key(task_name: str, config) -> int | None:

@@ -30,12 +30,10 @@ def installed(package: str) -> bool:
 def package_of(task_name: str) -> str | None:
     """The Debian package whose data a task of this name trains on, if the project does not
     ship that data (8x8 Fashion-MNIST, digits, stdlib text and synthetic tasks ship)."""
-    if m := T._MLP_RE.match(task_name):
-        if m[1] == "fmnist" and int(m[2]) not in D.packaged_resolutions():
-            return FMNIST
-    elif (m := T._LM_RE.match(task_name)) and m[1] == "fortunes":
-        return FORTUNES
-    return None
+    data = T.TaskName.parse(task_name).prefix.split("-")[1]     # fmnist28, fortunes, ...
+    if data.startswith("fmnist") and int(data[6:]) not in D.packaged_resolutions():
+        return FMNIST
+    return FORTUNES if data == "fortunes" else None
 
 
 def needs_data(*packages_or_tasks: str) -> pytest.MarkDecorator:

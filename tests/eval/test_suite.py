@@ -534,11 +534,17 @@ def test_lo_digest_covers_theta_and_every_lo_config_field():
     other = {"mup": False, "hidden_size": 16, "hidden_layers": 3, "exp_mult": 2e-3,
              "step_mult": 0.5, "time_features": "fraction", "tau_clamp": 100,
              "schedule": "cosine", "mup_base": 256.0, "depth_ref": 2, "horizon_ref": 500,
-             "horizon_power": 0.3}
-    assert set(other) == {f.name for f in dataclasses.fields(lopt.LOConfig)}
+             "horizon_power": 0.3, "features": "compact"}
+    # options defined for the compact network only: changed from a compact config
+    compact_only = {"magnitude": False, "output_norm": True, "orthogonalize": True}
+    assert set(other) | set(compact_only) == {f.name for f in dataclasses.fields(lopt.LOConfig)}
     digests = {S.lo_digest(theta, base)}
     for field, value in other.items():
         digests.add(S.lo_digest(theta, dataclasses.replace(base, **{field: value})))
+    compact = dataclasses.replace(base, features="compact")
+    for field, value in compact_only.items():
+        digests.add(S.lo_digest(theta, dataclasses.replace(compact, **{field: value})))
+    other.update(compact_only)
     nudged = jax.tree.map(lambda x: x, theta)
     leaf = next(k for k, v in nudged.items() if getattr(v, "size", 0))
     nudged[leaf] = nudged[leaf].at[(0,) * nudged[leaf].ndim].add(1e-6)

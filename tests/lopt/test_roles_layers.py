@@ -65,8 +65,9 @@ def test_named_roles_need_no_positional_guess():
 def test_declared_task_roles_equal_inferred_roles(name):
     try:
         task = get_task(name)
-    except DataNotFoundError:
-        pytest.skip("data not installed")
+    except DataNotFoundError:   # roles are the model's, not the data's: the same model on
+        task = get_task(name.replace("fmnist28", "fmnist8").replace("fmnist14", "fmnist8")
+                        .replace("lm-fortunes", "lm-stdlib"))    # data that always ships
     params = jax.eval_shape(task.init, jax.random.key(0))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

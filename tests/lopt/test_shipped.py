@@ -8,7 +8,7 @@ import pytest
 
 import lopt
 from lopt.checkpoint import shipped_dir
-from meta_train.data import fashion_mnist_dir
+from needs_data import FMNIST, needs_data
 from meta_train.inner import train
 from meta_train.tasks import get_task
 
@@ -42,8 +42,7 @@ def test_shipped_names_and_cards():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(fashion_mnist_dir() is None,
-                    reason="28x28 Fashion-MNIST needs dataset-fashion-mnist")
+@needs_data(FMNIST)
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_shipped_lo_trains_a_width_2048_fmnist28_mlp(name):
     # The README's claim: at 16x its widest meta-training width, on 28x28 inputs, μLO reaches
