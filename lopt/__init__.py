@@ -6,7 +6,7 @@ Every optimizer here is an ``optax.GradientTransformation``. A learned optimizer
 """
 
 from lopt.baselines import BASELINES, Baseline, modular, muon, spectral
-from lopt.checkpoint import CheckpointError, load, load_theta, save, start_theta
+from lopt.checkpoint import CheckpointError, describe_roles, load, load_theta, save, start_theta
 from lopt.features import NUM_INPUTS, time_features
 from lopt.interop import from_learned_optimization, to_learned_optimization
 from lopt.learned import (COMPACT, LOConfig, LOState, MULO, SP_LO, NumStepsError, adam_theta,
@@ -14,7 +14,7 @@ from lopt.learned import (COMPACT, LOConfig, LOState, MULO, SP_LO, NumStepsError
                           make, make_from_config)
 from lopt.mup import forward_multiplier, init_leaf, kernel_init, mup_init_params
 from lopt.riemannian import riemannian_lowrank
-from lopt.roles import (ROLES, describe_roles, fan_in, fan_ins, infer_roles, leaf_fan_in,
+from lopt.roles import (ROLES, fan_in, fan_ins, infer_roles, leaf_fan_in,
                         lr_multipliers, readout_multipliers)
 from lopt.schatten import adaptive_schatten
 from lopt.velo import MUVELO, SP_VELO, VeLOConfig, init_velo_theta, make_velo

@@ -240,3 +240,14 @@ def load(path: str | os.PathLike, *, roles: Any = None,
     theta, config, _ = load_theta(path)
     return make_from_config(theta, config, roles=roles, role_overrides=role_overrides,
                             mup_in=mup_in, num_steps=num_steps)
+
+
+def describe_roles(params: Any, roles: Any = None, overrides: Mapping[str, str] | None = None,
+                   mup: bool = True, *, lo: Any = None) -> str:
+    """:func:`lopt.roles.describe_roles`, where ``lo`` may also be a learned optimizer by
+    shipped name or path (its stored config is read here, so :mod:`lopt.roles` needs no
+    checkpoint code)."""
+    from lopt import roles as R
+    if lo is not None and not hasattr(lo, "mup_base"):
+        lo = load_theta(lo)[1]
+    return R.describe_roles(params, roles, overrides, mup, lo=lo)

@@ -599,15 +599,13 @@ def describe_roles(params: Any, roles: Any = None,
     with a note on tied embeddings and stacked layers.
 
     Args:
-      lo: whose multipliers to show: a learned optimizer (shipped name or path) or its
-        config (``LOConfig`` or ``VeLOConfig``: its μP flag, base width and depth rule);
-        None: the classic μLO's absolute ``1/fan_in`` (or SP with ``mup=False``).
+      lo: whose multipliers to show: a learned optimizer's config (``LOConfig`` or
+        ``VeLOConfig``: its μP flag, base width and depth rule); ``lopt.describe_roles``
+        also takes a shipped name or path. None: the classic μLO's absolute ``1/fan_in``
+        (or SP with ``mup=False``).
     """
     base, depth_ref = 1.0, 0
     if lo is not None:
-        if not hasattr(lo, "mup_base"):
-            from lopt.checkpoint import load_theta
-            lo = load_theta(lo)[1]
         # a VeLOConfig has no depth rule
         mup, base, depth_ref = lo.mup, lo.mup_base, getattr(lo, "depth_ref", 0)
     if roles is None:
