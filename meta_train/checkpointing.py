@@ -155,7 +155,7 @@ class Checkpointer:
                     out = self._restore_step(step, like)
                     break
                 except Exception as e:  # noqa: PERF203 - orbax raises many types
-                    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                    msg = _root_cause(e)
                     errors.append(f"{self.dir / str(step)}: {msg[:200]}")
         if out is None:
             raise CheckpointError(f"no restorable checkpoint in {self.dir}: "
@@ -393,3 +393,12 @@ def _check_leaves(got, want) -> None:
         if a.shape != b.shape or a.dtype != b.dtype:
             raise ValueError(f"checkpoint array {a.shape}/{a.dtype} != expected "
                              f"{b.shape}/{b.dtype} (another config?)")
+
+
+def _root_cause(e: BaseException) -> str:
+    """The first line of the innermost error behind ``e``: orbax wraps tensorstore's
+    "Data corruption detected" in an error that prints a bound method instead."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    text = str(e)
+    return text.splitlines()[0] if text else type(e).__name__
