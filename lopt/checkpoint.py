@@ -40,7 +40,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from lopt.learned import (LOConfig, check_theta, config_from_dict, extend_theta, init_theta,
+from lopt.learned import (LOConfig, adam_theta, check_theta, config_from_dict, extend_theta, init_theta,
                           make_from_config)
 
 FORMAT = "mulo-lopt-v1"
@@ -199,20 +199,29 @@ def load_theta(path: str | os.PathLike):
     return _resolve(p)
 
 
+# init_from value: start a compact LO at its hand-set Adam direction
+ADAM_START = "adam"
+
+
 def start_theta(key: jax.Array, config, init_from: str = ""):
     """The theta a meta-training run starts from: ``init_theta(key, config)``, or, with
     ``init_from`` (a shipped name, run or checkpoint), that learned optimizer's theta, its
-    MLP extended to ``config``'s inputs (:func:`lopt.learned.extend_theta`). The one
+    MLP extended to ``config``'s inputs (:func:`lopt.learned.extend_theta`); with
+    ``init_from="adam"`` a compact LO's hand-set Adam direction (:func:`lopt.adam_theta`),
+    untrained and the same for every key. The one
     definition of an LO "before meta-training" (``meta_train.loop``, the eval suite's
     untrained rows).
 
     Raises:
       CheckpointError: ``init_from`` cannot be loaded.
-      ValueError: ``init_from`` is another architecture, or its theta does not fit ``config``.
+      ValueError: ``init_from`` is another architecture, or its theta does not fit ``config``;
+        ``"adam"`` for a config that is not compact.
     """
     import jax.numpy as jnp
     if not init_from:
         return init_theta(key, config)
+    if init_from == ADAM_START:
+        return adam_theta(config)
     start, start_cfg, _ = load_theta(init_from)
     if start_cfg.arch != config.arch:
         raise ValueError(f"init_from={init_from!r} is a {start_cfg.arch!r} learned optimizer; "

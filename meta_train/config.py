@@ -30,7 +30,7 @@ import json
 import math
 from typing import Any, Callable, Mapping
 
-from lopt.learned import LOConfig, config_from_dict
+from lopt.learned import COMPACT, LOConfig, config_from_dict
 from lopt.velo import MUVELO, VeLOConfig
 from meta_train.es import ESConfig, check_fields
 
@@ -212,6 +212,26 @@ PRESETS["velo-cpu"] = MetaTrainConfig(
     outer_steps=600, warmup_steps=50, meta_lr=3e-3, final_lr=1e-3,
     checkpoint_every=25, validate_every=100, validate_task="mlp-fmnist8-w256-d3",
     validate_steps=1000)
+
+
+# The compact μLO (lopt.COMPACT: 8 normalized features, hidden 8, per-tensor normalized
+# direction) with a magnitude head that can learn the step size and its schedule: the step is
+# the normalized direction x exp(a) x a cosine decay (exp_mult 1: a meta-step of 1e-3 on the
+# head's bias moves the step by 0.1%; the hand-set start has a = 0, so it starts as a cosine
+# schedule). Meta-trained from its hand-set Adam direction (init_from="adam") on a mix of model
+# kinds: 8x8 Fashion-MNIST MLPs of three widths and two depths, a small CNN and a one-block
+# char transformer on the embedded Python-stdlib text. Fraction-of-training features and
+# horizons 100-2000. No task, width or seed here is a `dev` or `full` suite cell
+# (tests/eval/test_protocol.py); it validates on a wider MLP that neither suite runs.
+PRESETS["compact-cpu"] = MetaTrainConfig(
+    tasks=("mlp-fmnist8-w32-d3", "mlp-fmnist8-w64-d6", "mlp-fmnist8-w128-d2",
+           "cnn-fmnist8-c8-d2", "lm-stdlib-d32-l1"),
+    lo=dataclasses.replace(COMPACT, time_features="fraction", tau_clamp=500,
+                           schedule="cosine", magnitude=True, exp_mult=1.0),
+    es=_pes(unroll=20, horizons=(100, 2000), pairs=4),
+    outer_steps=1000, warmup_steps=50, meta_lr=1e-3, final_lr=3e-4,
+    checkpoint_every=25, keep_checkpoints=3, validate_every=100,
+    validate_task="mlp-fmnist8-w256-d3", validate_steps=1000, init_from="adam")
 
 
 def sp_variant(config: MetaTrainConfig) -> MetaTrainConfig:
