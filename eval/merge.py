@@ -29,7 +29,8 @@ from meta_train.tasks import TaskName
 # suite settings that only choose which cells run, or whose effect each row records (the LR
 # a μTransfer row took and the width it came from): they may differ between merged runs
 CELL_SETTINGS = ("axes", "wider", "transformer", "lowrank", "other_data", "in_distribution",
-                 "deeper", "longer", "mutransfer_above", "lm_mutransfer_above_d")
+                 "deeper", "longer", "mutransfer_above", "lm_mutransfer_above_d", "cells",
+                 "base_width")
 
 
 class MergeError(ValueError):
@@ -76,6 +77,8 @@ def _order(suite: str) -> tuple[list[str], dict[str, list[str]]]:
     spec = SUITES.get(suite)
     fixed = ({"transformer": list(spec.transformer), "transformer-lowrank": list(spec.lowrank),
               "other-data": list(spec.other_data)} if spec else {})
+    for axis, task, _ in (spec.cells if spec else ()):
+        fixed.setdefault(axis, []).append(task)
     return list(AXES), fixed
 
 
@@ -188,6 +191,8 @@ def merge(docs: list[dict], sources: list[str] | None = None) -> dict:
     spec["axes"] = sorted({a for d in docs for a in d.get("spec", {}).get("axes", ())},
                           key=lambda a: axes.index(a) if a in axes else inf)
     spec["wider"] = sorted({w for d in docs for w in d.get("spec", {}).get("wider", ())})
+    spec["cells"] = list(dict.fromkeys(tuple(c) for d in docs
+                                       for c in d.get("spec", {}).get("cells", ()) or ()))
     first = {k: v for k, v in first.items() if k != "shard"}   # the merge is no one shard
     return {**first, "spec": spec, "cells": merged,
             "baselines": list(dict.fromkeys(b for d in docs for b in d.get("baselines", []))),

@@ -220,7 +220,12 @@ def loss_columns(opts: dict, names: list[str]) -> list[str]:
 
 
 def _fmt(v) -> str:
-    return ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+    """A setting as text; a sequence of sequences (fixed cells) as ``a/b/c`` items, the
+    same whether it was read from JSON (lists) or a ``SuiteSpec`` (tuples)."""
+    if isinstance(v, (list, tuple)):
+        return ", ".join("/".join(map(str, x)) if isinstance(x, (list, tuple)) else str(x)
+                         for x in v)
+    return str(v)
 
 
 def diverged(o: dict) -> bool:

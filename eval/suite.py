@@ -14,8 +14,8 @@ The ``dev`` suite holds only held-out cells and the two AdamW forms
 (constant and warmup-cosine), for choosing between learned-optimizer variants; ``full`` gives
 the verdict.
 
-Protocol: each baseline's LR is tuned on a log grid on the tuning seed (0) only; every
-optimizer is then reported on seeds 1..n. The LO gets no tuning. With ``schedule="cosine"``
+Protocol: each baseline's LR is tuned on a log grid on the tuning seed (``seed_base``: 0,
+100 in ``dev``) only; every optimizer is then reported on the next n seeds. The LO gets no tuning. With ``schedule="cosine"``
 every baseline runs with linear warmup and cosine decay (``lopt.baselines.warmup_cosine``)
 and is tuned over its peak LR the same way. One compile per
 (task, optimizer): LR grids and seeds are ``vmap``-ed. Results are cached per group in
@@ -60,9 +60,9 @@ class SuiteError(ValueError):
 
 
 AXES = ("in-distribution", "wider", "deeper", "longer", "transformer", "transformer-lowrank",
-        "other-data")
+        "other-data", "cnn")
 # axes whose cells are fixed tasks, not derived from the LO: skipped when their data is absent
-OPTIONAL_AXES = ("transformer", "transformer-lowrank", "other-data")
+OPTIONAL_AXES = ("transformer", "transformer-lowrank", "other-data", "cnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,12 +95,27 @@ class SuiteSpec:
     lowrank: tuple[str, ...] = ()               # factored-attention LM tasks
     lowrank_baselines: tuple[str, ...] = ("adamw", "riemannian")
     other_data: tuple[str, ...] = ()            # run at the meta-training horizon
+    # fixed (axis, task, steps) cells, the same for every LO: they replace the cells derived
+    # from the LO's meta-training config on the axes wider, deeper, longer and other-data
+    # (the derived cells stay for axes none of these names); ``base_width`` is then the width
+    # μTransfer's limit is relative to (``mutransfer_above`` x it)
+    cells: tuple[tuple[str, str, int], ...] = ()
+    base_width: int = 0
+    # the baselines' tuning seed; report seeds are seed_base + 1 .. seed_base + seeds
+    seed_base: int = 0
+    # every cell also runs each LO at the theta its meta-training started from ("untrained"
+    # rows; otherwise only in-distribution cells do): the "what meta-training buys" ablation
+    untrained_everywhere: bool = False
 
 
 SUITES = {
     "smoke": SuiteSpec(wider=(2,), deeper=0, longer=0, baselines=("adamw",), grid_points=2,
                        seeds=2, in_distribution=True),
     "quick": SuiteSpec(wider=(4, 8), deeper=5, longer=5, grid_points=6, seeds=3),
+    # The verdict. Its MLP cells are fixed (the cells mulo-cpu's config, widest w128-d3 at
+    # horizon 500, derives: 8/16/32x wider, 5x deeper, 25x longer), so every LO is judged on
+    # the same tasks; two CNN cells on 28x28 Fashion-MNIST. No task or seed here is a `dev`
+    # cell or seed (tests/eval/test_protocol.py).
     "full": SuiteSpec(wider=(8, 16, 32), deeper=5, longer=25, grid_points=7, seeds=3,
                       baselines=("adamw", "adamw-cosine", "muadam", "muon", "modular",
                                  "prodigy"), mutransfer_above=8, lm_mutransfer_above_d=256,
@@ -108,14 +123,29 @@ SUITES = {
                       transformer=("lm-fortunes-d64-l2", "lm-fortunes-d256-l2",
                                    "lm-fortunes-d512-l2", "lm-fortunes-d64-l6"),
                       lowrank=("lm-fortunes-d128-l2-r16",),
-                      other_data=("mlp-fmnist28-w1024-d3",)),
-    # held-out cells only, for choosing between LO variants: for mulo-cpu's config (widest
-    # w128-d3, horizon 500) w1024-d3 / w128-d15 at 500 steps and w128-d3 at 5000 steps.
-    # 3-point grids: the middle of adamw's grid (3.1e-4..3.1e-3) holds its tuned LR on every
-    # held-out cell of the full suite (9.8e-4, checkpoints/eval-full); adamw-cosine's middle
-    # (9.5e-4..9.5e-3) sits ~3x higher. The report flags a tuned LR at a grid end (‡).
-    "dev": SuiteSpec(wider=(8,), deeper=5, longer=10, baselines=("adamw", "adamw-cosine"),
-                     grid_points=3, seeds=2, in_distribution=False, fixed_adamw=False),
+                      cells=(("wider", "mlp-fmnist8-w1024-d3", 500),
+                             ("wider", "mlp-fmnist8-w2048-d3", 500),
+                             ("wider", "mlp-fmnist8-w4096-d3", 500),
+                             ("deeper", "mlp-fmnist8-w128-d15", 500),
+                             ("longer", "mlp-fmnist8-w128-d3", 12500),
+                             ("other-data", "mlp-fmnist28-w1024-d3", 500),
+                             ("cnn", "cnn-fmnist28-c32-d3", 500),
+                             ("cnn", "cnn-fmnist28-c64-d3", 500)),
+                      base_width=128),
+    # Selection: held-out cells for choosing between LO variants, sharing no task and no
+    # seed with `full` (tests/eval/test_protocol.py), each LO next to its untrained start
+    # (what meta-training buys) and the two AdamW forms (constant and warmup-cosine) on
+    # 3-point grids. Seeds 100 (tuning), 101-102 (report).
+    "dev": SuiteSpec(baselines=("adamw", "adamw-cosine"), grid_points=3, seeds=2,
+                     in_distribution=False, fixed_adamw=False,
+                     transformer=("lm-stdlib-d128-l2", "lm-stdlib-d64-l4"),
+                     transformer_baselines=("adamw", "adamw-cosine"),
+                     cells=(("wider", "mlp-fmnist8-w768-d3", 1000),
+                            ("deeper", "mlp-fmnist8-w96-d12", 1000),
+                            ("longer", "mlp-fmnist8-w96-d3", 4000),
+                            ("other-data", "mlp-digits8-w256-d3", 1000),
+                            ("cnn", "cnn-fmnist8-c48-d3", 1000)),
+                     base_width=96, seed_base=100, untrained_everywhere=True),
     "paper": SuiteSpec(wider=(8, 16, 32, 64), deeper=5, longer=25, grid_points=9, seeds=5,
                        extend_edges=2),
 }
@@ -149,21 +179,42 @@ def cells_for(meta_cfg: dict, spec: SuiteSpec) -> list[Cell]:
     sized = [(w, t) for w, t in sized if w is not None]
     w, widest = max(sized, key=lambda x: x[0]) if sized else (0, tasks[0])
     wide = task_name(widest)
+    fixed = [Cell(a, t, int(n)) for a, t, n in spec.cells]
+    replaced = {"wider", "deeper", "longer", "other-data"} if fixed else set()
     out = []
     if spec.in_distribution:
         out += [Cell("in-distribution", t, horizon) for t in tasks]
-    if sized:
+    if sized and "wider" not in replaced:
         out += [Cell("wider", str(wide.with_width(w * m)), horizon) for m in spec.wider]
-    if spec.deeper and wide.depth:
+    if spec.deeper and wide.depth and "deeper" not in replaced:
         out.append(Cell("deeper", str(wide.with_depth(wide.depth * spec.deeper)), horizon))
-    if spec.longer:
+    if spec.longer and "longer" not in replaced:
         out.append(Cell("longer", widest, horizon * spec.longer))
+    out += [c for c in fixed if c.axis not in OPTIONAL_AXES]
     out += [Cell("transformer", t, spec.transformer_steps, tuple(spec.transformer_baselines))
             for t in spec.transformer]
     out += [Cell("transformer-lowrank", t, spec.transformer_steps,
                  tuple(spec.lowrank_baselines)) for t in spec.lowrank]
-    out += [Cell("other-data", t, horizon) for t in spec.other_data]
+    if "other-data" not in replaced:
+        out += [Cell("other-data", t, horizon) for t in spec.other_data]
+    out += [c for c in fixed if c.axis in OPTIONAL_AXES]
     return [c for c in out if c.axis in spec.axes]
+
+
+def base_width(meta_cfg: dict, spec: SuiteSpec) -> int:
+    """The width μTransfer limits are relative to: the suite's ``base_width`` where its
+    cells are fixed, else the widest meta-training width."""
+    if spec.cells and spec.base_width:
+        return spec.base_width
+    return max([_width(t) or 0 for t in meta_cfg["tasks"]])
+
+
+def tuning_seed(spec: SuiteSpec) -> int:
+    return spec.seed_base
+
+
+def report_seeds(spec: SuiteSpec) -> list[int]:
+    return list(range(spec.seed_base + 1, spec.seed_base + spec.seeds + 1))
 
 
 def _grid(name: str, points: int) -> list[float]:
@@ -551,10 +602,13 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
         for sk in skipped:
             log(f"skipped {sk['axis']} cell {sk['task']}: {sk['reason']}")
     runner = Runner(out, cached_only=cached_only, group_runs=group_runs)
-    report_seeds = list(range(1, spec.seeds + 1))
+    seeds, tune_seed = report_seeds(spec), tuning_seed(spec)
+
+    def untrained_rows(cell: Cell) -> bool:
+        return spec.untrained_everywhere or cell.axis == "in-distribution"
     total = (sum(2 * len(cell_names(c)) + int(spec.fixed_adamw) + len(los) for c in cells)
-             + sum(len(los) for c in cells if c.axis == "in-distribution"))
-    widest = max([_width(t) or 0 for t in meta_cfg["tasks"]])
+             + sum(len(los) for c in cells if untrained_rows(c)))
+    widest = base_width(meta_cfg, spec)
     busy: list[Busy] = []       # groups other processes sharing ``out`` were computing
 
     def one_pass(bar) -> tuple[list[dict], list[dict]]:
@@ -581,15 +635,15 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
             for lo in los:
                 task = variant(cell.task, "mup" if lo.config.mup else "sp")
                 try:
-                    lo_rows[lo.label] = _summary(runner.run_lo(task, lo, cell.steps, report_seeds),
+                    lo_rows[lo.label] = _summary(runner.run_lo(task, lo, cell.steps, seeds),
                                                  0, task=task)
                 except NotCached as e:
                     missing(lo.label, e)
                 bar.update(1)
-                if cell.axis == "in-distribution":
+                if untrained_rows(cell):
                     try:
                         lo_rows[untrained_label(lo.label)] = _summary(
-                            runner.run_lo(task, lo, cell.steps, report_seeds, untrained=True), 0,
+                            runner.run_lo(task, lo, cell.steps, seeds, untrained=True), 0,
                             task=task)
                     except NotCached as e:
                         missing(untrained_label(lo.label), e)
@@ -599,7 +653,7 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
                 task = variant(cell.task, "sp")
                 try:
                     fixed = _summary(runner.run_baseline(task, "adamw", cell.steps, [1e-3],
-                                                         report_seeds), 0, lr=1e-3, task=task)
+                                                         seeds), 0, lr=1e-3, task=task)
                 except NotCached as e:
                     missing("adamw@1e-3", e)
                 bar.update(1)
@@ -626,12 +680,12 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
                 grid, transfer = baseline_grid(name, spec, cell, limit, tuned)
                 adam_lr = best_here.get(source)
                 try:
-                    tune = runner.run_baseline(task, name, cell.steps, grid, [0],
+                    tune = runner.run_baseline(task, name, cell.steps, grid, [tune_seed],
                                                schedule=schedule, adam_lr=adam_lr)
                     finals = [final_loss(np.asarray(l[0])) for l in tune["losses"]]
                     finals = [f if np.isfinite(f) else np.inf for f in finals]
                     grid, finals, extra_s = extend_at_edges(
-                        lambda lr: runner.run_baseline(task, name, cell.steps, [lr], [0],
+                        lambda lr: runner.run_baseline(task, name, cell.steps, [lr], [tune_seed],
                                                        schedule=schedule, adam_lr=adam_lr),
                         grid, finals, BASELINES[name].lr_grid, spec.extend_edges)
                 except NotCached as e:
@@ -648,7 +702,7 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
                     tuned[fam] = (w, best)
                 bar.update(1)
                 try:
-                    rep = runner.run_baseline(task, name, cell.steps, [best], report_seeds,
+                    rep = runner.run_baseline(task, name, cell.steps, [best], seeds,
                                               schedule=schedule, adam_lr=adam_lr)
                 except NotCached as e:
                     missing(labels[name], e)
@@ -703,7 +757,8 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
                      "meta_step": lo.meta.get("step"), "digest": lo.digest,
                      "meta_config": lo.meta.get("config")} for lo in los],
             "spec": dataclasses.asdict(spec), "baselines": list(names),
-            "report_seeds": report_seeds, "cells": results, "skipped": skipped,
+            "report_seeds": seeds, "tuning_seed": tune_seed, "cells": results,
+            "skipped": skipped,
             **({"not_run": not_run} if cached_only else {}),
             **({"shard": f"{shard[0]}/{shard[1]}"} if shard is not None else {}),
             "host": host_info(), "full_mean_curves": True}   # in memory, nothing is rounded
@@ -714,7 +769,7 @@ def shard_cells(cells: list[Cell], spec: SuiteSpec, meta_cfg: dict,
     """Part ``shard = (i, n)`` of ``cells`` (:func:`eval.shard.select`): cells that may
     take a μTransfer LR run with the rest of their family."""
     from eval.shard import select
-    widest = max([_width(t) or 0 for t in meta_cfg["tasks"]])
+    widest = base_width(meta_cfg, spec)
 
     def transfers(c: Cell) -> bool:
         limit, w = transfer_limit(c, spec, widest), _width(c.task)
@@ -742,8 +797,8 @@ def cell_plan(los, cells: list[Cell], spec: SuiteSpec) -> list[str]:
             lines.append(f"note: {lo.label} was meta-trained with horizon {horizon} on "
                          f"{', '.join(cfg.get('tasks', []))}; it runs on {first.label}'s "
                          f"cells above (list it first to run the cells its own config defines)")
-    widest = max([_width(t) or 0 for t in (first.meta.get("config") or {}).get("tasks", [])]
-                 or [0])
+    cfg = first.meta.get("config") or {}
+    widest = base_width(cfg, spec) if cfg.get("tasks") else 0
     for c in cells:     # μTransfer reads LRs tuned in this run only: say where they come from
         limit, w = transfer_limit(c, spec, widest), _width(c.task)
         if not limit or not w or w <= limit:

@@ -138,11 +138,22 @@ _META = {"tasks": ["mlp-fmnist8-w32-d3", "mlp-fmnist8-w128-d3"], "es": {"max_hor
 
 
 def test_cells_follow_the_meta_training_config_and_the_axes_filter():
-    spec = S.SUITES["full"]
+    spec = S.SUITES["quick"]
     cells = S.cells_for(_META, spec)
     assert [(c.axis, c.task, c.steps) for c in cells] == [
         ("in-distribution", "mlp-fmnist8-w32-d3", 500),
         ("in-distribution", "mlp-fmnist8-w128-d3", 500),
+        ("wider", "mlp-fmnist8-w512-d3", 500), ("wider", "mlp-fmnist8-w1024-d3", 500),
+        ("deeper", "mlp-fmnist8-w128-d15", 500),
+        ("longer", "mlp-fmnist8-w128-d3", 2500)]
+    only = S.cells_for(_META, dataclasses.replace(spec, axes=("wider", "longer"), wider=(8,)))
+    assert [(c.axis, c.task, c.steps) for c in only] == [
+        ("wider", "mlp-fmnist8-w1024-d3", 500), ("longer", "mlp-fmnist8-w128-d3", 2500)]
+
+
+def test_full_cells_are_fixed_whatever_the_lo_was_meta_trained_on():
+    spec = S.SUITES["full"]
+    want = [
         ("wider", "mlp-fmnist8-w1024-d3", 500), ("wider", "mlp-fmnist8-w2048-d3", 500),
         ("wider", "mlp-fmnist8-w4096-d3", 500),
         ("deeper", "mlp-fmnist8-w128-d15", 500),
@@ -150,10 +161,17 @@ def test_cells_follow_the_meta_training_config_and_the_axes_filter():
         ("transformer", "lm-fortunes-d64-l2", 500), ("transformer", "lm-fortunes-d256-l2", 500),
         ("transformer", "lm-fortunes-d512-l2", 500), ("transformer", "lm-fortunes-d64-l6", 500),
         ("transformer-lowrank", "lm-fortunes-d128-l2-r16", 500),
-        ("other-data", "mlp-fmnist28-w1024-d3", 500)]
-    only = S.cells_for(_META, dataclasses.replace(spec, axes=("wider", "longer"), wider=(8,)))
-    assert [(c.axis, c.task, c.steps) for c in only] == [
-        ("wider", "mlp-fmnist8-w1024-d3", 500), ("longer", "mlp-fmnist8-w128-d3", 12500)]
+        ("other-data", "mlp-fmnist28-w1024-d3", 500),
+        ("cnn", "cnn-fmnist28-c32-d3", 500), ("cnn", "cnn-fmnist28-c64-d3", 500)]
+    other = {"tasks": ["mlp-fmnist8-w64-d6", "cnn-fmnist8-c8-d2"], "es": {"max_horizon": 2000}}
+    for meta, own in ((_META, ["mlp-fmnist8-w32-d3", "mlp-fmnist8-w128-d3"]),
+                      (other, other["tasks"])):
+        cells = [(c.axis, c.task, c.steps) for c in S.cells_for(meta, spec)]
+        steps = meta["es"]["max_horizon"]
+        assert cells == [("in-distribution", t, steps) for t in own] + want
+    # μTransfer limits stay relative to the fixed cells' base width, not the LO's widths
+    assert S.base_width(other, spec) == 128
+    assert S.base_width(other, S.SUITES["quick"]) == 64
 
 
 def test_unknown_axis_is_one_clear_error(capsys):
@@ -237,10 +255,14 @@ def test_tuned_lr_at_the_end_of_its_grid_is_flagged(smoke_eval):
 def test_dev_suite_holds_the_held_out_cells_and_both_adamw_forms():
     spec = S.SUITES["dev"]
     assert [(c.axis, c.task, c.steps) for c in S.cells_for(_META, spec)] == [
-        ("wider", "mlp-fmnist8-w1024-d3", 500), ("deeper", "mlp-fmnist8-w128-d15", 500),
-        ("longer", "mlp-fmnist8-w128-d3", 5000)]
+        ("wider", "mlp-fmnist8-w768-d3", 1000), ("deeper", "mlp-fmnist8-w96-d12", 1000),
+        ("longer", "mlp-fmnist8-w96-d3", 4000),
+        ("transformer", "lm-stdlib-d128-l2", 500), ("transformer", "lm-stdlib-d64-l4", 500),
+        ("other-data", "mlp-digits8-w256-d3", 1000), ("cnn", "cnn-fmnist8-c48-d3", 1000)]
     assert spec.baselines == ("adamw", "adamw-cosine") and spec.seeds == 2
-    assert not spec.fixed_adamw
+    assert spec.transformer_baselines == spec.baselines
+    assert S.tuning_seed(spec) == 100 and S.report_seeds(spec) == [101, 102]
+    assert not spec.fixed_adamw and spec.untrained_everywhere
     # the middle 3 of adamw's grid hold its tuned LR on the full suite's held-out cells
     assert S._grid("adamw", spec.grid_points)[0] < 9.79e-4 < S._grid("adamw", 3)[-1]
     assert S._grid("adamw-cosine", spec.grid_points)[-1] >= 9e-3
