@@ -268,7 +268,7 @@ def against_adamw(doc: dict) -> list[dict]:
     (constant or warmup-cosine, whichever reaches the lower mean final loss on the report
     seeds; a diverged form counts only if both diverged), and its speedup over that form.
     A diverged LO row is a loss."""
-    from eval.suite import speedup
+    from eval.suite import seconds_to_target, speedup
     rows = []
     for lo in doc["los"]:
         for c in doc["cells"]:
@@ -277,15 +277,24 @@ def against_adamw(doc: dict) -> list[dict]:
             if o is None or best is None:
                 continue
             a = c["optimizers"][best]
+            adamw_s, lo_s = seconds_to_target(a, o)
             rows.append({"lo": lo["label"], "axis": c["axis"], "task": c["task"],
                          "steps": c["steps"], "lo_final": o["final_mean"],
                          "lo_diverged": diverged(o), "adamw": best,
                          "adamw_final": a["final_mean"],
                          "win": beats(o, a),
                          "speedup": speedup(a["mean_curve"], o["mean_curve"]),
+                         # wall-clock seconds to AdamW's lowest loss (None: never / untimed)
+                         "adamw_s": adamw_s, "lo_s": lo_s,
+                         "wallclock_speedup": (adamw_s / lo_s if adamw_s and lo_s else
+                                               (0.0 if adamw_s else None)),
                          "curves": ((np.asarray(a["seed_curves"]), np.asarray(o["seed_curves"]))
                                     if "seed_curves" in a and "seed_curves" in o else None)})
     return rows
+
+
+def _secs(s: float | None) -> str:
+    return "-" if s is None else (f"{s:.1f}" if s < 100 else f"{s:.0f}")
 
 
 def bootstrap_speedup(pairs: list[tuple[np.ndarray, np.ndarray]], n: int = 2000,
@@ -347,14 +356,20 @@ def _against_adamw_md(doc: dict) -> list[str]:
              "form needs to reach the lowest point of its seed-mean curve / steps the LO needs "
              "to reach that loss (0 = never reaches it: an LO can win on final loss, the mean "
              "of the last 5% of steps, and still never reach AdamW's lowest point). "
-             "A diverged (†) LO loses.", "",
-             "| LO | axis | task | steps | LO | better AdamW | result | speedup |",
-             "|---|---|---|---:|---:|---|---|---:|"]
+             "A diverged (†) LO loses. Time to target: wall-clock seconds each needs to "
+             "reach that AdamW form's lowest loss, its steps times its measured seconds per "
+             "run-step in this run (compile excluded; - = never reaches it); wall-clock "
+             "speedup = AdamW's seconds / the LO's.", "",
+             "| LO | axis | task | steps | LO | better AdamW | result | speedup | "
+             "AdamW s to target | LO s to target | wall-clock speedup |",
+             "|---|---|---|---:|---:|---|---|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['lo']} | {r['axis']} | {r['task']} | {r['steps']} | "
                      f"{r['lo_final']:.3f}{' †' if r['lo_diverged'] else ''} | "
                      f"{r['adamw']} {r['adamw_final']:.3f} | {'win' if r['win'] else 'loss'} | "
-                     f"{r['speedup']:.2f} |")
+                     f"{r['speedup']:.2f} | {_secs(r['adamw_s'])} | {_secs(r['lo_s'])} | "
+                     + (f"{r['wallclock_speedup']:.2f} |" if r["wallclock_speedup"] is not None
+                        else "- |"))
     lines.append("")
     for lo in dict.fromkeys(r["lo"] for r in rows):
         mine = [r for r in rows if r["lo"] == lo]
@@ -364,10 +379,17 @@ def _against_adamw_md(doc: dict) -> list[str]:
         if all(r["curves"] is not None for r in mine):
             a, b = bootstrap_speedup([r["curves"] for r in mine])
             ci = f" (95% bootstrap interval over seeds {a:.2f}-{b:.2f})"
+        wall = [r["wallclock_speedup"] for r in mine if r["wallclock_speedup"] is not None]
+        wall_txt = ""
+        if wall:
+            wins = sum(w > 1 for w in wall)
+            gw = float(np.exp(np.mean(np.log(wall)))) if all(w > 0 for w in wall) else 0.0
+            wall_txt = (f"; wall-clock: faster to AdamW's lowest loss on {wins} of {len(wall)} "
+                        f"timed cells, geometric-mean wall-clock speedup {gw:.2f}")
         lines.append(f"- **{lo}**: wins {sum(r['win'] for r in mine)} of {len(mine)} cells "
                      f"against the better tuned AdamW; geometric-mean speedup {geo:.2f}"
                      + (" (0: on some cell it never reaches AdamW's lowest point)"
-                        if geo == 0 else "") + ci)
+                        if geo == 0 else "") + ci + wall_txt)
     return lines + [""]
 
 

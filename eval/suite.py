@@ -312,6 +312,28 @@ def blew_up(initial, final) -> np.ndarray:
         return ~np.isfinite(final) | (final > DIVERGED_RATIO * initial)
 
 
+def steps_to_target(reference: np.ndarray, candidate: np.ndarray) -> tuple[int, int | None]:
+    """(steps the reference needs to reach its lowest loss, steps the candidate needs to
+    reach that loss, None if it never does); curves smoothed by a running minimum as in
+    :func:`speedup`."""
+    ref = np.minimum.accumulate(np.asarray(reference, np.float64))
+    cand = np.minimum.accumulate(np.asarray(candidate, np.float64))
+    target = ref[-1]
+    hit = np.nonzero(cand <= target)[0]
+    return int(np.argmax(ref <= target)) + 1, (int(hit[0]) + 1 if hit.size else None)
+
+
+def seconds_to_target(reference: dict, candidate: dict) -> tuple[float | None, float | None]:
+    """Wall-clock seconds each of two suite rows needs to reach the reference row's lowest
+    loss: steps (:func:`steps_to_target`) x the row's measured seconds per run-step
+    (``wall_s_per_step``, compile excluded); None where a row never reaches it or carries no
+    step time."""
+    n_ref, n_cand = steps_to_target(reference["mean_curve"], candidate["mean_curve"])
+    t_ref, t_cand = reference.get("wall_s_per_step"), candidate.get("wall_s_per_step")
+    return (n_ref * t_ref if t_ref else None,
+            n_cand * t_cand if (t_cand and n_cand is not None) else None)
+
+
 def speedup(reference: np.ndarray, candidate: np.ndarray) -> float:
     """Steps the reference needs to reach its lowest loss / steps the candidate needs to
     reach that loss.
@@ -320,12 +342,8 @@ def speedup(reference: np.ndarray, candidate: np.ndarray) -> float:
     curve's minimum, which can lie below its final loss (the mean of its last 5% of steps).
     > 1: faster; < 1: slower; 0: never reaches.
     """
-    ref = np.minimum.accumulate(np.asarray(reference, np.float64))
-    cand = np.minimum.accumulate(np.asarray(candidate, np.float64))
-    target = ref[-1]
-    n_ref = int(np.argmax(ref <= target)) + 1
-    hit = np.nonzero(cand <= target)[0]
-    return 0.0 if hit.size == 0 else n_ref / float(hit[0] + 1)
+    n_ref, n_cand = steps_to_target(reference, candidate)
+    return 0.0 if n_cand is None else n_ref / float(n_cand)
 
 
 @dataclasses.dataclass(frozen=True)

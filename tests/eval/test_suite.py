@@ -342,6 +342,28 @@ def test_lo_is_judged_against_the_better_adamw_form_per_cell():
             f"{rows[2]['adamw_final']:.3f} | loss |") in md
 
 
+def test_time_to_target_weighs_steps_by_each_rows_measured_step_time():
+    from eval.report import against_adamw, markdown
+    doc = _doc({"mlp-fmnist8-w1024-d3": {"adamw": _curve(0.40), "μLO": _curve(0.30)},
+                "mlp-fmnist8-w128-d15": {"adamw": _curve(0.40), "μLO": _curve(0.50)}})
+    for c in doc["cells"]:                       # the LO's step costs 4x AdamW's
+        c["optimizers"]["adamw"]["wall_s_per_step"] = 0.01
+        c["optimizers"]["μLO"]["wall_s_per_step"] = 0.04
+    win, never = against_adamw(doc)
+    n_ref, n_lo = S.steps_to_target(doc["cells"][0]["optimizers"]["adamw"]["mean_curve"],
+                                    doc["cells"][0]["optimizers"]["μLO"]["mean_curve"])
+    assert n_ref == 100 and n_lo < 100 and win["speedup"] == pytest.approx(100 / n_lo)
+    assert win["adamw_s"] == pytest.approx(1.0) and win["lo_s"] == pytest.approx(0.04 * n_lo)
+    # a 1.2x step speedup at 4x the step cost is a wall-clock loss
+    assert win["speedup"] > 1 and win["wallclock_speedup"] == pytest.approx(
+        win["speedup"] / 4) and win["wallclock_speedup"] < 1
+    assert never["lo_s"] is None and never["wallclock_speedup"] == 0.0
+    md = markdown(doc, [])
+    assert f"| {win['speedup']:.2f} | 1.0 | {win['lo_s']:.1f} | {win['wallclock_speedup']:.2f} |" in md
+    assert "wall-clock: faster to AdamW's lowest loss on 0 of 2 timed cells, geometric-mean " \
+           "wall-clock speedup 0.00" in md
+
+
 def test_each_optimizer_has_one_color_in_every_panel(tmp_path, monkeypatch):
     import matplotlib
     matplotlib.use("Agg")
