@@ -52,10 +52,11 @@ def _one_line_cache_warnings() -> None:
 
 
 def main(argv=None):
+    from eval.suite import AXES, SUITES
     ap = argparse.ArgumentParser(
         prog="python -m eval",
-        description="Run the generalization suite for a learned optimizer: in-distribution, "
-                    "wider, deeper and longer tasks than it was meta-trained on, next to "
+        description="Run the generalization suite for a learned optimizer: held-out tasks "
+                    "(wider, deeper, longer, other data, CNNs, transformers) next to "
                     "baselines tuned per task. Writes results.json, results.csv, report.md and "
                     "PNG plots to --out; finished cells are cached and never recomputed. "
                     "Several processes may share one --out, e.g. one per core (`taskset -c 0 "
@@ -65,16 +66,18 @@ def main(argv=None):
     ap.add_argument("--lo", required=True, action="append",
                     help="learned optimizer: a meta-training run directory, a checkpoint "
                          "directory, or a shipped checkpoint name; optionally LABEL=PATH. "
-                         "Repeat to compare several (e.g. a μLO and an SP LO); the first one's "
-                         "meta-training config defines the suite's tasks, so put a fixed "
-                         "reference first (e.g. --lo mulo-cpu --lo runs/variant) to compare "
-                         "variants on the same cells")
+                         "Repeat to compare several (e.g. a μLO and an SP LO). dev and full "
+                         "fix their cells; in smoke, quick and paper the first one's "
+                         "meta-training config defines the cells, so put a fixed reference "
+                         "first (e.g. --lo mulo-cpu --lo runs/variant) to compare variants on "
+                         "the same cells")
     ap.add_argument("--suite", default="quick",
                     choices=["smoke", "quick", "dev", "full", "paper"],
-                    help="smoke (seconds, tests), quick (minutes on 2 cores), dev (held-out "
-                         "wider/deeper/longer cells against both tuned AdamW forms, for "
+                    help="smoke (seconds, tests), quick (minutes on 2 cores), dev (7 fixed "
+                         "held-out cells, MLP, CNN and LM, sharing no task or seed with full, "
+                         "each LO next to its untrained start and both tuned AdamW forms: for "
                          "choosing between LO variants; reuse one --out so the baselines are "
-                         "computed once), full (hours), paper (GPU scale)")
+                         "computed once), full (the verdict; hours), paper (GPU scale)")
     ap.add_argument("--out", default=None,
                     help="output directory (default runs/eval-<suite>); not a meta-training "
                          "run's directory (use e.g. RUN/eval)")
@@ -83,11 +86,11 @@ def main(argv=None):
                          "choices: " + ", ".join(sorted(_baseline_names())) + ")")
     ap.add_argument("--wider", default=None, type=_multipliers,
                     help="override the suite's width multipliers: whole numbers of at least 1, "
-                         "e.g. 2,4 (relative to the widest meta-training width)")
+                         "e.g. 2,4 (relative to the widest meta-training width; not for dev "
+                         "and full, whose cells are fixed)")
     ap.add_argument("--axes", default=None,
-                    help="comma-separated subset of the axes to run: in-distribution, wider, "
-                         "deeper, longer, transformer, transformer-lowrank, other-data "
-                         "(default: all the suite has); cached cells are shared, so a later "
+                    help="comma-separated subset of the axes to run: " + ", ".join(AXES)
+                         + " (default: all the suite has); cached cells are shared, so a later "
                          "run of all axes with the same --out reuses them")
     ap.add_argument("--transformer", default=None,
                     help="override the suite's transformer cells: comma-separated LM task "
@@ -99,8 +102,8 @@ def main(argv=None):
                          "peak is tuned over the baseline's grid; rows are named <name>-cosine)."
                          " Default: each baseline's own (adamw-cosine is always cosine)")
     ap.add_argument("--seeds", type=_positive_int("--seeds"), default=None,
-                    help="override the number of report seeds, at least 1 (seeds 1..n; seed 0 "
-                         "tunes)")
+                    help="override the number of report seeds, at least 1 (the baselines tune "
+                         "on the suite's seed base, 0, or 100 in dev, and report on the next n)")
     ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     ap.add_argument("--cached-only", action="store_true",
                     help="train nothing: report the rows already cached in --out/cells (e.g. "
@@ -128,12 +131,15 @@ def main(argv=None):
     import lopt
     from eval.report import OutError, check_out, publish
     from meta_train.data import DataError, DataNotFoundError
-    from eval.suite import AXES, SuiteError, run_suite
+    from eval.suite import SuiteError, run_suite
     out = Path(args.out or f"runs/eval-{args.suite}")
     try:
         check_out(out)
         overrides = {}
         if args.wider is not None:
+            if SUITES[args.suite].cells:
+                ap.error(f"--wider: the {args.suite} suite's cells are fixed; pick them with "
+                         "--axes, or use --suite quick to derive wider cells from the LO")
             overrides["wider"] = args.wider
         if args.seeds is not None:
             overrides["seeds"] = args.seeds

@@ -800,7 +800,9 @@ def cell_plan(los, cells: list[Cell], spec: SuiteSpec) -> list[str]:
     defined them; a note for each later LO whose own config would define other cells (list
     that LO first to evaluate on its own horizon and widths)."""
     first = los[0]
-    lines = [f"cells (defined by {first.label}'s meta-training config):"]
+    lines = [f"cells (fixed by the suite; in-distribution ones from {first.label}'s "
+             "meta-training config):" if spec.cells else
+             f"cells (defined by {first.label}'s meta-training config):"]
     lines += [f"  {c.axis:<20} {c.task:<28} {c.steps:>6} steps" for c in cells]
     def derived(cs):        # the fixed cells of the optional axes are the same for every LO
         return {(c.axis, c.steps, c.task) for c in cs if c.axis not in OPTIONAL_AXES}
