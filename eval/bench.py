@@ -33,7 +33,7 @@ import numpy as np
 import optax
 
 import lopt
-from lopt import features as F
+from lopt.learned import features as F
 
 # MACs per element of the LO's MLP: 39*32 + 32*32 + 32*2 (the time features are folded
 # into the first-layer bias, so 28 of the 39 inputs are multiplied per element).
@@ -113,8 +113,8 @@ def _nbytes(tree):
     return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)))
 
 
-# The compact learned optimizer's rows (``lopt.compact``): hidden 8, normalized direction, no
-# magnitude head; with and without Muon's orthogonalization of hidden matrices.
+# The compact learned optimizer's rows (``lopt.learned.compact``): hidden 8, normalized
+# direction, no magnitude head; with and without Muon's orthogonalization of hidden matrices.
 COMPACT_ROWS = {
     "μLO-compact": lopt.COMPACT,
     "μLO-compact-orth": dataclasses.replace(lopt.COMPACT, orthogonalize=True),
@@ -138,7 +138,7 @@ def bench_optimizers(dims=(784, 1024, 256, 10), task_name="mlp-fmnist8-w512-d3",
                       BASELINES["adamw"].make(1e-3, task.roles))}
     opts["μLO"] = (lopt.make(theta, roles=roles, mup_in="model"), False,
                     lopt.make(theta, roles=task.roles, mup_in="model"))
-    for label, cfg in COMPACT_ROWS.items():      # lopt.compact, random theta
+    for label, cfg in COMPACT_ROWS.items():      # lopt.learned.compact, random theta
         th = lopt.init_theta(jax.random.PRNGKey(0), cfg)
         opts[label] = (lopt.make(th, roles=roles, mup_in="model", config=cfg), False,
                        lopt.make(th, roles=task.roles, mup_in="model", config=cfg))
@@ -148,7 +148,7 @@ def bench_optimizers(dims=(784, 1024, 256, 10), task_name="mlp-fmnist8-w512-d3",
     if names is None or "schatten" in names:
         # Schatten-p with p pinned to inf is Muon's maths with no criterion: the difference to
         # "schatten" is the adaptive part's cost (plus the p it picks)
-        from lopt.schatten import adaptive_schatten
+        from lopt.baselines.schatten import adaptive_schatten
         opts["schatten[p=inf]"] = (adaptive_schatten(1e-3, roles, fixed_p=float("inf")), False,
                                    adaptive_schatten(1e-3, task.roles, fixed_p=float("inf")))
     rows = []
@@ -177,7 +177,7 @@ def bench_optimizers(dims=(784, 1024, 256, 10), task_name="mlp-fmnist8-w512-d3",
     for r in rows:
         r["update_vs_adamw"] = r["update_ms"] / rows[0]["update_ms"]
         r["train_step_vs_adamw"] = r["train_step_ms"] / rows[0]["train_step_ms"]
-    from lopt.schatten import criterion
+    from lopt.baselines.schatten import criterion
     hidden = [(grads[k]["w"], acts[k]["w"]) for k in params if roles[k]["w"] == "hidden"]
     crit = jax.jit(lambda hs: [criterion(g, a) for g, a in hs])
     t_crit = _time(crit, hidden)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lopt.locks import holder, is_held, mark_holder, try_lock  # noqa: F401 (re-exported)
+from lopt.io.locks import holder, is_held, mark_holder, try_lock  # noqa: F401 (re-exported)
 
 # The version of what a cached group means. Part of every cache key and recorded in every
 # row of results.json: bump it when a change alters the numbers a group holds and the key's

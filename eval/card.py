@@ -99,7 +99,7 @@ def write_card(run: Path, name: str, dest_root: Path, eval_dirs=None,
                command: str | None = None, commit: str | None = None, note: str = ""
                ) -> Path:
     import lopt
-    from lopt.provenance import commit as _commit, host
+    from lopt.io.provenance import commit as _commit, host
     theta, config, meta = lopt.load_theta(str(run))
     rows = _metrics(run)
     inv = _invocation(run)

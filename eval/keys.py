@@ -6,14 +6,16 @@ Code digests hash the parsed source (``ast``: comments, docstrings and formattin
 count) of a function, its default arguments, and, transitively, every function, class and
 module of this project (``lopt``, ``meta_train``, ``eval``) it refers to by name, plus the
 values of the simple constants it reads. A change to any of them (e.g. Muon's ``beta``, the
-p grid of Schatten-p, a helper in :mod:`lopt.dualize`) changes the digest, so a cached group
-computed by other code is a miss, not a stale hit. Library code outside the project (optax,
-jax) is not hashed: its versions are recorded in every group instead (:func:`host_record`).
+p grid of Schatten-p, a helper in :mod:`lopt.baselines.dualize`) changes the digest, so a
+cached group computed by other code is a miss, not a stale hit. Library code outside the
+project (optax, jax) is not hashed: its versions are recorded in every group instead
+(:func:`host_record`).
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import functools
 import hashlib
 import inspect
@@ -55,7 +57,7 @@ def _normal_source(obj) -> str:
 
 def _local_imports(code: types.CodeType) -> list:
     """The project modules, functions and classes ``code`` imports inside its body (``from
-    lopt.velo import make_velo`` in a function), imported now to read them."""
+    lopt.learned.velo import make_velo`` in a function), imported now to read them."""
     import dis
     import importlib
     out, module = [], None
@@ -154,10 +156,16 @@ def baseline_digest(name: str) -> str:
 @functools.lru_cache(maxsize=None)
 def lo_code_digest() -> str:
     """The learned optimizers' update code: everything ``lopt.make_from_config`` reaches (the
-    μLO and μVeLO updates, features, μP multipliers, roles) and the suite's ``make_lo``."""
+    μLO and μVeLO updates, features, μP multipliers, roles) and the suite's ``make_lo``.
+
+    ``make_from_config`` dispatches through the registry's dict (:data:`lopt.learned.registry.
+    ARCHS`), which the walk does not enter, so each architecture's config class and functions
+    are roots too."""
     import lopt
     from eval import suite
-    return code_digest(lopt.make_from_config, suite.make_lo)
+    from lopt.learned.registry import ARCHS
+    archs = [getattr(a, f.name) for a in ARCHS.values() for f in dataclasses.fields(a)]
+    return code_digest(lopt.make_from_config, suite.make_lo, *archs)
 
 
 def _array_digest(leaves) -> str:

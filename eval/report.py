@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lopt.provenance import commit as _commit
+from lopt.io.provenance import commit as _commit
 from eval.plots import save_axes_figure
 
 

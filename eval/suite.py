@@ -382,14 +382,14 @@ _LATER_FIELDS = ("mup_base", "depth_ref", "horizon_ref", "horizon_power", "featu
 
 def _depth_rule_key(task_name: str, config) -> int | None:
     """The depth ``L`` a 1/depth-rule LO reads on a task, where it differs from the task's
-    number of hidden matrices (transformers: ``lopt.roles.model_depth`` counts residual
+    number of hidden matrices (transformers: ``lopt.mup.roles.model_depth`` counts residual
     blocks). Such groups record it: groups cached when ``L`` was the matrix count are not
     reused, while MLP groups, where both counts agree, stay valid."""
     if not (config.mup and getattr(config, "depth_ref", 0)):     # μVeLO has no depth rule
         return None
     task = get_task(task_name)
     params = jax.eval_shape(task.init, jax.random.PRNGKey(0))
-    depth = lopt.roles.model_depth(params, task.roles)
+    depth = lopt.mup.roles.model_depth(params, task.roles)
     hidden = sum(r == "hidden" for r in jax.tree.leaves(task.roles))
     return None if depth == hidden else depth
 

@@ -14,7 +14,7 @@ Every checkpoint is verified: orbax commits, with the state, the item ``digest``
 over the state's arrays: their paths, dtypes, shapes and bytes, in tree order,
 :func:`state_digest`), and a restore compares the arrays read back with it; a mismatch
 counts as a damaged checkpoint (fallback, set aside, rewritten). ``lopt.json`` carries its
-own digest (:mod:`lopt.checkpoint`). Saving a step that exists repairs its JSON files where
+own digest (:mod:`lopt.io.checkpoint`). Saving a step that exists repairs its JSON files where
 they are missing or damaged (a run resumed at its final step rewrites a lost ``lopt.json``).
 
 Checkpoints written before this layout (state leaves keyed by flat index, ``lopt`` and
@@ -40,7 +40,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lopt.checkpoint import LOPT_FILE, OLD_STEP_FILE, CheckpointError, from_json, write_json
+from lopt.io.checkpoint import LOPT_FILE, OLD_STEP_FILE, CheckpointError, from_json, write_json
 
 
 class Checkpointer:

@@ -116,7 +116,7 @@ def _main(argv=None):
             print(f"error: {e}", file=sys.stderr)
             return 2
         print(f"distributed run: {dist.describe()}", file=sys.stderr)
-    from lopt.checkpoint import CheckpointError
+    from lopt.io.checkpoint import CheckpointError
     from meta_train.data import DataNotFoundError
     from meta_train.loop import (Interrupted, RunDirError, check_run_dir, hold_run_dir,
                                  resume_command, run, saved_config)
@@ -180,7 +180,7 @@ def _record_invocation(out, argv):
     import time
     from pathlib import Path
 
-    from lopt.provenance import commit as _commit, host
+    from lopt.io.provenance import commit as _commit, host
     Path(out).mkdir(parents=True, exist_ok=True)
     args = sys.argv[1:] if argv is None else list(argv)
     with open(Path(out) / "invocations.jsonl", "a") as f:

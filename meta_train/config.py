@@ -11,7 +11,7 @@ Presets (``PRESETS``):
   step schedule, horizons 100-2000 and a depth-6 task (~1 h on 2 cores).
 * ``cpu-base``: ``cpu-frac``'s LO with μP base width 512 and 1/depth hidden steps,
   continued from ``mulo-frac-cpu`` (400 outer steps).
-* ``velo-smoke``, ``velo-cpu``: μVeLO (:mod:`lopt.velo`) meta-trained the same way; the
+* ``velo-smoke``, ``velo-cpu``: μVeLO (:mod:`lopt.learned.velo`) meta-trained the same way; the
   ``-sp`` twins train the SP VeLO of identical architecture.
 * ``paper``: the published GPU-scale μLO recipe (Thérien et al., arXiv 2406.00153): PES,
   K=50, sigma=0.01, 8 pairs per task, widths 128/512/1024 (depth 3), AdamW
@@ -31,7 +31,7 @@ import math
 from typing import Any, Callable, Mapping
 
 from lopt.learned import COMPACT, LOConfig, config_from_dict
-from lopt.velo import MUVELO, VeLOConfig
+from lopt.learned.velo import MUVELO, VeLOConfig
 from meta_train.es import ESConfig, check_fields
 
 
@@ -197,7 +197,7 @@ PRESETS["cpu-base"] = dataclasses.replace(
                            step_mult=1.5625e-4),
     outer_steps=400, warmup_steps=30, checkpoint_every=25, init_from="mulo-frac-cpu")
 
-# μVeLO (lopt.velo, the μLO paper's second architecture) through the same estimator. With
+# μVeLO (lopt.learned.velo, the μLO paper's second architecture) through the same estimator. With
 # VeLO's reference constants a random theta barely moves a task (step_mult 1e-3, and the
 # even mixture of 8 random MLPs has weights sqrt(8) x smaller than one MLP's init, so its
 # output is 8^1.5 ~ 23x smaller); a CPU budget of outer steps cannot grow that. interp_mult sqrt(8)

@@ -35,7 +35,7 @@ import numpy as np
 import optax
 
 import lopt
-from lopt.checkpoint import to_json as lopt_to_json
+from lopt.io.checkpoint import to_json as lopt_to_json
 from meta_train import distributed as dist, es as ES
 from meta_train.config import MetaTrainConfig, config_diff, fill_config
 from meta_train.inner import all_finite, train as inner_train
@@ -408,7 +408,7 @@ def run(cfg: MetaTrainConfig, out: str | os.PathLike, *, resume: bool = False,
 
 
 def _write_config(out: Path, cfg: MetaTrainConfig) -> None:
-    from lopt.checkpoint import write_json
+    from lopt.io.checkpoint import write_json
     write_json(out / "config.json", cfg.to_dict(), indent=2)
 
 
@@ -433,7 +433,7 @@ def _initial_state(trainer: MetaTrainer, ckpt, resume: bool) -> dict:
             restored["state"] = dist.to_host(ckpt.restore(local))
         return "found"
 
-    from lopt.checkpoint import CheckpointError
+    from lopt.io.checkpoint import CheckpointError
     if dist.on_primary("restore", restore, (CheckpointError,)):
         if dist.multi_process():
             host = dist.broadcast(restored.get("state") or dist.null_tree(state))

@@ -1,6 +1,6 @@
 """One meta-training process per run directory: an exclusive lock on ``<out>/run.lock``.
 
-A process that trains into ``--out`` holds an exclusive ``flock`` (:mod:`lopt.locks`) on
+A process that trains into ``--out`` holds an exclusive ``flock`` (:mod:`lopt.io.locks`) on
 ``<out>/run.lock`` for its whole life; a second process (another config, or the same one
 started twice) stops with one line naming the holder's pid, before it writes anything. The
 kernel drops the lock of a killed process, so a kill never blocks the resume; the file stays.
@@ -12,7 +12,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from lopt.locks import holder, mark_holder, try_lock
+from lopt.io.locks import holder, mark_holder, try_lock
 
 LOCK_FILE = "run.lock"
 

@@ -91,7 +91,7 @@ def test_every_command_in_the_readme_names_a_cli_whose_help_works_and_a_real_mak
 
 
 def test_every_checkpoint_the_readme_names_is_shipped():
-    from lopt.checkpoint import shipped_dir
+    from lopt.io.checkpoint import shipped_dir
     names = set(re.findall(r"`((?:mu|sp)[a-z-]*-cpu)`", README.read_text()))
     names |= set(re.findall(r'lopt\.load\("([\w-]+)"', README.read_text()))
     assert {"mulo-horizon-cpu", "mulo-cpu", "muvelo-cpu", "sp-lo-cpu"} <= names

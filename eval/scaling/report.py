@@ -14,7 +14,7 @@ def write_outputs(doc: dict, out: Path, command: str) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from lopt.provenance import commit as _commit
+    from lopt.io.provenance import commit as _commit
 
     out.mkdir(parents=True, exist_ok=True)
     doc = dict(doc, commit=_commit(), command=command)

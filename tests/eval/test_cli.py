@@ -111,5 +111,5 @@ def test_a_cache_warning_is_one_line_naming_the_file(tmp_path, requested, monkey
     assert main(["--lo", "mulo-cpu", "--suite", "smoke", "--out", str(tmp_path)]) == 2
     msg = "cached group x/cells/a.json holds no group (no loss curves); recomputing it"
     assert warnings.formatwarning(msg, CacheWarning, "eval/cache.py", 1) == f"warning: {msg}\n"
-    other = warnings.formatwarning("other", UserWarning, "lopt/roles.py", 7)
-    assert other.startswith("lopt/roles.py:7: UserWarning: other")
+    other = warnings.formatwarning("other", UserWarning, "lopt/mup/roles.py", 7)
+    assert other.startswith("lopt/mup/roles.py:7: UserWarning: other")

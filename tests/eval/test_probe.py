@@ -25,7 +25,7 @@ def test_a_setting_is_the_baselines_factory_with_those_options():
     assert not np.allclose(plain["layer_1"]["w"], got["layer_1"]["w"])
     # options are typed like the factory's defaults: schatten's `every` stays an int, and
     # fixed_p (default None) reads "inf"; the step is the factory's with those options
-    from lopt.schatten import adaptive_schatten
+    from lopt.baselines.schatten import adaptive_schatten
     opt = probe.baseline_with("schatten", {"lr": "0.1", "every": "7", "fixed_p": "inf"},
                               task.roles, 100)
     want = _first_update(adaptive_schatten(0.1, task.roles, every=7, fixed_p=float("inf")),

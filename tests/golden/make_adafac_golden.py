@@ -1,6 +1,6 @@
 """Writes ``adafac_mlp.npz``: a reference trajectory of learned_optimization's AdafacMLPLOpt.
 
-The file pins the features and update of :mod:`lopt.learned` to the implementation whose
+The file pins the features and update of :mod:`lopt.learned.mulo` to the implementation whose
 meta-parameters it imports (``tests/lopt/test_golden.py`` replays it). It is generated once
 and committed; this script is not part of CI and must NOT run in the project environment.
 

@@ -89,10 +89,10 @@ def record(params, leaves=None) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         roles = lopt.infer_roles(params)
-        flat = lambda t: {lopt.roles.path_str(p): v  # noqa: E731
+        flat = lambda t: {lopt.mup.roles.path_str(p): v  # noqa: E731
                           for p, v in jax.tree_util.tree_flatten_with_path(t)[0]}
         out = {"leaves": leaves or ordered_leaves(params), "roles": flat(roles),
-               "depth": lopt.roles.model_depth(params, roles)}
+               "depth": lopt.mup.roles.model_depth(params, roles)}
         for base, depth_ref in LO_CONSTANTS:
             out[f"lr_mult/{base:g}/{depth_ref}"] = flat(lopt.lr_multipliers(
                 params, roles, True, base=base, depth_ref=depth_ref))

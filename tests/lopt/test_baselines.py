@@ -7,11 +7,11 @@ import numpy as np
 import optax
 import pytest
 
-from lopt import dualize
+from lopt.baselines import dualize
 from lopt.baselines import (BASELINES, modular, muon, spectral,
                             warmup_cosine)
-from lopt.riemannian import factored_pairs, riemannian_lowrank, tangent_step
-from lopt.schatten import DEFAULT_P_GRID, adaptive_schatten, chosen_p, criterion
+from lopt.baselines.riemannian import factored_pairs, riemannian_lowrank, tangent_step
+from lopt.baselines.schatten import DEFAULT_P_GRID, adaptive_schatten, chosen_p, criterion
 from meta_train.inner import train
 from meta_train.tasks import get_task
 
@@ -370,7 +370,7 @@ def test_adamw_cosine_is_registered_and_needs_the_step_count():
 def test_muadam_takes_the_lr_multipliers_of_the_mulo_including_attention_kernels():
     # one source of truth for μP multipliers: a q kernel [d, heads, head_dim] contracts d, so
     # its Adam step is scaled by 1/d (not 1/(d*heads)); input/output/vector leaves by 1.
-    from lopt import roles as R
+    from lopt.mup import roles as R
     p = {"embed": {"embedding": jnp.ones((50, 16))},
          "attn": {"query": {"kernel": jnp.ones((16, 2, 8))}},
          "mlp": {"kernel": jnp.ones((16, 32))},
@@ -392,10 +392,10 @@ def test_muadam_takes_the_lr_multipliers_of_the_mulo_including_attention_kernels
 def test_muon_modular_and_spectral_share_one_matrix_view_of_attention_and_conv_kernels():
     """q/k/v [d, heads, head_dim] is one [d, heads * head_dim] matrix, the attention output
     [heads, head_dim, d] one [heads * head_dim, d], a conv [h, w, in, out] one [h w in, out]
-    (lopt.roles.fan_in_axes); Muon (optax.contrib), modular and spectral all orthogonalize
+    (lopt.mup.roles.fan_in_axes); Muon (optax.contrib), modular and spectral all orthogonalize
     that matrix, so their first steps point the same way."""
     from lopt import baselines as B
-    from lopt.roles import fan_in_axes, path_str
+    from lopt.mup.roles import fan_in_axes, path_str
     shapes = {"attn": {"query": {"kernel": (16, 4, 8)}, "out": {"kernel": (4, 8, 16)}},
               "conv": {"kernel": (3, 3, 4, 8)}}
     keys = iter(jax.random.split(jax.random.PRNGKey(0), 8))
@@ -430,7 +430,7 @@ def test_muon_modular_and_spectral_share_one_matrix_view_of_attention_and_conv_k
 
 def test_schatten_reads_a_qkv_kernel_as_one_matrix_like_muon():
     # a q kernel [d, heads, head_dim] is the [d, heads * head_dim] matrix its fan-in axes say
-    # (lopt.roles.fan_in_axes): the adaptive choice of p and the step match that matrix's
+    # (lopt.mup.roles.fan_in_axes): the adaptive choice of p and the step match that matrix's
     rng = np.random.default_rng(5)
     d, heads, hd = 12, 3, 4
     g3 = jnp.asarray(rng.normal(size=(d, heads, hd)), jnp.float32)

@@ -53,7 +53,7 @@ def test_run_directory_falls_back_to_previous_step(tmp_path):
     for step in (5, 10):
         d = tmp_path / "run" / "checkpoints" / str(step) / "lopt"
         d.mkdir(parents=True)
-        (d / "metadata").write_text(json.dumps(lopt.checkpoint.to_json(theta, lopt.MULO)))
+        (d / "metadata").write_text(json.dumps(lopt.io.checkpoint.to_json(theta, lopt.MULO)))
     (tmp_path / "run" / "checkpoints" / "10" / "lopt" / "metadata").write_text("garbage")
     with pytest.warns(UserWarning, match="using step 5"):
         back, _, _ = lopt.load_theta(tmp_path / "run")

@@ -1,4 +1,4 @@
-"""The compact learned optimizer (``LOConfig(features="compact")``, ``lopt.compact``)."""
+"""The compact learned optimizer (``LOConfig(features="compact")``, ``lopt.learned.compact``)."""
 
 import dataclasses
 
@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import lopt
-from lopt import compact as C
+from lopt.learned import compact as C
 from meta_train.inner import train
 from meta_train.tasks import get_task
 

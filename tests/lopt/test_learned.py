@@ -9,8 +9,8 @@ import optax
 import pytest
 
 import lopt
-from lopt import features as F
-from lopt.learned import _mlp_direction_magnitude
+from lopt.learned import features as F
+from lopt.learned.mulo import _mlp_direction_magnitude
 
 
 def constant_theta(direction=1.0, magnitude=0.0):
@@ -157,7 +157,7 @@ def test_fast_first_layer_equals_dense_features(shape, chunk, monkeypatch):
     # chunk=2: every tensor here takes the sliced path of large tensors (slices of
     # ~2 elements along axis 0, the row/column contributions sliced or shared by axis)
     if chunk is not None:
-        monkeypatch.setattr(lopt.learned, "CHUNK_ELEMENTS", chunk)
+        monkeypatch.setattr(lopt.learned.mulo, "CHUNK_ELEMENTS", chunk)
     key1, key2, key3 = jax.random.split(jax.random.key(4), 3)
     p = jax.random.normal(key1, shape)
     g = jax.random.normal(key2, shape)
@@ -258,7 +258,7 @@ def test_horizon_rule_shrinks_the_step_only_beyond_its_reference_horizon():
 
 
 def test_roles_are_resolved_once_per_parameter_structure(monkeypatch):
-    from lopt import roles as R
+    from lopt.mup import roles as R
     calls = []
     real = R.resolve_roles
     monkeypatch.setattr(R, "resolve_roles", lambda *a, **k: calls.append(1) or real(*a, **k))

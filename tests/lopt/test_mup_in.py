@@ -79,7 +79,7 @@ def test_base_width_and_depth_rule_set_the_hidden_and_readout_multipliers():
     spec = MLPSpec(in_dim=16, width=128, depth=5)          # 4 hidden matrices
     params, roles = spec.init(jax.random.key(0)), spec.roles()
     flat = lambda t: {k: v for k, v in zip(
-        [lopt.roles.path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(t)[0]],
+        [lopt.mup.roles.path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(t)[0]],
         jax.tree.leaves(t))}
     m = flat(lopt.lr_multipliers(params, roles, base=512.0, depth_ref=2))
     assert m["layer_1/w"] == pytest.approx(512 * (2 / 4) / 128)
@@ -89,7 +89,7 @@ def test_base_width_and_depth_rule_set_the_hidden_and_readout_multipliers():
     r_plain = flat(lopt.readout_multipliers(params, roles, base=512.0))
     assert r_model["layer_5/w"] == 512.0 and r_plain["layer_5/w"] == pytest.approx(4.0)
     assert r_model["layer_1/w"] == 1.0
-    assert lopt.roles.model_depth(params, roles) == 4
+    assert lopt.mup.roles.model_depth(params, roles) == 4
     with pytest.raises(ValueError, match="mup_base"):
         lopt.LOConfig(mup_base=0.0)
     with pytest.raises(ValueError, match="depth_ref"):
@@ -101,7 +101,7 @@ def test_depth_counts_an_mlps_hidden_matrices_and_a_transformers_blocks():
     # deep as the 3-layer MLPs the shipped depth_ref=2 was meta-trained on; counting matrices
     # shrank its hidden steps 6x and cost mulo-horizon-cpu 2.49 -> 2.21 final loss (README).
     from meta_train.tasks import get_task
-    depth = lopt.roles.model_depth
+    depth = lopt.mup.roles.model_depth
     # (the suite's lm-fortunes-* cells are the same models on another corpus)
     for name, want in (("lm-stdlib-d64-l2", 2), ("lm-stdlib-d64-l6", 6),
                        ("lm-stdlib-d128-l2-r16", 2), ("mlp-fmnist8-w128-d16", 15)):

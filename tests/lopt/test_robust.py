@@ -1,6 +1,7 @@
 """One bad gradient element (NaN, inf, 1e20) must not poison the learned optimizer's update of
 the rest of its tensor, now or on later clean steps (lopt.learned neutralizes it per element
-before the accumulators and the per-tensor feature normalization: lopt.features.neutralize)."""
+before the accumulators and the per-tensor feature normalization:
+lopt.learned.features.neutralize)."""
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +42,7 @@ def _others(u):
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e20, -3e8])
 def test_a_faulty_element_counts_as_zero(clean, bad):
-    """Non-finite elements, and finite ones beyond lopt.features.MAX_GRAD (1e20 would
+    """Non-finite elements, and finite ones beyond lopt.learned.features.MAX_GRAD (1e20 would
     overflow the squared features; even a clipped 1e8 would dominate the tensor's
     normalizers), leave the other elements' updates as in a clean run, now and later."""
     ref, zeroed = clean
@@ -146,10 +147,10 @@ def test_an_empty_leaf_takes_no_matrix_role_and_leaves_the_readout_alone():
 
 def test_an_invalid_regex_in_role_overrides_is_a_typed_error_naming_the_pattern():
     params = _mlp_params()
-    with pytest.raises(lopt.roles.RoleOverrideError,
+    with pytest.raises(lopt.mup.roles.RoleOverrideError,
                        match=r"role_overrides pattern 'Dense_\[' is not a valid regular "
                              r"expression \(unterminated character set"):
         lopt.infer_roles(params, overrides={"Dense_[": "hidden"})
-    with pytest.raises(lopt.roles.RoleOverrideError, match="role_overrides pattern"):
+    with pytest.raises(lopt.mup.roles.RoleOverrideError, match="role_overrides pattern"):
         opt = lopt.load("mulo-cpu", role_overrides={"Dense_[": "hidden"})
         opt.update(params, opt.init(params), params)

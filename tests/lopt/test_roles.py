@@ -44,7 +44,7 @@ class NnxMLP(nnx.Module):
 def test_nnx_model_roles_by_name_and_position():
     state = nnx.state(NnxMLP(nnx.Rngs(0)), nnx.Param)
     roles = lopt.infer_roles(state)
-    flat = {lopt.roles.path_str(p): r for p, r in
+    flat = {lopt.mup.roles.path_str(p): r for p, r in
             jax.tree_util.tree_flatten_with_path(roles)[0]}
     assert flat["head/kernel/value"] == "output"
     assert flat["layers/0/kernel/value"] == "input"

@@ -15,7 +15,7 @@ from meta_train.data import DataNotFoundError
 
 
 def _flat(tree):
-    return {lopt.roles.path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {lopt.mup.roles.path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def test_flax_transformer_roles_and_fan_ins():
@@ -41,7 +41,7 @@ def test_flax_transformer_roles_and_fan_ins():
 
 def test_conv_roles_fan_in_is_window_times_channels():
     params = CNN(8).init(jax.random.key(0), jnp.zeros((1, 64)))["params"]
-    lopt.roles._warned.clear()              # each guess is announced once per process
+    lopt.mup.roles._warned.clear()              # each guess is announced once per process
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         roles = _flat(lopt.infer_roles(params))

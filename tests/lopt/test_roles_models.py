@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import lopt
-from lopt import roles as R
+from lopt.mup import roles as R
 from tests.lopt.roles_golden import FIXTURE, LO_CONSTANTS
 
 GOLDEN = json.loads(FIXTURE.read_text())
@@ -165,7 +165,7 @@ def test_resnet_without_creation_order_raises_with_the_table_and_the_override_th
     params = _ordered_shapes(ResNet((2, 2, 2, 2), ResNetBlock), jnp.zeros((1, 32, 32, 3)))
     rebuilt = jax.tree.map(lambda x: x, params)        # sorted keys, as inside jit
     R._ORDERS.clear()
-    with pytest.raises(lopt.roles.RoleInferenceError) as e:
+    with pytest.raises(lopt.mup.roles.RoleInferenceError) as e:
         lopt.infer_roles(rebuilt)
     text = str(e.value)
     assert "conv_init/kernel" in text and "lr_mult" in text and "guessed" in text

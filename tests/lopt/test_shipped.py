@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import lopt
-from lopt.checkpoint import shipped_dir
+from lopt.io.checkpoint import shipped_dir
 from needs_data import FMNIST, needs_data
 from meta_train.inner import train
 from meta_train.tasks import get_task

@@ -1,4 +1,5 @@
-"""μVeLO / SP VeLO (lopt.velo): LSTM state, features, μP step scaling, the optax contract."""
+"""μVeLO / SP VeLO (lopt.learned.velo): LSTM state, features, μP step scaling, the optax
+contract."""
 
 import jax
 import jax.numpy as jnp
@@ -7,8 +8,8 @@ import optax
 import pytest
 
 import lopt
-from lopt import features as F
-from lopt import velo as V
+from lopt.learned import features as F
+from lopt.learned import velo as V
 
 
 def _constant_theta(config=lopt.MUVELO, direction=1.0, lr_mult=1.0):

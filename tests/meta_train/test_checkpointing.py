@@ -12,7 +12,7 @@ import numpy as np
 import lopt
 from meta_train.checkpointing import Checkpointer
 from meta_train.config import MetaTrainConfig, fill_config
-from lopt.checkpoint import to_json as lopt_to_json
+from lopt.io.checkpoint import to_json as lopt_to_json
 from meta_train.loop import MetaTrainer
 
 OLD_RUN = Path(__file__).parent.parent / "fixtures" / "run-v1"

@@ -110,7 +110,7 @@ def test_a_second_process_on_a_held_run_stops_naming_the_holder(tmp_path):
 
 
 def test_the_lock_is_held_for_the_life_of_a_run(tmp_path, monkeypatch):
-    from lopt.locks import is_held
+    from lopt.io.locks import is_held
     seen = []
     real = MetaTrainer.outer_step
     monkeypatch.setattr(MetaTrainer, "outer_step", lambda self, state: (
@@ -208,7 +208,7 @@ def test_lopt_json_carries_its_digest_and_a_damaged_final_one_is_rewritten_on_re
     out = _copy(src, tmp_path / "run")
     final = out / "checkpoints" / "3" / "lopt.json"
     doc = json.loads(final.read_text())
-    assert doc["sha256"] == lopt.checkpoint.doc_digest(doc)
+    assert doc["sha256"] == lopt.io.checkpoint.doc_digest(doc)
     # a changed number that is still valid JSON: no longer loads as this step
     leaf = doc["theta"]["nn"][sorted(doc["theta"]["nn"])[0]]
     leaf["values"][0] += 0.5
@@ -228,7 +228,7 @@ def test_lopt_json_carries_its_digest_and_a_damaged_final_one_is_rewritten_on_re
         assert meta["step"] == 3 and _theta_equal(theta, full["theta"])
     # documents without a digest (shipped checkpoints, older runs) load unverified
     doc.pop("sha256")
-    assert lopt.checkpoint.from_json(doc)[2]["step"] == 3
+    assert lopt.io.checkpoint.from_json(doc)[2]["step"] == 3
 
 
 # --- bounds a run can honour, and a signal that ends a step in progress ------------------
@@ -380,7 +380,7 @@ def test_a_full_disk_during_lopt_json_leaves_no_temp_file_and_resume_repairs(ful
     _, full = full_run
     out = tmp_path / "run"
     import types
-    import lopt.checkpoint as C
+    import lopt.io.checkpoint as C
     full_disk = types.SimpleNamespace(**vars(json))    # json, whose dump fails at step 2
     full_disk.dump = lambda doc, f, **k: (
         _enospc() if "theta" in doc and doc["meta"]["step"] == 2 else json.dump(doc, f, **k))

@@ -45,7 +45,7 @@ def test_velo_checkpoint_round_trips_and_loads_as_velo(tmp_path):
     opt = lopt.load(tmp_path, roles=task.roles, mup_in="model", num_steps=20)
     params = task.init(jax.random.key(0))
     state = opt.init(params)
-    assert isinstance(state, lopt.velo.VeLOState)
+    assert isinstance(state, lopt.learned.velo.VeLOState)
     # the inner loop passes the loss only when asked; VeLO says it needs it
     with pytest.raises(ValueError, match="value=loss"):
         train(task, opt, key=jax.random.key(0), num_steps=2)

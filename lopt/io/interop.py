@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from lopt.learned import LOConfig, check_theta
+from lopt.learned.mulo import LOConfig, check_theta
 
 _DECAY_KEYS = ("momentum_decays", "rms_decays", "adafactor_decays")
 

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from lopt.roles import fan_in, fan_ins, is_embedding_table, leaf_name, path_str, resolve_roles
+from lopt.mup.roles import fan_in, fan_ins, is_embedding_table, leaf_name, path_str, resolve_roles
 
 _GAIN_NAMES = ("scale", "gain", "gamma")
 # He et al. (arXiv 1502.01852): the variance-preserving gain of ReLU, the MLP tasks' init

@@ -4,7 +4,7 @@ Every function maps a gradient-like matrix to an update direction of known size;
 optimizers in :mod:`lopt.baselines` add momentum, step sizes and roles around them.
 Matrices are in Flax layout ``[fan_in, fan_out]``; a leaf of rank > 2 is viewed as
 ``[prod(shape[:k]), prod(shape[k:])]`` with ``k`` its fan-in axes
-(:func:`lopt.roles.fan_in_axes`: ``ndim - 1``, except attention q/k/v kernels).
+(:func:`lopt.mup.roles.fan_in_axes`: ``ndim - 1``, except attention q/k/v kernels).
 
 References: Bernstein & Newhouse, "Old Optimizer, New Norm: An Anthology", arXiv 2409.20325;
 Pethick et al., Scion (ColNorm/RowNorm/Sign maps), arXiv 2502.07529; Massena et al.,

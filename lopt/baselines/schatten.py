@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lopt import dualize
-from lopt.roles import fan_in_axes, path_str
+from lopt.baselines import dualize
+from lopt.mup.roles import fan_in_axes, path_str
 
 INF = float("inf")
 DEFAULT_P_GRID = (1.0, 2.0, 4.0, 8.0, INF)
@@ -46,7 +46,7 @@ def _is_hidden(x, role) -> bool:
 def criterion(g: jax.Array, a: jax.Array | None, p_grid=DEFAULT_P_GRID,
               split: int | None = None) -> jax.Array:
     """The score of every p in ``p_grid`` (higher is better) for gradient g, activations a;
-    ``split``: g's fan-in axes (:func:`lopt.roles.fan_in_axes`; default all but the last)."""
+    ``split``: g's fan-in axes (:func:`lopt.mup.roles.fan_in_axes`; default all but the last)."""
     s_g, _, _ = dualize.gram_spectrum(dualize.as_matrix(g, split).astype(jnp.float32))
     if a is None:
         s_a = jnp.ones((dualize.as_matrix(g, split).shape[0],), jnp.float32)
@@ -122,7 +122,7 @@ def adaptive_schatten(lr: float, roles: Any, p_grid=DEFAULT_P_GRID, every: int =
         def leaf(path, g, r, m, i, a):
             if not _is_hidden(g, r):
                 return None, None, None
-            # the one matrix view (lopt.roles.fan_in_axes), as Muon, modular and spectral:
+            # the one matrix view (lopt.mup.roles.fan_in_axes), as Muon, modular and spectral:
             # a q/k/v kernel [d, heads, head_dim] is one [d, heads * head_dim] matrix
             k = fan_in_axes(path_str(path), g.shape)
             g32 = g.astype(jnp.float32)

@@ -11,7 +11,7 @@ to its previous step, with a warning) instead of loading other numbers. Document
 it (the shipped checkpoints, runs written before it) load unverified.
 
 A (μ)VeLO is stored the same way; its config carries ``"arch": "velo"`` and the
-:class:`lopt.velo.VeLOConfig` fields.
+:class:`lopt.learned.velo.VeLOConfig` fields.
 
 It lives as ``lopt.json`` in a shipped checkpoint directory and in every step directory of
 a meta-training run (``<run>/checkpoints/<step>/lopt.json``; runs written before that keep
@@ -40,8 +40,8 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from lopt.learned import (LOConfig, adam_theta, check_theta, config_from_dict, extend_theta, init_theta,
-                          make_from_config)
+from lopt.learned.mulo import LOConfig, adam_theta, extend_theta
+from lopt.learned.registry import check_theta, config_from_dict, init_theta, make_from_config
 
 FORMAT = "mulo-lopt-v1"
 LOPT_FILE = "lopt.json"
@@ -59,7 +59,7 @@ def shipped_dir() -> Path:
     checkout (or editable install), else ``<prefix>/share/mulo/checkpoints`` where a wheel
     install puts them (pyproject's data-files)."""
     import sysconfig
-    source = Path(__file__).resolve().parent.parent / "checkpoints"
+    source = Path(__file__).resolve().parents[2] / "checkpoints"
     installed = Path(sysconfig.get_path("data")) / "share" / "mulo" / "checkpoints"
     for d in (source, installed):
         if d.is_dir() and any((x / LOPT_FILE).is_file() for x in d.glob("*")):
@@ -184,7 +184,7 @@ def _resolve(path: Path):
 
 def load_theta(path: str | os.PathLike):
     """Loads (theta, config, meta) from a path or shipped checkpoint name; config is an
-    :class:`LOConfig` or a :class:`lopt.velo.VeLOConfig`."""
+    :class:`LOConfig` or a :class:`lopt.learned.velo.VeLOConfig`."""
     p = Path(path).expanduser()
     if not p.exists():
         # a shipped name, also written as "checkpoints/<name>" from outside the source tree
@@ -253,10 +253,10 @@ def load(path: str | os.PathLike, *, roles: Any = None,
 
 def describe_roles(params: Any, roles: Any = None, overrides: Mapping[str, str] | None = None,
                    mup: bool = True, *, lo: Any = None) -> str:
-    """:func:`lopt.roles.describe_roles`, where ``lo`` may also be a learned optimizer by
-    shipped name or path (its stored config is read here, so :mod:`lopt.roles` needs no
+    """:func:`lopt.mup.roles.describe_roles`, where ``lo`` may also be a learned optimizer by
+    shipped name or path (its stored config is read here, so :mod:`lopt.mup.roles` needs no
     checkpoint code)."""
-    from lopt import roles as R
+    from lopt.mup import roles as R
     if lo is not None and not hasattr(lo, "mup_base"):
         lo = load_theta(lo)[1]
     return R.describe_roles(params, roles, overrides, mup, lo=lo)

@@ -17,9 +17,9 @@ of 8 per-parameter MLPs of width 4, ``interp_mult`` 1, no parameter-scale factor
   ``interp_mult * mean_k(c_k theta_k)`` for the tensor's mixing weights ``c``. It outputs a
   direction ``d`` and a magnitude ``a``: ``step = d exp(0.001 a) 0.001 lr_mult``.
 * **μP.** The step is multiplied by the μP LR multiplier of the tensor (``b/fan_in`` for
-  hidden weights, :func:`lopt.roles.lr_multipliers`), and the readout's forward
+  hidden weights, :func:`lopt.mup.roles.lr_multipliers`), and the readout's forward
   multiplier is applied on the optimizer side for plain models (``mup_in="optimizer"``),
-  exactly as for μLO (:mod:`lopt.learned`). ``mup=False`` is the SP VeLO of identical
+  exactly as for μLO (:mod:`lopt.learned.mulo`). ``mup=False`` is the SP VeLO of identical
   architecture.
 
 The optimizer needs the run's total step count (``num_steps=T``, as an optax schedule) and
@@ -31,7 +31,7 @@ checkpoints): the variance of the second moment is taken about its own mean (``h
 subtracts the momenta's mean, which makes the feature 3 wide), and the unused first mixing
 layer is not created; gradients are neutralized per element (non-finite -> 0, clipped to
 ±1000) as in ``hyper_v2`` (the μLO sets non-finite and huge elements to 0 instead,
-:func:`lopt.features.neutralize`).
+:func:`lopt.learned.features.neutralize`).
 """
 
 from __future__ import annotations
@@ -45,11 +45,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lopt import features as F
-from lopt import roles as R
-from lopt.learned import INITIAL_ADAFACTOR_DECAYS, INITIAL_MOMENTUM_DECAYS, INITIAL_RMS_DECAYS
-from lopt.learned import (MUP_IN, NumStepsError, as_tensor, check_grad_shapes,
-                          check_theta_shapes)
+from lopt.learned import features as F
+from lopt.learned.common import (INITIAL_ADAFACTOR_DECAYS, INITIAL_MOMENTUM_DECAYS,
+                                 INITIAL_RMS_DECAYS, MUP_IN, NumStepsError, as_tensor,
+                                 check_grad_shapes, check_theta_shapes)
+from lopt.mup import roles as R
 
 NUM_LOSS_FEATURES = 9
 MAX_RANK = 5

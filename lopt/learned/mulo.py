@@ -1,6 +1,6 @@
 """The per-parameter MLP learned optimizer, μLO and SP variants, as an optax transformation.
 
-Per tensor, the accumulators of :mod:`lopt.features` feed one MLP shared by all
+Per tensor, the accumulators of :mod:`lopt.learned.features` feed one MLP shared by all
 parameters (39 -> 32 -> 32 -> 2, ReLU) that outputs a direction ``d`` and magnitude ``a``;
 ``step = d * exp(a * exp_mult) * step_mult`` and ``p_new = p - lr_mult(p) * step``.
 
@@ -46,16 +46,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lopt import compact as C
-from lopt import features as F
-from lopt import roles as R
+from lopt.learned import compact as C
+from lopt.learned import features as F
+from lopt.learned.common import (INITIAL_ADAFACTOR_DECAYS, INITIAL_MOMENTUM_DECAYS,
+                                 INITIAL_RMS_DECAYS, MUP_IN, NumStepsError, as_tensor,
+                                 check_grad_shapes, check_theta_shapes)
+from lopt.mup import roles as R
 
-INITIAL_MOMENTUM_DECAYS = (0.9, 0.99, 0.999)
-INITIAL_RMS_DECAYS = (0.999,)
-INITIAL_ADAFACTOR_DECAYS = (0.9, 0.99, 0.999)
 TIME_FEATURES = ("tau", "fraction")
 SCHEDULES = ("none", "cosine")
-MUP_IN = ("optimizer", "model")
 FEATURE_SETS = ("adafac", "compact")
 
 
@@ -79,21 +78,22 @@ class LOConfig:
         at width ``b`` every layer steps alike (as in SP) and width scaling is μP from there.
         1 is the classic μLO_M (absolute ``1/fan_in``). Ignored for SP.
       depth_ref: > 0 scales every hidden weight's step by ``min(1, depth_ref / L)``, ``L``
-        the model's depth (``lopt.roles.model_depth``: an MLP's hidden matrices, a
+        the model's depth (``lopt.mup.roles.model_depth``: an MLP's hidden matrices, a
         transformer's residual blocks; a 1/depth rule: the summed change of the hidden
         layers stays bounded as depth grows). 0 (classic) = off. Ignored for SP.
       horizon_ref: > 0 scales the step of a run of ``T > horizon_ref`` total steps by
         ``(horizon_ref / T) ** horizon_power`` (needs the total step count); 0 = off.
       horizon_power: the exponent ``a`` of that rule (>= 0).
       features: "adafac" (the classic μLO: AdafacMLPLOpt's 28 tensor features) or
-        "compact" (:mod:`lopt.compact`: 8 features, 3 accumulators per element; with
+        "compact" (:mod:`lopt.learned.compact`: 8 features, 3 accumulators per element; with
         ``hidden_size=8`` about a fifteenth of the classic network's work per parameter).
       magnitude: the network also outputs a magnitude ``a`` (step x ``exp(a exp_mult)``);
         False: direction only (compact only).
       output_norm: the direction is scaled to root-mean-square 1 over each tensor before
         the step sizes apply (compact only).
       orthogonalize: hidden matrices step along the Newton-Schulz orthogonalization of the
-        direction, scaled as Muon (compact μLO only; :func:`lopt.compact.orthogonal_direction`).
+        direction, scaled as Muon (compact μLO only;
+        :func:`lopt.learned.compact.orthogonal_direction`).
     """
     mup: bool = True
     hidden_size: int = 32
@@ -154,7 +154,7 @@ class LOConfig:
         if self.orthogonalize and not self.mup:
             raise ValueError("orthogonalize=True is defined for the μLO only (mup=True)")
 
-    # the architecture family, as stored in checkpoints ("velo": lopt.velo.VeLOConfig)
+    # the architecture family, as stored in checkpoints (lopt.learned.registry.ARCHS)
     arch: ClassVar[str] = "mlp"
     # whether ``update`` needs each step's training loss (``value=loss``); VeLO does
     needs_loss: ClassVar[bool] = False
@@ -193,28 +193,11 @@ class LOConfig:
 
 MULO = LOConfig(mup=True)
 SP_LO = LOConfig(mup=False)
-# The compact μLO (lopt.compact): hidden 8, normalized direction, no magnitude head, μP relative
-# to base width 512 with 1/depth hidden steps (the shipped μLOs' constants), and a step of
-# root-mean-square 1e-3 at the base width: Adam's default learning rate, not tuned.
+# The compact μLO (lopt.learned.compact): hidden 8, normalized direction, no magnitude head,
+# μP relative to base width 512 with 1/depth hidden steps (the shipped μLOs' constants), and a
+# step of root-mean-square 1e-3 at the base width: Adam's default learning rate, not tuned.
 COMPACT = LOConfig(features="compact", hidden_size=8, output_norm=True, magnitude=False,
                    mup_base=512.0, depth_ref=2, step_mult=1e-3)
-
-
-def config_from_dict(d: Mapping[str, Any]):
-    """The stored config of any learned optimizer here: a :class:`LOConfig`, or a
-    :class:`lopt.velo.VeLOConfig` when ``d["arch"] == "velo"``.
-
-    Raises:
-      ValueError: unknown keys or values the config refuses.
-    """
-    if not isinstance(d, Mapping):
-        raise ValueError(f"a learned-optimizer config must be a mapping, got {d!r}")
-    if d.get("arch", "mlp") == "velo":
-        from lopt.velo import VeLOConfig
-        return VeLOConfig.from_dict(d)
-    if d.get("arch", "mlp") != "mlp":
-        raise ValueError(f"unknown learned-optimizer arch {d['arch']!r}; known: mlp, velo")
-    return LOConfig.from_dict({k: v for k, v in d.items() if k != "arch"})
 
 
 def decay_to_param(x):
@@ -228,7 +211,7 @@ def param_to_decay(x):
 
 def adam_theta(config: LOConfig) -> dict:
     """Hand-set meta-parameters of a compact learned optimizer whose direction is Adam's
-    (:func:`lopt.compact.adam_nn`): with ``output_norm`` it steps like μAdam normalized per
+    (:func:`lopt.learned.compact.adam_nn`): with ``output_norm`` it steps like μAdam normalized per
     tensor. A starting point for meta-training and the ablation's "no meta-training" row.
 
     Raises:
@@ -244,8 +227,8 @@ def adam_theta(config: LOConfig) -> dict:
 
 def init_theta(key: jax.Array, config: LOConfig = MULO) -> dict:
     """Random meta-parameters: MLP weights (truncated normal, std 1/sqrt(fan_in)), zero
-    biases, and zero decay offsets (decays start at 0.9/0.99/0.999). A
-    :class:`lopt.velo.VeLOConfig` gives :func:`lopt.velo.init_velo_theta` instead.
+    biases, and zero decay offsets (decays start at 0.9/0.99/0.999). (Any architecture's
+    theta: :func:`lopt.learned.registry.init_theta`.)
 
     Args:
       key: PRNG key.
@@ -255,9 +238,6 @@ def init_theta(key: jax.Array, config: LOConfig = MULO) -> dict:
       theta: ``{"momentum_decays": [3], "rms_decays": [1], "adafactor_decays": [3],
       "nn": {"w0", "b0", ...}}``, all float32.
     """
-    if config.arch == "velo":
-        from lopt.velo import init_velo_theta
-        return init_velo_theta(key, config)
     if config.features == "compact":
         return {"momentum_decays": jnp.zeros((len(C.INITIAL_MOMENTUM_DECAYS),), jnp.float32),
                 "rms_decays": jnp.zeros((len(C.INITIAL_RMS_DECAYS),), jnp.float32),
@@ -315,7 +295,7 @@ def decays(theta) -> dict:
         return {}
     def one(init, off):
         return param_to_decay(decay_to_param(jnp.asarray(init, jnp.float32)) + off)
-    if "adafactor_decays" not in theta:      # lopt.compact
+    if "adafactor_decays" not in theta:      # lopt.learned.compact
         return {"momentum": one(C.INITIAL_MOMENTUM_DECAYS, theta["momentum_decays"]),
                 "rms": one(C.INITIAL_RMS_DECAYS, theta["rms_decays"])}
     return {"momentum": one(INITIAL_MOMENTUM_DECAYS, theta["momentum_decays"]),
@@ -324,29 +304,13 @@ def decays(theta) -> dict:
 
 
 def check_theta(theta, config: LOConfig = MULO) -> None:
-    """Raises one clear ValueError if theta does not fit the architecture in config (an
-    :class:`LOConfig` or a :class:`lopt.velo.VeLOConfig`)."""
-    if config.arch == "velo":
-        from lopt.velo import check_velo_theta
-        return check_velo_theta(theta, config)
+    """Raises one clear ValueError if theta does not fit the μLO architecture in config.
+    (Any architecture's theta: :func:`lopt.learned.registry.check_theta`.)"""
     check_theta_shapes(theta, lambda: init_theta(jax.random.key(0), config),
                        f"learned-optimizer architecture (hidden_size={config.hidden_size}, "
                        f"hidden_layers={config.hidden_layers}, "
                        f"time_features={config.time_features!r}, "
                        f"features={config.features!r}, magnitude={config.magnitude})")
-
-
-def check_theta_shapes(theta, init, architecture: str) -> None:
-    """Raises one ValueError naming ``architecture`` unless theta has the tree and shapes
-    that ``init()`` (a random-init thunk) produces."""
-    want = jax.tree.map(lambda x: tuple(x.shape), jax.eval_shape(init))
-    try:
-        got = jax.tree.map(lambda x: tuple(np.shape(x)), theta)
-    except Exception as e:  # pragma: no cover - exotic inputs
-        raise ValueError(f"theta is not a pytree of arrays: {e}") from None
-    if got != want:
-        raise ValueError(f"theta does not match the {architecture}: expected shapes {want}, "
-                         f"got {got}")
 
 
 # Tensors above this many elements run the MLP in chunks of about this many elements: the
@@ -358,7 +322,7 @@ CHUNK_ELEMENTS = 4096
 
 def _mlp_direction_magnitude(nn, elem, row, col, scale, time_in, shape):
     """Runs the shared MLP on one tensor's features (``elem``, ``row``, ``col``, ``scale``
-    from :func:`lopt.features.feature_parts`); returns (direction, magnitude) [S].
+    from :func:`lopt.learned.features.feature_parts`); returns (direction, magnitude) [S].
 
     ``time_in`` holds the features that are the same for every element (time features):
     they enter as one ``[k] x [k, H]`` product folded into the first bias. The factored
@@ -420,31 +384,6 @@ class LOState(NamedTuple):
     count: jax.Array  # [] int32: number of updates taken
 
 
-class GradShapeError(ValueError):
-    """A gradient leaf whose shape differs from its parameter's."""
-
-
-def check_grad_shapes(grads, params) -> None:
-    """Raises one :class:`GradShapeError` naming the first leaf whose gradient shape differs
-    from its parameter's (static shapes: free under jit), before jax would broadcast them."""
-    for (path, p), g in zip(jax.tree_util.tree_flatten_with_path(params)[0],
-                            jax.tree.structure(params).flatten_up_to(grads)):
-        if np.shape(g) != np.shape(p):
-            raise GradShapeError(
-                f"gradient of {R.path_str(path)!r} has shape {tuple(np.shape(g))} but the "
-                f"parameter has shape {tuple(np.shape(p))}: pass the gradients of these "
-                "parameters (opt.update(grads, state, params))")
-
-
-def as_tensor(x):
-    # Scalars are handled as shape-[1] tensors (the network needs an element axis).
-    return x.reshape(1) if np.ndim(x) == 0 else x
-
-
-class NumStepsError(ValueError):
-    """A learned optimizer that needs the run's total step count was not given one."""
-
-
 def _cosine(frac):
     # Cosine decay 1 -> 0.1 over the run (the decay floor of the scheduled baselines). Written
     # out rather than optax.cosine_decay_schedule because meta-training passes each run's
@@ -488,12 +427,16 @@ def make(theta: Any, *, mup: bool | None = None, step_mult: float | None = None,
       An ``optax.GradientTransformationExtraArgs``; ``update`` requires ``params``.
 
     Raises:
-      ValueError: unknown ``mup_in``; NumStepsError (at the first update) when the variant
-      needs ``num_steps`` and none was given.
+      ValueError: unknown ``mup_in``, or ``config`` is not an :class:`LOConfig`;
+      NumStepsError (at the first update) when the variant needs ``num_steps`` and none was
+      given.
     """
     if mup_in not in MUP_IN:
         raise ValueError(f"mup_in={mup_in!r}: must be 'optimizer' (plain models) or 'model' "
                          "(models with a 1/fan_in readout multiplier)")
+    if config is not None and not isinstance(config, LOConfig):
+        raise ValueError(f"make builds the μLO from an LOConfig, not a {type(config).__name__}: "
+                         "use lopt.make_from_config(theta, config)")
     given = {"mup": mup, "step_mult": step_mult, "exp_mult": exp_mult}
     config = dataclasses.replace(config or MULO,
                                  **{k: v for k, v in given.items() if v is not None})
@@ -578,7 +521,7 @@ def _classic_step(nn, config, dec, p, g, acc, time_in, split):
 
 
 def _compact_step(nn, config, dec, p, g, acc, time_in, split):
-    """:mod:`lopt.compact`'s step for one tensor, and its accumulators. Non-finite parameter
+    """:mod:`lopt.learned.compact`'s step for one tensor, and its accumulators. Non-finite parameter
     elements enter the features as 0, so they do not poison the tensor's normalizers."""
     acc = C.update_accumulators(acc, g, dec["momentum"], dec["rms"])
     out = C.raw_outputs(nn, g, F.neutralize(p), acc, time_in)
@@ -615,12 +558,8 @@ def _orthogonal_splits(roles, overrides, enabled: bool):
 def make_from_config(theta: Any, config: LOConfig, *, roles: Any = None,
                      role_overrides: Mapping[str, str] | None = None,
                      mup_in: str = "optimizer", num_steps: int | None = None):
-    """:func:`make` with the variant and constants of a stored :class:`LOConfig`; a
-    :class:`lopt.velo.VeLOConfig` builds :func:`lopt.velo.make_velo` instead."""
-    if config.arch == "velo":
-        from lopt.velo import make_velo
-        return make_velo(theta, config, roles=roles, role_overrides=role_overrides,
-                         mup_in=mup_in, num_steps=num_steps)
+    """:func:`make` with the variant and constants of a stored :class:`LOConfig` (any
+    architecture's config: :func:`lopt.learned.registry.make_from_config`)."""
     check_theta(theta, config)
     return make(theta, mup=config.mup, step_mult=config.resolved_step_mult,
                 exp_mult=config.exp_mult, roles=roles, role_overrides=role_overrides,

@@ -2,7 +2,7 @@
 
 A registry ``BASELINES``: name -> :class:`Baseline` (factory ``make(lr, roles)``, default
 log LR grid for tuning, one-line description with its reference). Built from optax blocks;
-the norm-based ones add a duality map from :mod:`lopt.dualize` between momentum and step.
+the norm-based ones add a duality map from :mod:`lopt.baselines.dualize` between momentum and step.
 ``Baseline.build(lr, roles, num_steps=T, schedule="cosine")`` runs any of them with linear
 warmup and cosine decay (:func:`warmup_cosine`); ``adamw-cosine`` always does.
 
@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lopt import dualize
-from lopt.riemannian import riemannian_lowrank
-from lopt.roles import fan_in_axes, lr_multipliers, path_str, readout_multipliers, resolve_roles
-from lopt.schatten import adaptive_schatten
+from lopt.baselines import dualize
+from lopt.baselines.riemannian import riemannian_lowrank
+from lopt.baselines.schatten import adaptive_schatten
+from lopt.mup.roles import fan_in_axes, lr_multipliers, path_str, readout_multipliers, resolve_roles
 
 SCHEDULES = ("constant", "cosine")
 # warmup_cosine's shape: linear warmup over this fraction of the run, then cosine decay to
@@ -124,7 +124,7 @@ def muadam(lr: optax.ScalarOrSchedule, roles: Any, base: float = 1.0):
     readout's 1/fan_in. ``base``: μP base width b (hidden b/fan_in, readout LR x b, which for
     Adam equals a b/fan_in readout multiplier); 1 = absolute 1/fan_in."""
     def per_role(updates, params=None):
-        del params   # the multipliers are the μLO's own (lopt.roles), from the update's shapes
+        del params   # the multipliers are the μLO's own (lopt.mup.roles), from the update's shapes
         role_tree = resolve_roles(updates, roles)
         mults = lr_multipliers(updates, role_tree, base=base)
         outs = readout_multipliers(updates, role_tree, base=base, in_model=True)
@@ -151,7 +151,7 @@ def muon(lr: optax.ScalarOrSchedule, roles: Any, adam_lr: float | None = None):
     non-matrix leaves go to AdamW with LR ``adam_lr`` (default lr / 10, following ``lr``'s
     schedule)."""
     def dims(params):
-        # the one matrix view (lopt.roles.fan_in_axes): a q/k/v kernel [d, heads, head_dim]
+        # the one matrix view (lopt.mup.roles.fan_in_axes): a q/k/v kernel [d, heads, head_dim]
         # is one [d, heads * head_dim] matrix, a conv kernel [h, w, in, out] one [h w in, out]
         def one(path, role, p):
             # optax passes masked trees: leaves it does not route to Muon are MaskedNode
@@ -169,7 +169,7 @@ def muon(lr: optax.ScalarOrSchedule, roles: Any, adam_lr: float | None = None):
 
 def map_leaves(fn: Callable[[jax.Array, str, int], jax.Array], roles: Any):
     """A stateless transformation applying ``fn(update, role, split)`` leaf by leaf; ``split``
-    is the leaf's number of fan-in axes (:func:`lopt.roles.fan_in_axes`, from its path)."""
+    is the leaf's number of fan-in axes (:func:`lopt.mup.roles.fan_in_axes`, from its path)."""
     def update_fn(updates, state, params=None):
         del params
         split = lambda path, u: fan_in_axes(path_str(path), np.shape(u))

@@ -30,8 +30,8 @@ is second-moment normalized over the whole tensor; 11 time features
 
 Rows 13-24 of a factored tensor are constant along one axis, so the update evaluates
 their first-layer contribution on the small row/column arrays and broadcasts the result
-(``lopt.learned._mlp_direction_magnitude``) instead of materializing ``[n, 12]`` broadcast
-copies.
+(``lopt.learned.mulo._mlp_direction_magnitude``) instead of materializing ``[n, 12]``
+broadcast copies.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """A compact per-parameter learned optimizer: 8 normalized features, a hidden-8 MLP, and a
 per-tensor normalized output (``LOConfig(features="compact")``).
 
-The classic μLO (:mod:`lopt.features`, AdafacMLPLOpt's 39 inputs through a 32-32 MLP) spends
-~2.3k multiply-adds per parameter per step, and its feature pipeline (7 accumulators per
-element, 28 normalized features) another ~37 ns per parameter here: a μLO train step costs
+The classic μLO (:mod:`lopt.learned.features`, AdafacMLPLOpt's 39 inputs through a 32-32 MLP)
+spends ~2.3k multiply-adds per parameter per step, and its feature pipeline (7 accumulators
+per element, 28 normalized features) another ~37 ns per parameter here: a μLO train step costs
 10-12x an AdamW step on the suite's MLPs. This design keeps what a per-parameter learned
 optimizer needs and drops the rest (Celo2, arXiv 2602.19142: hidden 8, normalized inputs and
 outputs):
@@ -22,10 +22,10 @@ outputs):
   when ``magnitude=True``), so the learned network picks the direction and the μP role,
   ``step_mult`` and the step rules of :class:`lopt.learned.LOConfig` pick the size;
 * **orthogonalize** (option): hidden matrices step along the Newton-Schulz orthogonalization
-  of that direction (Muon's map, :func:`lopt.dualize.newton_schulz`), scaled as Muon scales
-  it, ``sqrt(max(1, fan_out / fan_in))``: its spectral norm is the same at every width (μP's
-  spectral condition), and at the base width a square matrix's step has the size of the
-  unorthogonalized one (:func:`orthogonal_direction`). μLO only.
+  of that direction (Muon's map, :func:`lopt.baselines.dualize.newton_schulz`), scaled as
+  Muon scales it, ``sqrt(max(1, fan_out / fan_in))``: its spectral norm is the same at every
+  width (μP's spectral condition), and at the base width a square matrix's step has the size
+  of the unorthogonalized one (:func:`orthogonal_direction`). μLO only.
 
 References: Celo2 (arXiv 2602.19142); Celo (arXiv 2501.12670); μLO (arXiv 2406.00153);
 Jordan et al., Muon.
@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lopt import dualize
+from lopt.baselines import dualize
 
 FEATURES = ("g", "p", "m1", "m2", "g_r", "m1_r", "m2_r", "r")
 NUM_FEATURES = len(FEATURES)
