@@ -154,18 +154,18 @@ def baseline_digest(name: str) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def lo_code_digest() -> str:
+def lo_code_digest(make_lo) -> str:
     """The learned optimizers' update code: everything ``lopt.make_from_config`` reaches (the
-    μLO and μVeLO updates, features, μP multipliers, roles) and the suite's ``make_lo``.
+    μLO and μVeLO updates, features, μP multipliers, roles) and ``make_lo``, the caller's
+    function that builds them (the suite passes its own: this module imports no suite).
 
     ``make_from_config`` dispatches through the registry's dict (:data:`lopt.learned.registry.
     ARCHS`), which the walk does not enter, so each architecture's config class and functions
     are roots too."""
     import lopt
-    from eval import suite
     from lopt.learned.registry import ARCHS
     archs = [getattr(a, f.name) for a in ARCHS.values() for f in dataclasses.fields(a)]
-    return code_digest(lopt.make_from_config, suite.make_lo, *archs)
+    return code_digest(lopt.make_from_config, make_lo, *archs)
 
 
 def _array_digest(leaves) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from lopt.io.provenance import commit as _commit
+from eval.labels import UNTRAINED
 from eval.plots import save_axes_figure
 
 
@@ -534,10 +535,6 @@ def _compute_md(doc: dict, names: list[str]) -> list[str]:
             + f" | {cell / 60:.1f} |")
     lines += ["", f"Total compute of this report's rows: {total / 3600:.2f} h.", ""]
     return lines
-
-
-# the suffix of a learned optimizer's row before meta-training (eval.suite.untrained_label)
-UNTRAINED = " (untrained)"
 
 
 def styles(doc: dict) -> dict[str, dict]:

@@ -45,7 +45,7 @@ import numpy as np
 
 import lopt
 from eval import keys
-from eval.report import UNTRAINED
+from eval.labels import untrained_label  # noqa: F401 (re-exported)
 from eval.cache import (COMPATIBLE_VERSIONS, SUITE_VERSION, Busy, GroupCache,  # noqa: F401
                         NotCached, is_held)
 from lopt.baselines import BASELINES, SCHEDULES
@@ -434,11 +434,6 @@ def untrained_theta(lo: LearnedOpt):
     return lopt.start_theta(key, lo.config, cfg.get("init_from", ""))
 
 
-def untrained_label(label: str) -> str:
-    """The row name of ``label``'s learned optimizer before meta-training."""
-    return label + UNTRAINED
-
-
 def make_lo(theta, config, roles, num_steps: int):
     """The one place the suite builds a learned optimizer: from its stored config, on a task's
     role tree, told the run's total step count (as optax schedules are told; LOs without
@@ -513,7 +508,7 @@ class Runner(GroupCache):
         key = {"task": task_name, "source": data_source(task_name),
                "opt": "lo-init" if untrained else "lo", "steps": steps, "lrs": [0.0],
                "seeds": list(seeds), "lo_digest": lo_digest(theta, lo.config),
-               "code": keys.lo_code_digest(), **inputs_key(task_name)}
+               "code": keys.lo_code_digest(make_lo), **inputs_key(task_name)}
         depth = _depth_rule_key(task_name, lo.config)
         if depth is not None:
             key["depth"] = depth

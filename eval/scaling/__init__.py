@@ -42,7 +42,7 @@ Run ``python -m eval.scaling --variant quick`` (a few minutes on 2 cores) or ``-
 full``; add ``--lo PATH`` to place a trained LO.
 
 Modules: ``problem`` (the regression problem), ``optimizers``, ``fit`` (alpha and its CI),
-``study`` (orchestration), ``report`` (outputs), ``__main__`` (CLI).
+``study`` (orchestration), ``report`` (outputs), ``cli`` (the command line, ``main``).
 """
 
 from eval.scaling.fit import alpha_table, bootstrap_alpha, fit_alpha
@@ -53,11 +53,5 @@ from eval.scaling.study import VARIANTS, Variant, run_cell, run_study
 
 
 __all__ = ["GRIDS", "NOISE", "OPTIMIZERS", "VARIANTS", "Problems", "Variant", "alpha_table",
-           "bootstrap_alpha", "excess_loss", "fit_alpha", "main", "make_optimizer", "problem",
+           "bootstrap_alpha", "excess_loss", "fit_alpha", "make_optimizer", "problem",
            "run_cell", "run_study", "shampoo", "top_eigenvalue", "write_outputs"]
-
-
-def main(argv=None) -> int:
-    """The ``python -m eval.scaling`` command line (see ``eval/scaling/__main__.py``)."""
-    from eval.scaling.__main__ import main as cli
-    return cli(argv)

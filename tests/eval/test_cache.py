@@ -124,15 +124,15 @@ def test_code_digests_are_the_same_in_every_process():
     # make every group a miss in the next run
     import subprocess
     import sys
-    script = ("from eval import keys as K; "
+    script = ("from eval import keys as K, suite as S; "
               "print(K.baseline_digest('adamw'), K.baseline_digest('schatten'), "
-              "K.lo_code_digest())")
+              "K.lo_code_digest(S.make_lo))")
     runs = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                            check=True, cwd=Path(__file__).resolve().parents[2]).stdout
             for _ in range(2)}
     assert len(runs) == 1
     assert runs.pop().split() == [K.baseline_digest("adamw"), K.baseline_digest("schatten"),
-                                  K.lo_code_digest()]
+                                  K.lo_code_digest(S.make_lo)]
 
 
 def test_a_task_whose_init_or_data_changes_under_the_same_name_is_a_cache_miss(

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from eval import scaling as SC
+from eval.scaling.cli import main as scaling_main
 
 
 def test_fit_recovers_a_constructed_power_law():
@@ -48,7 +49,7 @@ def test_natural_gradient_beats_gd_at_equal_steps_when_ill_conditioned():
 
 @pytest.mark.slow
 def test_quick_variant_end_to_end(tmp_path):
-    rc = SC.main(["--variant", "quick", "--out", str(tmp_path), "--no-progress"])
+    rc = scaling_main(["--variant", "quick", "--out", str(tmp_path), "--no-progress"])
     assert rc == 0
     for f in ("scaling.md", "scaling.json", "loss_vs_n.png", "alpha_vs_s.png"):
         assert (tmp_path / f).stat().st_size > 0
@@ -70,7 +71,7 @@ def test_a_learned_optimizer_joins_the_study(tmp_path):
     import jax
     import lopt
     lopt.save(tmp_path / "lo", lopt.init_theta(jax.random.PRNGKey(0)), lopt.MULO)
-    rc = SC.main(["--variant", "smoke", "--lo", str(tmp_path / "lo"), "--out",
+    rc = scaling_main(["--variant", "smoke", "--lo", str(tmp_path / "lo"), "--out",
                   str(tmp_path / "out"), "--no-progress"])
     assert rc == 0
     doc = json.loads((tmp_path / "out" / "scaling.json").read_text())
@@ -81,5 +82,5 @@ def test_a_learned_optimizer_joins_the_study(tmp_path):
     start = 0.5 * float(np.sum(np.asarray(lam) * np.asarray(beta) ** 2))
     assert 0.5 * start < rows[0]["excess_loss"][0] <= start * 1.01
     assert "μLO" in (tmp_path / "out" / "scaling.md").read_text()
-    assert SC.main(["--variant", "smoke", "--lo", str(tmp_path / "missing"), "--out",
+    assert scaling_main(["--variant", "smoke", "--lo", str(tmp_path / "missing"), "--out",
                     str(tmp_path / "o2"), "--no-progress"]) == 2
