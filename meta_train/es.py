@@ -9,8 +9,8 @@ Each of ``num_pairs`` pairs holds a positive and a negative particle. Every trun
   ``theta + eps_i`` / ``theta - eps_i``; per-step meta-losses are normalized, clipped at a
   ceiling and NaN/inf-replaced by it, so diverging runs push the estimate the right way.
 * Inner runs restart when they reach their horizon (log-uniform in ``[h_min, h_max]``);
-  a run's first horizon is uniform in ``[K, horizon]`` so the population does not reset in
-  lock-step. When a particle's loss goes non-finite, its pair restarts jointly at the next
+  with ``stagger`` (the default) a pair's first run is cut to a length drawn uniformly from
+  ``[min(K, h_min), horizon]`` so the population does not reset in lock-step. When a particle's loss goes non-finite, its pair restarts jointly at the next
   step (the two particles of a pair always stand at the same step of the same run).
 * **Truncated ES**: ``g = mean_i (L+_i - L-_i) eps_i / (2 sigma^2)``; both particles start
   every truncation from the same inner state (the positive particle's).
@@ -211,8 +211,9 @@ def _unroll(problem: InnerProblem, thetas, runs: RunState, data, cfg: ESConfig):
         core, loss, finite = jax.vmap(step_one)(thetas, runs)
         pair_ok = finite[:num_pairs] & finite[num_pairs:]
         ok = jnp.concatenate([pair_ok, pair_ok])
-        # A pair that blew up restarts at the next step; its remaining losses are the ceiling
-        # (the particle that stayed finite keeps its own loss for this step).
+        # A pair with a non-finite particle keeps its last finite state and restarts at the
+        # next step (t := horizon); this step that particle's loss is the ceiling, and the
+        # particle that stayed finite keeps its own loss.
         core = jax.tree.map(lambda a, b: jnp.where(ok.reshape((-1,) + (1,) * (a.ndim - 1)),
                                                    a, b), core, runs.core)
         t = jnp.where(ok, runs.t + 1, runs.horizon)
