@@ -36,7 +36,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from eval.cache import group_file_name
+from eval.cache import group_file_name, group_problem
 
 DIGESTS = ("code", "init", "data")
 CODE_PATHS = ("lopt", "meta_train", "eval")     # what eval.keys hashes, and packaged data
@@ -250,6 +250,12 @@ def stamp_dir(cells: Path, commit: str | None = None, dry_run: bool = False,
         if all(k in key for k in DIGESTS):
             outcomes.append(Outcome(f.name, _what(key), "has digests"))
             continue
+        problem = group_problem(group, key)
+        if problem or f.name != group_file_name(key):
+            # e.g. a joined sweep that older code stored with its first part's key
+            outcomes.append(Outcome(f.name, _what(key), "skipped", "not the group of its "
+                                    f"stored key ({problem or 'its file name is another key'})"))
+            continue
         if forced:
             named, why = [forced], ""
         else:
@@ -320,6 +326,8 @@ def _stamp_one(f: Path, group: dict, cands: list[str], named: str, results: dict
     if len(cands) > 1:
         doc["stamp_checked"] = cands     # every commit that may have computed it: same digests
     target = f.with_name(new)
+    if target.exists() and target != f:
+        return Outcome(f.name, _what(key), "skipped", f"{new} exists already")
     tmp = target.with_name(target.name + ".stamp.tmp")
     tmp.write_text(json.dumps(doc))
     tmp.replace(target)

@@ -112,7 +112,13 @@ def test_no_report_and_no_commit_is_a_reason_not_a_stamp(tmp_path):
     cells.mkdir()
     subprocess.run(["git", "-C", str(tmp_path), "init", "-q"], check=True)
     g = _old_group(SAME)
-    (cells / "x.json").write_text(json.dumps(g))
-    (o,) = stamp.stamp_dir(cells, log=lambda s: None)
+    name = stamp.group_file_name(g["key"])
+    (cells / name).write_text(json.dumps(g))
+    # a joined sweep that older code stored with its first part's key: not that group
+    joined = {**g, "losses": g["losses"] * 2}
+    (cells / "joined.json").write_text(json.dumps(joined))
+    o, j = sorted(stamp.stamp_dir(cells, log=lambda s: None), key=lambda o: o.file != name)
     assert o.status == "skipped" and "no results.json" in o.reason
-    assert json.loads((cells / "x.json").read_text()) == g
+    assert j.status == "skipped" and "not the group of its stored key" in j.reason
+    assert json.loads((cells / name).read_text()) == g
+    assert json.loads((cells / "joined.json").read_text()) == joined
