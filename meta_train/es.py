@@ -20,7 +20,9 @@ Each of ``num_pairs`` pairs holds a positive and a negative particle. Every trun
   Positive and negative particles keep separate inner states.
 
 The pair axis is sharded over ``jax.devices()`` with ``jax.sharding`` (one code path for 1
-device, n devices, and multi-host after ``jax.distributed.initialize()``).
+device, n devices, and multi-host after ``jax.distributed.initialize()``). The inner steps
+run under ``shard_map``: each device unrolls its own pairs with no collective between steps;
+the estimate is averaged across devices once per truncation.
 
 References: Vicol et al., PES, arXiv 2112.13835; Metz et al., arXiv 2203.11860 (truncated
 ES in learned_optimization); Thérien et al., μLO, arXiv 2406.00153 (recipe).
@@ -223,6 +225,25 @@ def _unroll(problem: InnerProblem, thetas, runs: RunState, data, cfg: ESConfig):
     return runs, (loss.T, dead.T)
 
 
+def _unroll_pairs(problem: InnerProblem, th_pos, th_neg, runs_pos: RunState,
+                  runs_neg: RunState, data, cfg: ESConfig, m: Mesh):
+    """:func:`_unroll` on every device's own pairs (``shard_map`` over the pair axis): a
+    pair's two particles sit on one device, so the joint restart and the reset test of each
+    inner step read only that device's particles, and no inner step waits for a collective
+    across devices or processes. Returns (pos runs, neg runs, pos losses [P, K], neg losses,
+    reset flags [P, K])."""
+    def local(th_pos, th_neg, runs_pos, runs_neg, data):
+        p = runs_pos.t.shape[0]
+        runs, (losses, resets) = _unroll(problem, _cat(th_pos, th_neg),
+                                         _cat(runs_pos, runs_neg), data, cfg)
+        return (_half(runs, 0, p), _half(runs, 1, p), losses[:p], losses[p:],
+                resets[:p])                                   # resets are joint per pair
+    pop, rep = PartitionSpec("pop"), PartitionSpec()
+    return jax.shard_map(local, mesh=m, in_specs=(pop, pop, pop, pop, rep),
+                         out_specs=pop, check_vma=False)(th_pos, th_neg, runs_pos, runs_neg,
+                                                          data)
+
+
 def _cat(a, b):
     return jax.tree.map(lambda x, y: jnp.concatenate([x, y]), a, b)
 
@@ -252,11 +273,11 @@ def es_gradient(theta, state: ESState, key, data, *, problem: InnerProblem, cfg:
     eps = cfg.sigma * jax.random.normal(key, (n, flat.size), flat.dtype)
     eps = _shard(eps, m)
 
-    thetas = jax.vmap(lambda e: unravel(flat + e))(jnp.concatenate([eps, -eps]))
+    th_pos = jax.vmap(lambda e: unravel(flat + e))(eps)
+    th_neg = jax.vmap(lambda e: unravel(flat - e))(eps)
     start_neg = state.neg if cfg.method == "pes" else state.pos
-    runs, (losses, resets) = _unroll(problem, thetas, _cat(state.pos, start_neg), data, cfg)
-    pos, neg = _half(runs, 0, n), _half(runs, 1, n)
-    lp, ln, reset = losses[:n], losses[n:], resets[:n]   # resets are joint per pair
+    pos, neg, lp, ln, reset = _unroll_pairs(problem, th_pos, th_neg, state.pos, start_neg,
+                                            data, cfg, m)
 
     def pair(eps_i, lp, ln, reset, xi_i):
         diff = lp - ln
