@@ -74,6 +74,12 @@ def group_problem(res, key: dict) -> str | None:
     return None
 
 
+def group_file_name(key: dict) -> str:
+    """The file name of ``key``'s group in a cells directory (16 hex digits of the sha1 of
+    the key as sorted JSON)."""
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16] + ".json"
+
+
 class NotCached(LookupError):
     """A group a ``cached_only`` runner would have to compute."""
 
@@ -119,8 +125,7 @@ class GroupCache:
         (self.out / "cells").mkdir(parents=True, exist_ok=True)
 
     def _file(self, key: dict) -> Path:
-        h = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        return self.out / "cells" / f"{h}.json"
+        return self.out / "cells" / group_file_name(key)
 
     @staticmethod
     def _read(f: Path, key: dict):
@@ -232,8 +237,9 @@ class GroupCache:
 
 
 _RUN_FIELDS = ("losses", "test_loss", "test_accuracy", "diverged")    # [lrs, seeds, ...]
-# what a group says about how it was computed, besides its key
-_LABEL_FIELDS = ("version", "test_metrics", "host")
+# what a group says about how it was computed, besides its key (``stamped_from``: the commit
+# whose code computed a group cached before keys held digests, see eval.stamp)
+_LABEL_FIELDS = ("version", "test_metrics", "host", "stamped_from")
 
 
 def _join(parts: list[dict], axis: int) -> dict:
@@ -258,6 +264,8 @@ def _join(parts: list[dict], axis: int) -> dict:
             labels[k] = min(v or 1 for v in values)
         elif k == "test_metrics":
             labels[k] = " + ".join(dict.fromkeys(str(v) for v in values))
+        elif k == "stamped_from":     # each part's (None: computed with its digests)
+            labels[k] = values
         else:
             labels[k] = distinct_hosts(values)
     first = {k: v for k, v in parts[0].items() if k != "key"}

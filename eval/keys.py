@@ -2,8 +2,8 @@
 an optimizer (a baseline's factory with its defaults, or the learned optimizer's update
 code), a task's initial parameters and its data arrays.
 
-Code digests hash the parsed source (``ast``: comments, docstrings and formatting do not
-count) of a function, its default arguments, and, transitively, every function, class and
+Code digests hash the parsed source (``ast``: comments, docstrings, formatting and import
+statements do not count; what an import brings in is hashed where it is used) of a function, its default arguments, and, transitively, every function, class and
 module of this project (``lopt``, ``meta_train``, ``eval``) it refers to by name, plus the
 values of the simple constants it reads. A change to any of them (e.g. Muon's ``beta``, the
 p grid of Schatten-p, a helper in :mod:`lopt.baselines.dualize`) changes the digest, so a
@@ -46,6 +46,7 @@ def _normal_source(obj) -> str:
         tree = ast.parse(src)
     except SyntaxError:
         return src
+    _drop_imports(tree)
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
@@ -53,6 +54,19 @@ def _normal_source(obj) -> str:
                 and isinstance(body[0].value.value, str)):
             node.body = body[1:] or [ast.Pass()]
     return ast.dump(tree)
+
+
+def _drop_imports(tree: ast.AST) -> None:
+    """Removes import statements: where a name is imported from does not change what the
+    code computes, and the imported code itself is hashed where it is used (so moving a
+    module, or importing a function from another path, keeps every digest)."""
+    for node in ast.walk(tree):
+        for field in ("body", "orelse", "finalbody", "handlers"):
+            stmts = getattr(node, field, None)
+            if isinstance(stmts, list) and any(isinstance(x, (ast.Import, ast.ImportFrom))
+                                               for x in stmts):
+                kept = [x for x in stmts if not isinstance(x, (ast.Import, ast.ImportFrom))]
+                setattr(node, field, kept or [ast.Pass()])
 
 
 def _local_imports(code: types.CodeType) -> list:

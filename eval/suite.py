@@ -429,9 +429,9 @@ def untrained_theta(lo: LearnedOpt):
     """The theta ``lo``'s meta-training run started from (its seed's init, or the learned
     optimizer it was started from with ``init_from``; ``lopt.start_theta``, as
     ``meta_train.loop`` does)."""
+    from meta_train.loop import run_keys
     cfg = lo.meta.get("config") or {}
-    key = jax.random.split(jax.random.PRNGKey(int(cfg.get("seed", 0))), 3)[0]
-    return lopt.start_theta(key, lo.config, cfg.get("init_from", ""))
+    return lopt.start_theta(run_keys(cfg.get("seed", 0))[0], lo.config, cfg.get("init_from", ""))
 
 
 def make_lo(theta, config, roles, num_steps: int):

@@ -38,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "per ~5%% of the run)")
     ap.add_argument("--print-config", action="store_true",
                     help="print the resolved config as JSON and exit")
+    ap.add_argument("--start-only", action="store_true",
+                    help="write the theta the run would start from (before any meta-update) "
+                         "to --out/lopt.json with the config, and exit: the config's "
+                         "untrained learned optimizer, loadable with lopt.load and "
+                         "python -m eval --lo (e.g. a hand-set variant for an ablation)")
     g = ap.add_argument_group(
         "multi-process (docs/scale-out.md)",
         "run the same command in every process; process 0 alone writes --out")
@@ -105,6 +110,8 @@ def _main(argv=None):
     if args.print_config:
         print(cfg.to_json())
         return 0
+    if args.start_only:
+        return _write_start(cfg, args.out)
     from meta_train import distributed as dist
     if (args.distributed or args.coordinator is not None or args.num_processes is not None
             or args.process_id is not None):
@@ -170,6 +177,29 @@ def _main(argv=None):
     m = res["metrics"]
     print(f"done: step {res['step']}, meta-loss {m.get('meta_loss', float('nan')):.4f}; "
           f"checkpoint in {out}/checkpoints (load with lopt.load({str(out)!r}))")
+    return 0
+
+
+def _write_start(cfg, out) -> int:
+    """``--start-only``: the run's start theta (``MetaTrainer.start_theta``) as ``OUT/lopt.json``
+    with meta ``{"step": 0, "config": ...}``; refuses a directory that holds anything."""
+    from pathlib import Path
+
+    import lopt
+    from meta_train.loop import start_theta
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        print(f"error: --out {out} is not empty; --start-only writes a new directory",
+              file=sys.stderr)
+        return 2
+    try:
+        theta = start_theta(cfg)
+    except (lopt.CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    lopt.save(out, theta, cfg.lo, meta={"step": 0, "config": cfg.to_dict()})
+    print(f"wrote {out}/lopt.json: the untrained start of this config (load with "
+          f"lopt.load({str(out)!r}))")
     return 0
 
 

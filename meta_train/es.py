@@ -9,8 +9,8 @@ Each of ``num_pairs`` pairs holds a positive and a negative particle. Every trun
   ``theta + eps_i`` / ``theta - eps_i``; per-step meta-losses are normalized, clipped at a
   ceiling and NaN/inf-replaced by it, so diverging runs push the estimate the right way.
 * Inner runs restart when they reach their horizon (log-uniform in ``[h_min, h_max]``);
-  a run's first horizon is uniform in ``[K, horizon]`` so the population does not reset in
-  lock-step. When a particle's loss goes non-finite, its pair restarts jointly at the next
+  with ``stagger`` (the default) a pair's first run is cut to a length drawn uniformly from
+  ``[min(K, h_min), horizon]`` so the population does not reset in lock-step. When a particle's loss goes non-finite, its pair restarts jointly at the next
   step (the two particles of a pair always stand at the same step of the same run).
 * **Truncated ES**: ``g = mean_i (L+_i - L-_i) eps_i / (2 sigma^2)``; both particles start
   every truncation from the same inner state (the positive particle's).
@@ -20,7 +20,9 @@ Each of ``num_pairs`` pairs holds a positive and a negative particle. Every trun
   Positive and negative particles keep separate inner states.
 
 The pair axis is sharded over ``jax.devices()`` with ``jax.sharding`` (one code path for 1
-device, n devices, and multi-host after ``jax.distributed.initialize()``).
+device, n devices, and multi-host after ``jax.distributed.initialize()``). The inner steps
+run under ``shard_map``: each device unrolls its own pairs with no collective between steps;
+the estimate is averaged across devices once per truncation.
 
 References: Vicol et al., PES, arXiv 2112.13835; Metz et al., arXiv 2203.11860 (truncated
 ES in learned_optimization); Thérien et al., μLO, arXiv 2406.00153 (recipe).
@@ -211,8 +213,9 @@ def _unroll(problem: InnerProblem, thetas, runs: RunState, data, cfg: ESConfig):
         core, loss, finite = jax.vmap(step_one)(thetas, runs)
         pair_ok = finite[:num_pairs] & finite[num_pairs:]
         ok = jnp.concatenate([pair_ok, pair_ok])
-        # A pair that blew up restarts at the next step; its remaining losses are the ceiling
-        # (the particle that stayed finite keeps its own loss for this step).
+        # A pair with a non-finite particle keeps its last finite state and restarts at the
+        # next step (t := horizon); this step that particle's loss is the ceiling, and the
+        # particle that stayed finite keeps its own loss.
         core = jax.tree.map(lambda a, b: jnp.where(ok.reshape((-1,) + (1,) * (a.ndim - 1)),
                                                    a, b), core, runs.core)
         t = jnp.where(ok, runs.t + 1, runs.horizon)
@@ -220,6 +223,25 @@ def _unroll(problem: InnerProblem, thetas, runs: RunState, data, cfg: ESConfig):
 
     runs, (loss, dead) = jax.lax.scan(body, runs, None, length=cfg.unroll_length)
     return runs, (loss.T, dead.T)
+
+
+def _unroll_pairs(problem: InnerProblem, th_pos, th_neg, runs_pos: RunState,
+                  runs_neg: RunState, data, cfg: ESConfig, m: Mesh):
+    """:func:`_unroll` on every device's own pairs (``shard_map`` over the pair axis): a
+    pair's two particles sit on one device, so the joint restart and the reset test of each
+    inner step read only that device's particles, and no inner step waits for a collective
+    across devices or processes. Returns (pos runs, neg runs, pos losses [P, K], neg losses,
+    reset flags [P, K])."""
+    def local(th_pos, th_neg, runs_pos, runs_neg, data):
+        p = runs_pos.t.shape[0]
+        runs, (losses, resets) = _unroll(problem, _cat(th_pos, th_neg),
+                                         _cat(runs_pos, runs_neg), data, cfg)
+        return (_half(runs, 0, p), _half(runs, 1, p), losses[:p], losses[p:],
+                resets[:p])                                   # resets are joint per pair
+    pop, rep = PartitionSpec("pop"), PartitionSpec()
+    return jax.shard_map(local, mesh=m, in_specs=(pop, pop, pop, pop, rep),
+                         out_specs=pop, check_vma=False)(th_pos, th_neg, runs_pos, runs_neg,
+                                                          data)
 
 
 def _cat(a, b):
@@ -251,11 +273,11 @@ def es_gradient(theta, state: ESState, key, data, *, problem: InnerProblem, cfg:
     eps = cfg.sigma * jax.random.normal(key, (n, flat.size), flat.dtype)
     eps = _shard(eps, m)
 
-    thetas = jax.vmap(lambda e: unravel(flat + e))(jnp.concatenate([eps, -eps]))
+    th_pos = jax.vmap(lambda e: unravel(flat + e))(eps)
+    th_neg = jax.vmap(lambda e: unravel(flat - e))(eps)
     start_neg = state.neg if cfg.method == "pes" else state.pos
-    runs, (losses, resets) = _unroll(problem, thetas, _cat(state.pos, start_neg), data, cfg)
-    pos, neg = _half(runs, 0, n), _half(runs, 1, n)
-    lp, ln, reset = losses[:n], losses[n:], resets[:n]   # resets are joint per pair
+    pos, neg, lp, ln, reset = _unroll_pairs(problem, th_pos, th_neg, state.pos, start_neg,
+                                            data, cfg, m)
 
     def pair(eps_i, lp, ln, reset, xi_i):
         diff = lp - ln

@@ -54,6 +54,16 @@ def meta_optimizer(cfg: MetaTrainConfig) -> optax.GradientTransformation:
                        optax.adamw(sched, weight_decay=cfg.weight_decay))
 
 
+def run_keys(seed: int):
+    """The three keys of a run with ``seed``: its start theta's, its estimators', its steps'."""
+    return jax.random.split(jax.random.PRNGKey(int(seed)), 3)
+
+
+def start_theta(cfg: MetaTrainConfig):
+    """The theta a run of ``cfg`` starts from (:func:`lopt.start_theta` with its first key)."""
+    return lopt.start_theta(run_keys(cfg.seed)[0], cfg.lo, cfg.init_from)
+
+
 class MetaTrainer:
     """Holds the jitted pieces for one config. ``run`` drives the loop."""
 
@@ -74,9 +84,8 @@ class MetaTrainer:
             th, lo_cfg, roles=task.roles, mup_in="model", num_steps=num_steps)
 
     def init_state(self) -> dict:
-        key = jax.random.PRNGKey(self.cfg.seed)
-        k_theta, k_es, k_run = jax.random.split(key, 3)
-        theta = lopt.start_theta(k_theta, self.cfg.lo, self.cfg.init_from)
+        _, k_es, k_run = run_keys(self.cfg.seed)
+        theta = start_theta(self.cfg)
         es_states = [ES.init_es_state(p, theta, jax.random.fold_in(k_es, i), self.cfg.es)
                      for i, p in enumerate(self.problems)]
         return {"step": jnp.int32(0), "theta": theta, "opt_state": self.meta_opt.init(theta),

@@ -100,12 +100,15 @@ def test_changing_a_baseline_default_is_a_cache_miss(tmp_path, computed, monkeyp
 
 def test_code_digests_follow_the_code_a_factory_calls_but_not_its_comments(tmp_path):
     import importlib.util
-    src = ("C = 2\n"
+    src = ("import math\nC = 2\n"
            "def helper(x):\n    return x * C\n"
            "def factory(lr, momentum=0.9):\n    \"\"\"doc\"\"\"\n"
-           "    return helper(lr) + momentum\n")
+           "    import os\n    return helper(lr) + momentum\n")
+    moved = src.replace("import math\n", "import math as m\nimport json\n").replace(
+        "    import os\n", "    import os.path\n")
     digests = []
     for i, text in enumerate((src, src.replace('"""doc"""', '"""other doc"""  # a comment'),
+                              moved,
                               src.replace("C = 2", "C = 3"),
                               src.replace("x * C", "x * C + 1"),
                               src.replace("momentum=0.9", "momentum=0.95"))):
@@ -116,6 +119,7 @@ def test_code_digests_follow_the_code_a_factory_calls_but_not_its_comments(tmp_p
         spec.loader.exec_module(mod)
         digests.append(K.code_digest(mod.factory))
     assert digests[0] == digests[1]                 # docstring and comment: the same code
+    assert digests[0] == digests[2]                 # imports from elsewhere: the same code
     assert len(set(digests)) == 4                   # constant, helper and default count
 
 

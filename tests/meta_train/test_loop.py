@@ -171,3 +171,25 @@ def test_an_sp_twin_drops_the_base_widths_step_scale():
         assert (sp.mup_base, sp.depth_ref) == (1.0, 0)
     # presets without a base width keep their twin's constants as they were
     assert PRESETS["cpu-sp"].lo == dataclasses.replace(PRESETS["cpu"].lo, mup=False)
+
+
+def test_start_only_writes_the_theta_a_run_starts_from_and_never_over_a_run(tmp_path, capsys):
+    from meta_train.cli import main
+    assert main(["--preset", "smoke", "--out", str(tmp_path / "s"), "--start-only"]) == 0
+    theta, config, meta = lopt.load_theta(tmp_path / "s")
+    want = MetaTrainer(PRESETS["smoke"]).init_state()["theta"]
+    assert meta["step"] == 0 and meta["config"] == PRESETS["smoke"].to_dict()
+    assert config.to_dict() == PRESETS["smoke"].lo.to_dict()
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(theta)):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    # a compact LO started from its hand-set Adam direction, with an override
+    assert main(["--preset", "compact-cpu", "--lo.orthogonalize", "true",
+                 "--out", str(tmp_path / "c"), "--start-only"]) == 0
+    theta, config, _ = lopt.load_theta(tmp_path / "c")
+    assert config.orthogonalize and config.features == "compact"
+    for a, b in zip(jax.tree.leaves(lopt.adam_theta(config)), jax.tree.leaves(theta)):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    # never over anything: a second call, or a run directory, is one error line
+    capsys.readouterr()
+    assert main(["--preset", "smoke", "--out", str(tmp_path / "s"), "--start-only"]) == 2
+    assert "not empty" in capsys.readouterr().err
