@@ -177,7 +177,10 @@ def lo_code_digest(make_lo) -> str:
     ARCHS`), which the walk does not enter, so each architecture's config class and functions
     are roots too."""
     import lopt
-    from lopt.learned.registry import ARCHS
+    try:
+        from lopt.learned.registry import ARCHS
+    except ImportError:     # older code (eval.stamp): its dispatch imports inside functions,
+        ARCHS = {}          # which the walk follows
     archs = [getattr(a, f.name) for a in ARCHS.values() for f in dataclasses.fields(a)]
     return code_digest(lopt.make_from_config, make_lo, *archs)
 

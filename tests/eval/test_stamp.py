@@ -47,10 +47,9 @@ def stamped(tmp_path_factory):
     _git(repo, "add", ".")
     _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "today's code")
     first = _git(repo, "rev-parse", "HEAD")
-    f = repo / "lopt" / "baselines.py"
-    src = f.read_text()
     old = "def adamw(lr: optax.ScalarOrSchedule, roles: Any = None, weight_decay: float = 0.0)"
-    assert old in src
+    f = next(p for p in sorted((repo / "lopt").rglob("*.py")) if old in p.read_text())
+    src = f.read_text()
     f.write_text(src.replace(old, old.replace("0.0)", "0.1)")))
     _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "decay 0.1")
     second = _git(repo, "rev-parse", "HEAD")
