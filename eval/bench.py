@@ -122,8 +122,10 @@ COMPACT_ROWS = {
 
 
 def bench_optimizers(dims=(784, 1024, 256, 10), task_name="mlp-fmnist8-w512-d3", steps=20,
-                     train_steps=50, names=None):
-    """Per-optimizer update time, train-step time, state memory; ratios to AdamW."""
+                     train_steps=50, names=None, los=()):
+    """Per-optimizer update time, train-step time, state memory; ratios to AdamW. ``los``:
+    learned optimizers to add as rows (shipped names or checkpoint paths, ``lopt.load``),
+    each told the run length ``train_steps``."""
     from lopt.baselines import BASELINES
     from meta_train.inner import train
     from meta_train.tasks import get_task
@@ -142,6 +144,10 @@ def bench_optimizers(dims=(784, 1024, 256, 10), task_name="mlp-fmnist8-w512-d3",
         th = lopt.init_theta(jax.random.PRNGKey(0), cfg)
         opts[label] = (lopt.make(th, roles=roles, mup_in="model", config=cfg), False,
                        lopt.make(th, roles=task.roles, mup_in="model", config=cfg))
+    for path in los:        # trained learned optimizers as shipped, e.g. their config's features
+        opts[str(path)] = (lopt.load(path, roles=roles, mup_in="model", num_steps=train_steps),
+                           False, lopt.load(path, roles=task.roles, mup_in="model",
+                                            num_steps=train_steps))
     for name, b in BASELINES.items():
         if name != "adamw" and (names is None or name in names):
             opts[name] = (b.make(1e-3, roles), b.needs_activations, b.make(1e-3, task.roles))
@@ -218,6 +224,9 @@ def main(argv=None):
     ap.add_argument("--optimizers", default=None, metavar="A,B",
                     help="baselines of the optimizer table besides AdamW and the μLO "
                          "(default: every one in lopt.BASELINES)")
+    ap.add_argument("--lo", action="append", default=[], metavar="PATH",
+                    help="also time this learned optimizer (shipped name, run or checkpoint "
+                         "directory; repeatable), told the run length --train-steps")
     ap.add_argument("--scale-out", action="store_true",
                     help="only the scale-out throughput: outer steps/s of --preset for 1 "
                          "process on 1 core, 2 processes on 1 core each, 1 process with 2 "
@@ -245,7 +254,14 @@ def main(argv=None):
         get_task(args.task)
     except (ValueError, DataNotFoundError) as e:
         ap.error(f"--task {args.task}: {e}")
-    table = dict(task_name=args.task, train_steps=args.train_steps, names=names)
+    import lopt
+    for path in args.lo:
+        try:
+            lopt.load_theta(path)
+        except lopt.CheckpointError as e:
+            ap.error(f"--lo {path}: {e}")
+    table = dict(task_name=args.task, train_steps=args.train_steps, names=names,
+                 los=tuple(args.lo))
     report = {}
     if args.only_optimizers:
         report["optimizers"] = bench_optimizers(**table)
