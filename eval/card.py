@@ -76,7 +76,8 @@ def _eval_summary(eval_dir: Path | None, labels: list[str]) -> list[str]:
                                if not n.endswith(UNTRAINED) and n != "adamw@1e-3"))
     lines = [f"From `{doc['command']}` (commit `{doc['commit']}`, suite `{doc['suite']}`, "
              f"report seeds {doc['report_seeds']}): final train loss, mean ± std, lower is "
-             "better; baselines tuned per task on seed 0; bold = best of the columns shown; "
+             f"better; baselines tuned per task on seed {doc.get('tuning_seed', 0)}; bold = "
+             "best of the columns shown; "
              "† = a run diverged.", "",
              "| axis | task | steps | " + " | ".join(names) + " |",
              "|---|---|---:|" + "---:|" * len(names)]

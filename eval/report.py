@@ -413,7 +413,13 @@ def markdown(doc: dict, plots: list[str]) -> str:
                      f", meta-step {lo['meta_step']}, theta digest {lo['digest']}); meta-trained "
                      f"on {', '.join(mc.get('tasks', []))}, horizons "
                      f"{mc.get('es', {}).get('min_horizon')}-{mc.get('es', {}).get('max_horizon')}")
-    if doc.get("cells_defined_by"):
+    if doc.get("spec", {}).get("cells"):
+        lines.append(f"- cells fixed by the `{doc['suite']}` suite (the same for every learned "
+                     "optimizer)" + (f"; in-distribution cells from {doc['cells_defined_by']}'s "
+                                     "meta-training config" if any(
+                                         c["axis"] == "in-distribution" for c in doc["cells"])
+                                     else ""))
+    elif doc.get("cells_defined_by"):
         lines.append(f"- cells (tasks, widths, depths, step counts) defined by "
                      f"{doc['cells_defined_by']}'s meta-training config")
     lines += _data_line(doc)
@@ -426,7 +432,8 @@ def markdown(doc: dict, plots: list[str]) -> str:
                      + (f" on {m['host']['machine']}, {m['host']['cpu_threads']} CPU threads"
                         if m.get("host") and m["host"] != doc.get("host") else ""))
     lines += [
-              f"- baselines ({', '.join(_tuned_names(doc))}) tuned on seed 0 over a log LR grid; "
+              f"- baselines ({', '.join(_tuned_names(doc))}) tuned on seed "
+              f"{doc.get('tuning_seed', 0)} over a log LR grid; "
               f"everything reported on seeds {doc['report_seeds']}: mean ± std of the final "
               "train loss (mean of the last 5% of steps); lower is better; best per row in bold; "
               "† = a run diverged (non-finite, or a seed's final loss above "

@@ -30,7 +30,7 @@ def _final_loss(name: str, task_name: str, steps: int, may_diverge: bool = False
 def test_shipped_names_and_cards():
     names = sorted(p.name for p in shipped_dir().glob("*") if (p / "lopt.json").is_file())
     assert names == sorted([*SHIPPED, "mulo-frac-cpu", "mulo-base-cpu", "mulo-horizon-cpu",
-                            "muvelo-cpu", "sp-velo-cpu"])
+                            "mulo-compact-cpu", "muvelo-cpu", "sp-velo-cpu"])
     for name, mup in SHIPPED.items():
         theta, config, meta = lopt.load_theta(name)
         assert config.mup is mup and meta["step"] == 1000
@@ -148,3 +148,12 @@ def test_muvelo_cpu_trains_2x_wider_where_its_sp_twin_does_not():
     mu = _final_loss("muvelo-cpu", "mlp-fmnist8-w256-d3", 500)
     sp = _final_loss("sp-velo-cpu", "mlp-fmnist8-w256-d3-sp", 500, may_diverge=True)
     assert mu < 0.45 and sp > 2 * mu, (mu, sp)
+
+
+def test_mulo_compact_cpu_needs_the_run_length_and_trains_an_mlp():
+    theta, config, meta = lopt.load_theta("mulo-compact-cpu")
+    assert config.features == "compact" and config.needs_num_steps and meta["step"] == 1000
+    card = (shipped_dir() / "mulo-compact-cpu" / "MODEL_CARD.md").read_text()
+    assert "--preset compact-cpu" in card and "## Status" in card
+    # 300 steps of an MLP it did not train on: from ln 10 = 2.30 to about 0.41 (seed 1)
+    assert _final_loss("mulo-compact-cpu", "mlp-fmnist8-w128-d3", 300) < 0.45
