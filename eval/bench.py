@@ -209,7 +209,7 @@ def print_optimizer_table(res):
               f"{2 * c / muon['update_ms']:.2f}% amortized")
 
 
-def main(argv=None):
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m eval.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--skip-es", action="store_true", help="skip the ES throughput figures")
@@ -236,6 +236,11 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=10, metavar="N",
                     help="timed outer steps per --scale-out configuration, after 2 untimed "
                          "(default 10)")
+    return ap
+
+
+def main(argv=None):
+    ap = _parser()
     args = ap.parse_args(argv)
     if args.scale_out:
         return _scale_out(ap, args)
@@ -278,9 +283,16 @@ def main(argv=None):
               f"{r['matmul_gflops']:.1f} GFLOP/s -> {r['lo_over_matmul_flops']:.2f} of matmul")
     report["optimizers"] = bench_optimizers(**table)
     print_optimizer_table(report["optimizers"])
-    if args.skip_es:
-        _dump(args.json, report)
-        return 0
+    if not args.skip_es:
+        report["es"] = _es_rows()
+    _dump(args.json, report)
+    return 0
+
+
+def _es_rows() -> list[dict]:
+    """ES throughput of a reference config (with the classic and the compact μLO) and of the
+    quick and cpu presets, printed and returned."""
+    import lopt
     from meta_train.config import PRESETS
     from meta_train.es import ESConfig
     ref = ESConfig(method="pes", num_pairs=8, sigma=0.01, unroll_length=50, min_horizon=100,
@@ -295,9 +307,7 @@ def main(argv=None):
         print(f"{r['config']}: {r['s_per_outer_step']:.2f} s/outer step, "
               f"{r['outer_steps_per_min']:.1f} outer steps/min, "
               f"{r['inner_steps_per_s']:.0f} inner steps/s")
-    report["es"] = rows
-    _dump(args.json, report)
-    return 0
+    return rows
 
 
 def _scale_out(ap, args) -> int:

@@ -51,8 +51,8 @@ def _one_line_cache_warnings() -> None:
     warnings.formatwarning = fmt
 
 
-def main(argv=None):
-    from eval.suite import AXES, SUITES
+def _parser() -> argparse.ArgumentParser:
+    from eval.suite import AXES
     ap = argparse.ArgumentParser(
         prog="python -m eval",
         description="Run the generalization suite for a learned optimizer: held-out tasks "
@@ -121,6 +121,39 @@ def main(argv=None):
                          "machines with --shard 0/N ... --shard N-1/N, each with its own --out; "
                          "cells that share a μTransfer LR stay in one part. Join the parts "
                          "with `python -m eval.merge OUT0 OUT1 ... --out MERGED`")
+    return ap
+
+
+def _overrides(ap: argparse.ArgumentParser, args) -> dict:
+    """The suite fields the command line overrides; a bad value exits with one line."""
+    from eval.suite import AXES, SUITES
+    overrides = {}
+    if args.wider is not None:
+        if SUITES[args.suite].cells:
+            ap.error(f"--wider: the {args.suite} suite's cells are fixed; pick them with "
+                     "--axes, or use --suite quick to derive wider cells from the LO")
+        overrides["wider"] = args.wider
+    if args.seeds is not None:
+        overrides["seeds"] = args.seeds
+    if args.transformer:
+        lms = tuple(t.strip() for t in args.transformer.split(",") if t.strip())
+        bad = [t for t in lms if not t.startswith("lm-")]
+        if bad:
+            ap.error(f"--transformer takes LM task names (lm-...), got {bad[0]!r}")
+        overrides["transformer"] = lms
+    if args.schedule:
+        overrides["schedule"] = args.schedule
+    if args.axes:
+        axes = tuple(a.strip() for a in args.axes.split(",") if a.strip())
+        bad = [a for a in axes if a not in AXES]
+        if bad:
+            ap.error(f"unknown axis {bad[0]!r} in --axes; choose from {', '.join(AXES)}")
+        overrides["axes"] = axes
+    return overrides
+
+
+def main(argv=None):
+    ap = _parser()
     args = ap.parse_args(argv)
     _one_line_cache_warnings()
     from eval.shard import ShardError, parse_shard
@@ -135,28 +168,7 @@ def main(argv=None):
     out = Path(args.out or f"runs/eval-{args.suite}")
     try:
         check_out(out)
-        overrides = {}
-        if args.wider is not None:
-            if SUITES[args.suite].cells:
-                ap.error(f"--wider: the {args.suite} suite's cells are fixed; pick them with "
-                         "--axes, or use --suite quick to derive wider cells from the LO")
-            overrides["wider"] = args.wider
-        if args.seeds is not None:
-            overrides["seeds"] = args.seeds
-        if args.transformer:
-            lms = tuple(t.strip() for t in args.transformer.split(",") if t.strip())
-            bad = [t for t in lms if not t.startswith("lm-")]
-            if bad:
-                ap.error(f"--transformer takes LM task names (lm-...), got {bad[0]!r}")
-            overrides["transformer"] = lms
-        if args.schedule:
-            overrides["schedule"] = args.schedule
-        if args.axes:
-            axes = tuple(a.strip() for a in args.axes.split(",") if a.strip())
-            bad = [a for a in axes if a not in AXES]
-            if bad:
-                ap.error(f"unknown axis {bad[0]!r} in --axes; choose from {', '.join(AXES)}")
-            overrides["axes"] = axes
+        overrides = _overrides(ap, args)
         doc = run_suite(args.lo, args.suite, out, progress=not args.no_progress,
                         overrides=overrides,
                         baselines=tuple(b for b in (args.baselines or "").split(",") if b)

@@ -82,12 +82,16 @@ def _order(suite: str) -> tuple[list[str], dict[str, list[str]]]:
     return list(AXES), fixed
 
 
-def merge(docs: list[dict], sources: list[str] | None = None) -> dict:
+def merge(docs: list[dict], sources: list[str] | None = None, union: bool = False) -> dict:
     """One results document from ``docs``, row by row: a row (an optimizer on a cell) several
     runs hold comes from the last of them. Axes and cells follow the suite's order.
 
     ``sources``: a name for each document (its path); the result's ``merged_from`` lists each
     run that supplied a row, with its command, commit, host and the rows it supplied.
+    ``union``: the runs may evaluate different learned optimizers (a label must name one
+    theta digest in every run) and differ in suite settings; each run in ``merged_from``
+    then records the settings in which it departs from the first run, so every row states
+    how it was computed (one page of every current cell, e.g. ``checkpoints/results``).
 
     Raises:
       MergeError: fewer than two documents, or two that differ in suite, learned optimizers,
@@ -97,18 +101,64 @@ def merge(docs: list[dict], sources: list[str] | None = None) -> dict:
     if len(docs) < 2:
         raise MergeError("give at least two runs to merge")
     sources = sources or [f"run {i + 1}" for i in range(len(docs))]
+    _check_mergeable(docs, sources, union)
+    cells, runs = _join_cells(docs, sources)
+    ref = _settings(docs[0])
+    for r in runs:
+        spec = r.pop("spec", None)
+        if union and spec is not None:
+            r["settings"] = {k: v for k, v in spec.items()
+                             if k not in CELL_SETTINGS and ref.get(k) != v}
+    axes, fixed = _order(docs[0].get("suite"))
+    merged = _in_suite_order(cells, axes, fixed)
+    for c in merged:
+        _speedups(c)
+    merged_from = _rows_by_run(merged, runs)
+    have_cell = {(c["axis"], c["task"]) for c in merged}
+    have_row = {(c["axis"], c["task"], c["steps"], n) for c in merged for n in c["optimizers"]}
+    skipped = list({(s["axis"], s["task"]): s for d in docs for s in d.get("skipped", [])
+                    if (s["axis"], s["task"]) not in have_cell}.values())
+    not_run = list({(n["axis"], n["task"], n["steps"], n["optimizer"]): n
+                    for d in docs for n in d.get("not_run", [])
+                    if (n["axis"], n["task"], n["steps"], n["optimizer"]) not in have_row
+                    }.values())
+    first = {k: v for k, v in docs[0].items() if k != "shard"}   # the merge is no one shard
+    if union:
+        los: dict[str, dict] = {}
+        for d in docs:
+            for lo in d["los"]:
+                los.setdefault(lo["label"], lo)
+        first["los"] = list(los.values())
+    return {**first, "spec": _merged_spec(docs, axes, fixed), "cells": merged,
+            "baselines": list(dict.fromkeys(b for d in docs for b in d.get("baselines", []))),
+            "skipped": skipped,
+            **({"not_run": not_run} if any("not_run" in d for d in docs) else {}),
+            "merged_from": merged_from}
+
+
+def _check_mergeable(docs: list[dict], sources: list[str], union: bool) -> None:
     first, ref = docs[0], _settings(docs[0])
+    digests: dict[str, tuple[str, str]] = {}       # label -> (digest, the run naming it)
+    for doc, src in zip(docs, sources):
+        for label, digest in _los(doc):
+            seen = digests.setdefault(label, (digest, src))
+            if union and seen[0] != digest:
+                raise MergeError(f"{src} and {seen[1]} label different learned optimizers "
+                                 f"{label!r} (theta digests {digest}, {seen[0]}); rerun one "
+                                 "with --lo OTHER_LABEL=PATH (cached groups are reused)")
     for doc, src in zip(docs[1:], sources[1:]):
         if doc.get("suite") != first.get("suite"):
             raise MergeError(f"{src} ran suite {doc.get('suite')!r}, {sources[0]} ran "
                              f"{first.get('suite')!r}; merge runs of one suite")
+        if doc.get("report_seeds") != first.get("report_seeds"):
+            raise MergeError(f"{src} reports seeds {doc.get('report_seeds')}, {sources[0]} "
+                             f"{first.get('report_seeds')}; rerun one with the other's --seeds")
+        if union:
+            continue
         if _los(doc) != _los(first):
             raise MergeError(f"{src} evaluated {_los(doc)}, {sources[0]} {_los(first)} (label, "
                              "theta digest); merge runs of the same learned optimizers, listed "
                              "in the same order")
-        if doc.get("report_seeds") != first.get("report_seeds"):
-            raise MergeError(f"{src} reports seeds {doc.get('report_seeds')}, {sources[0]} "
-                             f"{first.get('report_seeds')}; rerun one with the other's --seeds")
         mine = _settings(doc)
         diff = sorted(k for k in set(ref) | set(mine)
                       if k not in CELL_SETTINGS and ref.get(k) != mine.get(k))
@@ -117,20 +167,21 @@ def merge(docs: list[dict], sources: list[str] | None = None) -> dict:
                              + ", ".join(f"{k} ({mine.get(k)!r} vs {ref.get(k)!r})"
                                          for k in diff)
                              + "; their numbers are not comparable")
-    # every run that computed rows, each row tagged with the index of its run
+
+
+def _join_cells(docs: list[dict], sources: list[str]) -> tuple[dict, list[dict]]:
+    """Every run's cells joined row by row (a later run's row wins), each row tagged with the
+    index of its run in the returned run list; raises MergeError for a cell whose rows were
+    computed on different data."""
     runs: list[dict] = []
     cells: dict[tuple, dict] = {}
-    seen: list[tuple] = []
     data: dict[tuple, str] = {}         # (cell, run) -> the data the run's cell trained on
     for doc, src in zip(docs, sources):
         base = len(runs)
         runs += _provenance(doc, src)
         for c in doc["cells"]:
             k = (c["axis"], c["task"], c["steps"])
-            if k not in cells:
-                cells[k] = {**c, "optimizers": {}}
-                seen.append(k)
-            cell = cells[k]
+            cell = cells.setdefault(k, {**c, "optimizers": {}})
             for n, o in c["optimizers"].items():
                 cell["optimizers"][n] = {**o, "run": base + o.get("run", 0)}  # later wins
                 data[k, base + o.get("run", 0)] = c.get("source") or ""
@@ -140,7 +191,13 @@ def merge(docs: list[dict], sources: list[str] | None = None) -> dict:
                 cell["source"] = c["source"]
     for k, cell in cells.items():
         _same_data(k, cell, data, runs)
-    axes, fixed = _order(first.get("suite"))
+    return cells, runs
+
+
+def _in_suite_order(cells: dict, axes: list, fixed: dict) -> list[dict]:
+    """The cells in the suite's order: by axis, then a fixed axis's own order, else width and
+    steps, else first appearance."""
+    seen = list(cells)
     inf = float("inf")
 
     def place(k):
@@ -153,10 +210,12 @@ def merge(docs: list[dict], sources: list[str] | None = None) -> dict:
         return (axes.index(axis) if axis in axes else inf,
                 pos.index(task) if task in pos else inf,
                 width if axis not in fixed else 0, steps, seen.index(k))
-    merged = [cells[k] for k in sorted(seen, key=place)]
-    for c in merged:
-        _speedups(c)
-    # the runs that supplied a row, renumbered, each with what it supplied
+    return [cells[k] for k in sorted(seen, key=place)]
+
+
+def _rows_by_run(merged: list[dict], runs: list[dict]) -> list[dict]:
+    """The runs that supplied a row, renumbered (rows' ``run`` too), each with the rows it
+    supplied."""
     used = sorted({o["run"] for c in merged for o in c["optimizers"].values()})
     renum = {r: i for i, r in enumerate(used)}
     merged_from = []
@@ -172,14 +231,13 @@ def merge(docs: list[dict], sources: list[str] | None = None) -> dict:
     for c in merged:
         for o in c["optimizers"].values():
             o["run"] = renum[o["run"]]
-    have_cell = {(c["axis"], c["task"]) for c in merged}
-    have_row = {(c["axis"], c["task"], c["steps"], n) for c in merged for n in c["optimizers"]}
-    skipped = list({(s["axis"], s["task"]): s for d in docs for s in d.get("skipped", [])
-                    if (s["axis"], s["task"]) not in have_cell}.values())
-    not_run = list({(n["axis"], n["task"], n["steps"], n["optimizer"]): n
-                    for d in docs for n in d.get("not_run", [])
-                    if (n["axis"], n["task"], n["steps"], n["optimizer"]) not in have_row
-                    }.values())
+    return merged_from
+
+
+def _merged_spec(docs: list[dict], axes: list, fixed: dict) -> dict:
+    """The latest run's suite settings, with the cell lists (fixed cells, axes, widths, LM
+    tasks) the union of every run's, in the suite's order."""
+    inf = float("inf")
     spec = {k: v for d in docs for k, v in d.get("spec", {}).items()}   # the latest's
     for k, axis in (("transformer", "transformer"), ("lowrank", "transformer-lowrank"),
                     ("other_data", "other-data")):
@@ -193,12 +251,7 @@ def merge(docs: list[dict], sources: list[str] | None = None) -> dict:
     spec["wider"] = sorted({w for d in docs for w in d.get("spec", {}).get("wider", ())})
     spec["cells"] = list(dict.fromkeys(tuple(c) for d in docs
                                        for c in d.get("spec", {}).get("cells", ()) or ()))
-    first = {k: v for k, v in first.items() if k != "shard"}   # the merge is no one shard
-    return {**first, "spec": spec, "cells": merged,
-            "baselines": list(dict.fromkeys(b for d in docs for b in d.get("baselines", []))),
-            "skipped": skipped,
-            **({"not_run": not_run} if any("not_run" in d for d in docs) else {}),
-            "merged_from": merged_from}
+    return spec
 
 
 def _same_data(k: tuple, cell: dict, data: dict, runs: list[dict]) -> None:
@@ -248,7 +301,7 @@ def _provenance(doc: dict, source: str) -> list[dict]:
     if doc.get("merged_from"):
         return [{k: v for k, v in m.items() if k != "cells"} for m in doc["merged_from"]]
     return [{"source": source, "command": doc.get("command"), "commit": doc.get("commit"),
-             "host": doc.get("host")}]
+             "host": doc.get("host"), "spec": _settings(doc)}]
 
 
 def main(argv=None) -> int:
@@ -261,12 +314,17 @@ def main(argv=None) -> int:
                     "several runs hold comes from the last one listed.")
     ap.add_argument("runs", nargs="+", help="suite output directories (or their results.json)")
     ap.add_argument("--out", required=True, help="output directory of the merged report")
+    ap.add_argument("--union", action="store_true",
+                    help="runs of one suite that evaluated different learned optimizers or "
+                         "ran with other suite settings: one page of every cell, each run "
+                         "listed with its commit, command and the settings in which it departs "
+                         "from the first run (e.g. checkpoints/results)")
     args = ap.parse_args(argv)
     from eval.report import OutError, check_out, publish
     try:
         check_out(Path(args.out), create=False)
         docs = [load(r) for r in args.runs]
-        doc = merge(docs, list(args.runs))
+        doc = merge(docs, list(args.runs), union=args.union)
         check_out(Path(args.out))
     except (MergeError, OutError) as e:
         print(f"error: {e}", file=sys.stderr)

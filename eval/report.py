@@ -406,7 +406,34 @@ def _tuned_names(doc: dict) -> list[str]:
 
 
 def markdown(doc: dict, plots: list[str]) -> str:
-    lines = [f"# Generalization suite `{doc['suite']}`", ""]
+    lines = [f"# Generalization suite `{doc['suite']}`", ""] + _header_md(doc) + [""]
+    lines += _axis_tables_md(doc)
+    for sk in doc.get("skipped", []):
+        lines += [f"## {sk['axis']}: `{sk['task']}` skipped", "", sk["reason"], ""]
+    if doc.get("not_run"):
+        lines += ["## Not run yet", "", "Report made with `--cached-only`: these rows had no "
+                  "cached results and are missing from the tables above.", ""]
+        lines += [f"- {r['axis']} `{r['task']}` ({r['steps']} steps): {r['optimizer']}"
+                  + _narrower_timing(doc, r) for r in doc["not_run"]] + [""]
+    lines += _against_adamw_md(doc)
+    lines += _tuned_lrs_md(doc)
+    names = list(dict.fromkeys(n for c in doc["cells"] for n in c["optimizers"]))
+    lines += ["Seconds per training step (compile excluded; vmapped runs, so per run-step):",
+              "", "| task | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for c in doc["cells"]:
+        lines.append(f"| {c['task']} | " + " | ".join(
+            f"{c['optimizers'][n]['wall_s_per_step'] * 1e3:.2f} ms" if n in c["optimizers"]
+            else "" for n in names) + " |")
+    lines.append("")
+    lines += _compute_md(doc, names)
+    lines += [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _header_md(doc: dict) -> list[str]:
+    """The report's opening list: the LOs, where the cells come from, data, test metrics,
+    hosts, commit and command, merged runs, the protocol and the suite's settings."""
+    lines = []
     for lo in doc["los"]:
         mc = lo["meta_config"] or {}
         lines.append(f"- **{lo['label']}**: `{lo['path']}` ({'μP' if lo['config']['mup'] else 'SP'}"
@@ -430,7 +457,9 @@ def markdown(doc: dict, plots: list[str]) -> str:
         lines.append(f"  - merged from `{m['source']}`: {', '.join(m['cells'])}; computed at "
                      f"commit `{m.get('commit')}` by `{m.get('command')}`"
                      + (f" on {m['host']['machine']}, {m['host']['cpu_threads']} CPU threads"
-                        if m.get("host") and m["host"] != doc.get("host") else ""))
+                        if m.get("host") and m["host"] != doc.get("host") else "")
+                     + (" with " + ", ".join(f"{k} = {_fmt(v)}" for k, v in m["settings"].items())
+                        + " (unlike the first run)" if m.get("settings") else ""))
     lines += [
               f"- baselines ({', '.join(_tuned_names(doc))}) tuned on seed "
               f"{doc.get('tuning_seed', 0)} over a log LR grid; "
@@ -467,12 +496,14 @@ def markdown(doc: dict, plots: list[str]) -> str:
                      "LR tuned at the widest cell of the same family at or below that limit and "
                      "its two grid neighbours (arXiv 2203.03466); SP baselines keep their full "
                      "grid")
-    lines += _overrides(doc) + [""]
-    axes = []
-    for c in doc["cells"]:
-        if c["axis"] not in axes:
-            axes.append(c["axis"])
-    for axis in axes:
+    return lines + _overrides(doc)
+
+
+def _axis_tables_md(doc: dict) -> list[str]:
+    """Per axis: final losses, then step speedups over tuned AdamW ("–" in a cell without
+    AdamW)."""
+    lines = []
+    for axis in dict.fromkeys(c["axis"] for c in doc["cells"]):
         cells = [c for c in doc["cells"] if c["axis"] == axis]
         # fixed cells (transformer, low-rank) carry their own baselines
         names = list(dict.fromkeys(n for c in cells for n in c["optimizers"]))
@@ -483,23 +514,21 @@ def markdown(doc: dict, plots: list[str]) -> str:
                          + " | ".join(loss_columns(c["optimizers"], names)) + " |")
         lines += ["", "Speedup vs tuned AdamW (`adamw`; `adamw-cosine` where it is absent): "
                   "steps AdamW needs to reach the lowest point of its seed-mean curve / steps "
-                  "the optimizer needs to reach that loss; 0 = never reaches it:", "",
+                  "the optimizer needs to reach that loss; 0 = never reaches it; – = no AdamW "
+                  "row in the cell:", "",
                   "| task | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
         for c in cells:
             lines.append(f"| {c['task']} | " + " | ".join(
-                f"{c['optimizers'][n].get('speedup_vs_adamw', float('nan')):.2f}"
+                ("–" if "speedup_vs_adamw" not in c["optimizers"][n]
+                 else f"{c['optimizers'][n]['speedup_vs_adamw']:.2f}")
                 if n in c["optimizers"] else "" for n in names) + " |")
         lines.append("")
-    for sk in doc.get("skipped", []):
-        lines += [f"## {sk['axis']}: `{sk['task']}` skipped", "", sk["reason"], ""]
-    if doc.get("not_run"):
-        lines += ["## Not run yet", "", "Report made with `--cached-only`: these rows had no "
-                  "cached results and are missing from the tables above.", ""]
-        lines += [f"- {r['axis']} `{r['task']}` ({r['steps']} steps): {r['optimizer']}"
-                  + _narrower_timing(doc, r) for r in doc["not_run"]] + [""]
-    lines += _against_adamw_md(doc)
-    lines += ["Tuned learning rates (‡ = the best LR is at an end of its grid, so a wider grid "
-              "might do better): " + "; ".join(
+    return lines
+
+
+def _tuned_lrs_md(doc: dict) -> list[str]:
+    return ["Tuned learning rates (‡ = the best LR is at an end of its grid, so a wider grid "
+            "might do better): " + "; ".join(
         f"{c['task']} ({c['steps']} steps): " + ", ".join(
             f"{n}={o['lr']:.3g}" + ("‡" if len(o["grid"]) > 1 and o["lr"] in
                                     (o["grid"][0], o["grid"][-1]) else "")
@@ -509,17 +538,6 @@ def markdown(doc: dict, plots: list[str]) -> str:
             + (f" (AdamW at {o['adam_lr']:.3g} on the other leaves)" if o.get("adam_lr")
                else "")
             for n, o in c["optimizers"].items() if "grid" in o) for c in doc["cells"]), ""]
-    names = list(dict.fromkeys(n for c in doc["cells"] for n in c["optimizers"]))
-    lines += ["Seconds per training step (compile excluded; vmapped runs, so per run-step):",
-              "", "| task | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-    for c in doc["cells"]:
-        lines.append(f"| {c['task']} | " + " | ".join(
-            f"{c['optimizers'][n]['wall_s_per_step'] * 1e3:.2f} ms" if n in c["optimizers"]
-            else "" for n in names) + " |")
-    lines.append("")
-    lines += _compute_md(doc, names)
-    lines += [f"![{p}]({p})" for p in plots]
-    return "\n".join(lines) + "\n"
 
 
 def _compute_md(doc: dict, names: list[str]) -> list[str]:

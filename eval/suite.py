@@ -46,6 +46,7 @@ import numpy as np
 import lopt
 from eval import keys
 from eval.labels import untrained_label  # noqa: F401 (re-exported)
+from eval.plan import Step, plan_groups
 from eval.cache import (COMPATIBLE_VERSIONS, SUITE_VERSION, Busy, GroupCache,  # noqa: F401
                         NotCached, is_held)
 from lopt.baselines import BASELINES, SCHEDULES
@@ -246,27 +247,15 @@ def transfer_limit(cell: Cell, spec: SuiteSpec, widest: int) -> int:
     return 0
 
 
-def baseline_grid(name: str, spec: SuiteSpec, cell: Cell, limit: int,
-                  tuned: dict[tuple[str, str], tuple[int, float]]
-                  ) -> tuple[list[float], int | None]:
-    """The LR grid a baseline is tuned over in ``cell``, and the width its LR transfers from.
-
-    μTransfer (Yang et al., Tensor Programs V, arXiv 2203.03466): under μP the best LR does
-    not move with width, so on a cell wider than ``limit`` (:func:`transfer_limit`) a μP
-    baseline searches only its LR tuned at the widest cell of the same family at or below
-    the limit (``tuned[family, name] = (width, lr)``) and its two neighbours on the baseline's
-    grid spacing. SP baselines and every other cell use the baseline's centered grid.
-    """
-    grid = _grid(name, spec.grid_points)
-    width = _width(cell.task)
-    key = (family(cell.task), name)
-    if (not limit or width is None or width <= limit or key not in tuned
-            or BASELINES[name].parametrization != "mup"):
-        return grid, None
+def transfer_grid(name: str, lr: float) -> list[float]:
+    """The LRs a μP baseline searches on a cell above its μTransfer limit
+    (:func:`transfer_limit`): the LR tuned at the widest cell of the same family at or below
+    the limit and its two neighbours on the baseline's grid spacing. Under μP the best LR
+    does not move with width (Yang et al., Tensor Programs V, arXiv 2203.03466); which cell
+    an LR transfers from is :func:`eval.plan.plan_groups`'s."""
     full = BASELINES[name].lr_grid
     ratio = full[1] / full[0]
-    src, lr = tuned[key]
-    return [float(f"{lr / ratio:.3g}"), lr, float(f"{lr * ratio:.3g}")], src
+    return [float(f"{lr / ratio:.3g}"), lr, float(f"{lr * ratio:.3g}")]
 
 
 def extend_at_edges(run_one, grid: list[float], finals: list[float], base_grid, steps: int
@@ -554,6 +543,7 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
 
     The first LO's meta-training config defines the cells; every optimizer runs each cell in
     its own parametrization (μP for μLO, μAdam, Muon; SP for SP LO, AdamW, SGD, Prodigy).
+    The groups to compute come from :func:`eval.plan.plan_groups`; :func:`execute` runs them.
     ``cached_only``: train nothing; rows whose groups are not in ``<out>/cells`` yet are left
     out and listed in the document's ``"not_run"`` (cells with no row at all are dropped).
     ``log``: called with the cell plan (axis, task, steps) before anything trains, and with a
@@ -569,199 +559,18 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
     if not meta_cfg:
         raise SuiteError(f"{los[0].path} carries no meta-training config; the suite "
                          "needs one to define its axes")
-    names = tuple(baselines) if baselines else spec.baselines
     cells = cells_for(meta_cfg, spec)
     if shard is not None:
         cells = shard_cells(cells, spec, meta_cfg, shard)
-    unknown = [n for n in dict.fromkeys(names + tuple(b for c in cells for b in c.baselines or ()))
-               if n not in BASELINES]
-    if unknown:
-        raise SuiteError(f"unknown baseline(s) {unknown}; choose from {sorted(BASELINES)}")
-    if spec.schedule not in SCHEDULES:
-        raise SuiteError(f"unknown schedule {spec.schedule!r}; choose from "
-                         f"{', '.join(SCHEDULES)}")
-    schedule = None if spec.schedule == "constant" else spec.schedule
-    def cell_names(cell: Cell) -> tuple[str, ...]:
-        """A fixed cell's own baselines (those the user listed, if they listed any)."""
-        if cell.baselines is None:
-            return names
-        return tuple(n for n in cell.baselines if not baselines or n in baselines)
-
-    for group in {cell_names(c) for c in cells}:
-        labels = {n: row_label(n, spec.schedule) for n in group}
-        if len(set(labels.values())) < len(labels):
-            raise SuiteError(f"with schedule {spec.schedule!r} the baselines {list(group)} "
-                             "name the same optimizer twice; list each once")
-    labels = {n: row_label(n, spec.schedule)
-              for n in dict.fromkeys(names + tuple(b for c in cells for b in cell_names(c)))}
     if not cells:
         raise SuiteError(f"suite {suite!r} has no cells on axes {', '.join(spec.axes)} "
                          f"for {los[0].path}")
-    # every cell's data first, so missing data stops the suite before any training; cells of
-    # the optional axes (fixed tasks such as the fortunes LMs) are skipped and reported
-    from meta_train.data import DataNotFoundError
-    sources, skipped = {}, []
-    for c in cells:
-        try:
-            sources[c] = data_source(variant(c.task, "mup"))
-        except DataNotFoundError as e:
-            if c.axis not in OPTIONAL_AXES:
-                raise
-            skipped.append({"axis": c.axis, "task": c.task, "reason": str(e)})
-    cells = [c for c in cells if c in sources]
+    ctx = _Context(spec, los, SuitePlan.make(cells, los, spec, baselines, meta_cfg),
+                   Runner(out, cached_only=cached_only, group_runs=group_runs))
     if log is not None:
-        for line in cell_plan(los, cells, spec):
+        for line in cell_plan(los, ctx.plan.cells, spec) + ctx.plan.skipped_lines():
             log(line)
-        for sk in skipped:
-            log(f"skipped {sk['axis']} cell {sk['task']}: {sk['reason']}")
-    runner = Runner(out, cached_only=cached_only, group_runs=group_runs)
-    seeds, tune_seed = report_seeds(spec), tuning_seed(spec)
-
-    def untrained_rows(cell: Cell) -> bool:
-        return spec.untrained_everywhere or cell.axis == "in-distribution"
-    total = (sum(2 * len(cell_names(c)) + int(spec.fixed_adamw) + len(los) for c in cells)
-             + sum(len(los) for c in cells if untrained_rows(c)))
-    widest = base_width(meta_cfg, spec)
-    busy: list[Busy] = []       # groups other processes sharing ``out`` were computing
-
-    def one_pass(bar) -> tuple[list[dict], list[dict]]:
-        """Every cell once: computes or reads each group; (results, rows not run)."""
-        results: list[dict] = []
-        not_run: list[dict] = []
-        # (task family, μP baseline) -> (width, LR) for μTransfer
-        tuned: dict[tuple[str, str], tuple[int, float]] = {}
-        # ... and those whose tuning another process holds: (width, its Busy); a wider cell
-        # that would transfer from it waits for it rather than tune on another grid
-        pending: dict[tuple[str, str], tuple[int, Busy]] = {}
-        for cell in cells:
-            entry = {"axis": cell.axis, "task": variant(cell.task, "mup"), "steps": cell.steps,
-                     "source": sources[cell], "optimizers": {}}
-            # LOs first: they are the point of the suite, so an interrupted run has them cached
-            lo_rows = {}
-
-            def missing(row, e):
-                if isinstance(e, Busy):     # another process computes it: wait, then redo
-                    busy.append(e)
-                    return
-                not_run.append({"axis": cell.axis, "task": cell.task, "steps": cell.steps,
-                                "optimizer": row, "group": str(e)})
-            for lo in los:
-                task = variant(cell.task, "mup" if lo.config.mup else "sp")
-                try:
-                    lo_rows[lo.label] = _summary(runner.run_lo(task, lo, cell.steps, seeds),
-                                                 0, task=task)
-                except NotCached as e:
-                    missing(lo.label, e)
-                bar.update(1)
-                if untrained_rows(cell):
-                    try:
-                        lo_rows[untrained_label(lo.label)] = _summary(
-                            runner.run_lo(task, lo, cell.steps, seeds, untrained=True), 0,
-                            task=task)
-                    except NotCached as e:
-                        missing(untrained_label(lo.label), e)
-                    bar.update(1)
-            fixed = None
-            if spec.fixed_adamw:
-                task = variant(cell.task, "sp")
-                try:
-                    fixed = _summary(runner.run_baseline(task, "adamw", cell.steps, [1e-3],
-                                                         seeds), 0, lr=1e-3, task=task)
-                except NotCached as e:
-                    missing("adamw@1e-3", e)
-                bar.update(1)
-            # matrix-function baselines last: an interrupted cell keeps its cheap rows; a baseline
-            # that runs AdamW on part of its leaves after the AdamW it takes the LR from
-            best_here: dict[str, float] = {}
-            unavailable: dict[str, NotCached] = {}      # tunings not done here (yet)
-            for name in sorted(cell_names(cell), key=lambda n: (BASELINES[n].matrix_functions,
-                                                                bool(BASELINES[n].adam_lr_from))):
-                task = variant(cell.task, BASELINES[name].parametrization)
-                limit = transfer_limit(cell, spec, widest)
-                w, fam = _width(cell.task), (family(cell.task), name)
-                if (limit and w and w > limit and fam in pending
-                        and pending[fam][0] > tuned.get(fam, (0,))[0]
-                        and BASELINES[name].parametrization == "mup"):
-                    missing(labels[name], pending[fam][1])
-                    bar.update(2)
-                    continue
-                source = BASELINES[name].adam_lr_from
-                if source in unavailable:   # not with another AdamW LR than the cell's own
-                    missing(labels[name], unavailable[source])
-                    bar.update(2)
-                    continue
-                grid, transfer = baseline_grid(name, spec, cell, limit, tuned)
-                adam_lr = best_here.get(source)
-                try:
-                    tune = runner.run_baseline(task, name, cell.steps, grid, [tune_seed],
-                                               schedule=schedule, adam_lr=adam_lr)
-                    finals = [final_loss(np.asarray(l[0])) for l in tune["losses"]]
-                    finals = [f if np.isfinite(f) else np.inf for f in finals]
-                    grid, finals, extra_s = extend_at_edges(
-                        lambda lr: runner.run_baseline(task, name, cell.steps, [lr], [tune_seed],
-                                                       schedule=schedule, adam_lr=adam_lr),
-                        grid, finals, BASELINES[name].lr_grid, spec.extend_edges)
-                except NotCached as e:
-                    if isinstance(e, Busy) and w and not transfer and w <= limit:
-                        pending[fam] = max(pending.get(fam, (0, e)), (w, e),
-                                           key=lambda p: p[0])
-                    unavailable[name] = e
-                    missing(labels[name], e)
-                    bar.update(2)
-                    continue
-                best = grid[int(np.argmin(finals))]
-                best_here[name] = best
-                if w and not transfer and w <= limit and w > tuned.get(fam, (0,))[0]:
-                    tuned[fam] = (w, best)
-                bar.update(1)
-                try:
-                    rep = runner.run_baseline(task, name, cell.steps, [best], seeds,
-                                              schedule=schedule, adam_lr=adam_lr)
-                except NotCached as e:
-                    missing(labels[name], e)
-                    bar.update(1)
-                    continue
-                entry["optimizers"][labels[name]] = _summary(
-                    rep, 0, lr=best, grid=grid, tune=finals, task=task,
-                    **({"mutransfer_from_width": transfer} if transfer else {}),
-                    **({"adam_lr": adam_lr} if adam_lr is not None else {}),
-                    schedule=schedule or BASELINES[name].schedule)
-                entry["optimizers"][labels[name]]["compute_s"] += group_seconds(tune) + extra_s
-                bar.update(1)
-            entry["optimizers"] = {labels[n]: entry["optimizers"][labels[n]]
-                                   for n in cell_names(cell) if labels[n] in entry["optimizers"]}
-            if fixed is not None:
-                entry["optimizers"]["adamw@1e-3"] = fixed
-            entry["optimizers"].update(lo_rows)
-            ref = entry["optimizers"].get("adamw", entry["optimizers"].get("adamw-cosine"))
-            for o in entry["optimizers"].values():
-                if ref is not None:
-                    o["speedup_vs_adamw"] = speedup(ref["mean_curve"], o["mean_curve"])
-            if entry["optimizers"]:
-                results.append(entry)
-        return results, not_run
-
-    attempt = 0
-    while True:
-        attempt += 1
-        busy.clear()
-        bar = progress_bar(total, desc=f"eval {suite}" + (f" (pass {attempt})" if attempt > 1
-                                                          else ""),
-                           unit="group", enabled=progress, every=1)
-        results, not_run = one_pass(bar)
-        bar.close()
-        if not busy:
-            break
-        # rows whose groups other processes hold: wait until one of those is done, then a
-        # pass that reads it (and computes what depended on it, e.g. a tuned baseline's report
-        # seeds, a wider cell's μTransfer) and takes any group no one holds
-        said = 0.0
-        while all(is_held(e.lock) for e in busy):
-            if log is not None and time.time() - said > WAIT_NOTE_S:
-                log(f"waiting for {len(busy)} group(s) other processes are computing: "
-                    + "; ".join(dict.fromkeys(str(e) for e in busy)))
-                said = time.time()
-            time.sleep(LOCK_POLL_S)
+    results, not_run = run_passes(ctx, f"eval {suite}", progress, log)
     if not results:
         raise SuiteError(f"nothing of this suite is cached in {out}/cells yet; run it "
                          "without --cached-only (or point --out at the run in progress)")
@@ -769,12 +578,201 @@ def run_suite(lo_paths, suite: str, out: Path, progress: bool = True,
             "los": [{"label": lo.label, "path": str(lo.path), "config": lo.config.to_dict(),
                      "meta_step": lo.meta.get("step"), "digest": lo.digest,
                      "meta_config": lo.meta.get("config")} for lo in los],
-            "spec": dataclasses.asdict(spec), "baselines": list(names),
-            "report_seeds": seeds, "tuning_seed": tune_seed, "cells": results,
-            "skipped": skipped,
+            "spec": dataclasses.asdict(spec), "baselines": list(ctx.plan.names),
+            "report_seeds": report_seeds(spec), "tuning_seed": tuning_seed(spec),
+            "cells": results, "skipped": ctx.plan.skipped,
             **({"not_run": not_run} if cached_only else {}),
             **({"shard": f"{shard[0]}/{shard[1]}"} if shard is not None else {}),
             "host": host_info(), "full_mean_curves": True}   # in memory, nothing is rounded
+
+
+@dataclasses.dataclass(frozen=True)
+class SuitePlan:
+    """A suite's cells (those whose data is here), their row labels and baselines, the
+    cells skipped for missing data, and the steps (:func:`eval.plan.plan_groups`)."""
+    cells: list[Cell]
+    sources: dict            # cell -> data source
+    skipped: list[dict]
+    names: tuple[str, ...]   # the suite's baselines
+    cell_names: dict         # cell -> the baselines tuned there
+    labels: dict[str, str]   # baseline -> row label
+    steps: list[Step]
+
+    @staticmethod
+    def make(cells: list[Cell], los: list[LearnedOpt], spec: SuiteSpec,
+             baselines: tuple[str, ...] | None, meta_cfg: dict) -> "SuitePlan":
+        """Raises SuiteError for an unknown baseline or schedule, or two baselines that name
+        one row; missing data of a required axis raises DataNotFoundError before anything
+        trains, and skips a cell of an optional axis."""
+        names = tuple(baselines) if baselines else spec.baselines
+        # a fixed cell's own baselines (those the user listed, if they listed any)
+        cell_names = {c: names if c.baselines is None else
+                      tuple(n for n in c.baselines if not baselines or n in baselines)
+                      for c in cells}
+        unknown = [n for n in dict.fromkeys(names + sum(cell_names.values(), ()))
+                   if n not in BASELINES]
+        if unknown:
+            raise SuiteError(f"unknown baseline(s) {unknown}; choose from {sorted(BASELINES)}")
+        if spec.schedule not in SCHEDULES:
+            raise SuiteError(f"unknown schedule {spec.schedule!r}; choose from "
+                             f"{', '.join(SCHEDULES)}")
+        for group in set(cell_names.values()):
+            if len({row_label(n, spec.schedule) for n in group}) < len(group):
+                raise SuiteError(f"with schedule {spec.schedule!r} the baselines {list(group)} "
+                                 "name the same optimizer twice; list each once")
+        labels = {n: row_label(n, spec.schedule)
+                  for n in dict.fromkeys(names + sum(cell_names.values(), ()))}
+        from meta_train.data import DataNotFoundError
+        sources, skipped = {}, []
+        for c in cells:
+            try:
+                sources[c] = data_source(variant(c.task, "mup"))
+            except DataNotFoundError as e:
+                if c.axis not in OPTIONAL_AXES:
+                    raise
+                skipped.append({"axis": c.axis, "task": c.task, "reason": str(e)})
+        cells = [c for c in cells if c in sources]
+        widest = base_width(meta_cfg, spec)
+        steps = plan_groups(
+            cells, [lo.label for lo in los], lambda c: cell_names[c],
+            fixed_adamw=spec.fixed_adamw,
+            untrained=lambda c: spec.untrained_everywhere or c.axis == "in-distribution",
+            limit_of=lambda c: transfer_limit(c, spec, widest))
+        return SuitePlan(cells, sources, skipped, names, cell_names, labels, steps)
+
+    def skipped_lines(self) -> list[str]:
+        return [f"skipped {s['axis']} cell {s['task']}: {s['reason']}" for s in self.skipped]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Context:
+    spec: SuiteSpec
+    los: list[LearnedOpt]
+    plan: SuitePlan
+    runner: "Runner"
+
+
+def run_passes(ctx: _Context, desc: str, progress: bool,
+               log: Callable[[str], None] | None) -> tuple[list[dict], list[dict]]:
+    """Executes the plan until no step waits on another process sharing ``out``: a pass
+    computes or reads each step; rows whose groups other processes hold are awaited (until
+    one of them is done), then a pass reads them and computes what depended on them (a
+    tuned baseline's report seeds, a wider cell's μTransfer) and any group no one holds.
+    Returns (cells' results, rows not run)."""
+    attempt = 0
+    while True:
+        attempt += 1
+        bar = progress_bar(len(ctx.plan.steps),
+                           desc=desc + (f" (pass {attempt})" if attempt > 1 else ""),
+                           unit="group", enabled=progress, every=1)
+        done = execute(ctx, bar)
+        bar.close()
+        results, not_run, busy = assemble(ctx, done)
+        if not busy:
+            return results, not_run
+        said = 0.0
+        while all(is_held(e.lock) for e in busy):
+            if log is not None and time.time() - said > WAIT_NOTE_S:
+                log(f"waiting for {len(busy)} group(s) other processes are computing: "
+                    + "; ".join(dict.fromkeys(str(e) for e in busy)))
+                said = time.time()
+            time.sleep(LOCK_POLL_S)
+
+
+def execute(ctx: _Context, bar) -> list:
+    """Every step of the plan once, in order: per step its result (a row's summary; for a
+    tune step the tuned LR and its sweep), or the :class:`eval.cache.NotCached` that kept it
+    from running (its own, or that of a step it needs)."""
+    done: list = []
+    for step in ctx.plan.steps:
+        failed = [done[i] for i in step.needs if isinstance(done[i], NotCached)]
+        if failed:
+            done.append(failed[0])
+        else:
+            try:
+                done.append(_run_step(ctx, step, done))
+            except NotCached as e:
+                done.append(e)
+        bar.update(1)
+    return done
+
+
+def _run_step(ctx: _Context, step: Step, done: list) -> dict:
+    cell, spec, runner = ctx.plan.cells[step.cell], ctx.spec, ctx.runner
+    seeds = report_seeds(spec)
+    if step.kind in ("lo", "untrained"):
+        lo = next(o for o in ctx.los if o.label == step.name)
+        task = variant(cell.task, "mup" if lo.config.mup else "sp")
+        return _summary(runner.run_lo(task, lo, cell.steps, seeds,
+                                      untrained=step.kind == "untrained"), 0, task=task)
+    if step.kind == "fixed-adamw":
+        task = variant(cell.task, "sp")
+        return _summary(runner.run_baseline(task, "adamw", cell.steps, [1e-3], seeds), 0,
+                        lr=1e-3, task=task)
+    name, schedule = step.name, None if spec.schedule == "constant" else spec.schedule
+    task = variant(cell.task, BASELINES[name].parametrization)
+    adam_lr = None if step.adam_lr is None else done[step.adam_lr]["lr"]
+    if step.kind == "tune":
+        grid, source = _grid(name, spec.grid_points), None
+        if step.transfer is not None:
+            source = _width(ctx.plan.cells[done[step.transfer]["cell"]].task)
+            grid = transfer_grid(name, done[step.transfer]["lr"])
+
+        def run(lrs):
+            return runner.run_baseline(task, name, cell.steps, lrs, [tuning_seed(spec)],
+                                       schedule=schedule, adam_lr=adam_lr)
+        tune = run(grid)
+        finals = [final_loss(np.asarray(l[0])) for l in tune["losses"]]
+        grid, finals, extra_s = extend_at_edges(
+            lambda lr: run([lr]), grid, [f if np.isfinite(f) else np.inf for f in finals],
+            BASELINES[name].lr_grid, spec.extend_edges)
+        return {"cell": step.cell, "lr": grid[int(np.argmin(finals))], "grid": grid,
+                "tune": finals, "seconds": group_seconds(tune) + extra_s, "source": source}
+    tuned = done[step.needs[0]]
+    rep = runner.run_baseline(task, name, cell.steps, [tuned["lr"]], seeds,
+                              schedule=schedule, adam_lr=adam_lr)
+    row = _summary(rep, 0, lr=tuned["lr"], grid=tuned["grid"], tune=tuned["tune"], task=task,
+                   **({"mutransfer_from_width": tuned["source"]} if tuned["source"] else {}),
+                   **({"adam_lr": adam_lr} if adam_lr is not None else {}),
+                   schedule=schedule or BASELINES[name].schedule)
+    row["compute_s"] += tuned["seconds"]
+    return row
+
+
+def assemble(ctx: _Context, done: list) -> tuple[list[dict], list[dict], list[Busy]]:
+    """The executed plan as the results' cells: per cell its rows (the baselines in the
+    suite's order, AdamW at 1e-3, then the LOs), each with its step speedup over AdamW;
+    the rows not run, and the groups other processes hold."""
+    plan = ctx.plan
+    rows: dict[int, dict[str, dict]] = {i: {} for i in range(len(plan.cells))}
+    not_run, busy = [], []
+    for step, res in zip(plan.steps, done):
+        if step.kind == "tune":         # its row is its report step's
+            continue
+        label = {"lo": step.name, "untrained": untrained_label(step.name),
+                 "fixed-adamw": "adamw@1e-3"}.get(step.kind) or plan.labels[step.name]
+        cell = plan.cells[step.cell]
+        if isinstance(res, Busy):
+            busy.append(res)
+        elif isinstance(res, NotCached):
+            not_run.append({"axis": cell.axis, "task": cell.task, "steps": cell.steps,
+                            "optimizer": label, "group": str(res)})
+        else:
+            rows[step.cell][label] = res
+    results = []
+    for i, cell in enumerate(plan.cells):
+        order = [plan.labels[n] for n in plan.cell_names[cell]] + ["adamw@1e-3"]
+        opts = {k: rows[i][k] for k in order if k in rows[i]}
+        opts.update({k: v for k, v in rows[i].items() if k not in opts})
+        ref = opts.get("adamw", opts.get("adamw-cosine"))
+        for o in opts.values():
+            if ref is not None:
+                o["speedup_vs_adamw"] = speedup(ref["mean_curve"], o["mean_curve"])
+        if opts:
+            results.append({"axis": cell.axis, "task": variant(cell.task, "mup"),
+                            "steps": cell.steps, "source": plan.sources[cell],
+                            "optimizers": opts})
+    return results, not_run, busy
 
 
 def shard_cells(cells: list[Cell], spec: SuiteSpec, meta_cfg: dict,

@@ -220,3 +220,29 @@ def test_merging_into_a_meta_training_run_is_one_line_and_leaves_its_tb(whole, t
     assert len(err) == 1 and "holds a meta-training run (config.json, metrics.jsonl)" in err[0]
     assert (run / "tb" / "events.1").read_bytes() == b"curves"
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.jsonl", "tb"]
+
+
+def test_a_union_joins_runs_of_other_learned_optimizers_and_settings_and_says_which(whole):
+    """--union: one page of every cell from runs that evaluated different LOs or ran with
+    other settings; each run names the settings in which it departs from the first, a label
+    naming two thetas is refused, and other report seeds are still refused."""
+    from eval.report import markdown
+    a, b = _split(whole)
+    b["spec"]["grid_points"] = 3
+    b["los"] = b["los"][:1] + [{**b["los"][0], "label": "μVeLO", "digest": "f" * 16}]
+    with pytest.raises(M.MergeError, match="same learned optimizers"):
+        M.merge([a, b])
+    doc = M.merge([a, b], ["runs/a", "runs/b"], union=True)
+    assert [lo["label"] for lo in doc["los"]] == [lo["label"] for lo in a["los"]] + ["μVeLO"]
+    by_source = {m["source"]: m for m in doc["merged_from"]}
+    assert by_source["runs/b"]["settings"] == {"grid_points": 3}
+    assert by_source["runs/a"]["settings"] == {}
+    md = markdown(dict(doc, commit="c", command="c"), [])
+    assert "grid_points = 3 (unlike the first run)" in md
+    b["los"][1]["label"] = a["los"][0]["label"]            # one label, two thetas
+    with pytest.raises(M.MergeError, match="label different learned optimizers"):
+        M.merge([a, b], ["runs/a", "runs/b"], union=True)
+    b["los"][1]["label"] = "μVeLO"
+    b["report_seeds"] = [1, 2]
+    with pytest.raises(M.MergeError, match="--seeds"):
+        M.merge([a, b], ["runs/a", "runs/b"], union=True)

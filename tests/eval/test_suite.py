@@ -454,58 +454,6 @@ def test_cosine_schedule_tunes_every_baseline_under_its_own_name(smoke_eval):
                     overrides={"schedule": "cosine"}, baselines=("adamw", "adamw-cosine"))
 
 
-def test_mutransfer_reuses_the_lr_tuned_at_the_widest_affordable_cell():
-    spec = S.SUITES["full"]
-    assert spec.mutransfer_above == 8
-    cells = {(c.axis, c.task): c for c in S.cells_for(_META, spec)}
-    w1024, w2048 = cells["wider", "mlp-fmnist8-w1024-d3"], cells["wider", "mlp-fmnist8-w2048-d3"]
-    fam = "mlp-fmnist8-w*-d3"
-    tuned = {(fam, "muadam"): (1024, 0.0959), (fam, "muon"): (1024, 0.0306)}
-    limit = S.transfer_limit(w2048, spec, 128)
-    assert limit == 1024 and S.transfer_limit(w1024, spec, 128) == 1024
-    # up to 8x: the full grid, and nothing transfers
-    assert S.baseline_grid("muadam", spec, w1024, limit, tuned) == (S._grid("muadam", 7), None)
-    # 16x, 32x: three points around the 8x LR on the baseline's grid spacing (~10^0.5)
-    grid, src = S.baseline_grid("muadam", spec, w2048, limit, tuned)
-    assert src == 1024 and grid[1] == 0.0959 and len(grid) == 3
-    np.testing.assert_allclose([grid[0] * 10 ** 0.5, grid[2] / 10 ** 0.5], 0.0959, rtol=0.02)
-    assert S.baseline_grid("muon", spec, cells["wider", "mlp-fmnist8-w4096-d3"], limit,
-                           tuned)[1] == 1024
-    # SP AdamW keeps its full grid; other axes and a baseline without a tuned LR are tuned
-    assert S.baseline_grid("adamw", spec, w2048, limit, {(fam, "adamw"): (1024, 1e-3)})[1] is None
-    assert S.baseline_grid("modular", spec, w2048, limit, tuned)[1] is None
-    deep = cells["deeper", "mlp-fmnist8-w128-d15"]
-    assert S.transfer_limit(deep, spec, 128) == 0
-    assert S.baseline_grid("muadam", spec, deep, 0, tuned)[1] is None
-    # an LR tuned on another family (another depth) never transfers
-    assert S.baseline_grid("muadam", spec, cells["wider", "mlp-fmnist8-w2048-d3"], limit,
-                           {("mlp-fmnist8-w*-d5", "muadam"): (1024, 0.1)})[1] is None
-    # off in suites that do not ask for it
-    quick = S.SUITES["quick"]
-    assert S.transfer_limit(w2048, quick, 128) == 0
-    assert S.baseline_grid("muadam", quick, w2048, 0, tuned)[1] is None
-
-
-def test_transformer_cells_above_d256_transfer_the_lr_of_their_widest_tuned_family_member():
-    spec = S.SUITES["full"]
-    lm = {c.task: c for c in S.cells_for(_META, spec) if c.axis == "transformer"}
-    d256, d512, deep = (lm["lm-fortunes-d256-l2"], lm["lm-fortunes-d512-l2"],
-                        lm["lm-fortunes-d64-l6"])
-    assert S.family("lm-fortunes-d512-l2") == "lm-fortunes-d*-l2"
-    assert S.family("mlp-fmnist8-w4096-d3") == "mlp-fmnist8-w*-d3"
-    limit = S.transfer_limit(d512, spec, 128)
-    assert limit == 256
-    tuned = {("lm-fortunes-d*-l2", "muon"): (256, 0.01)}
-    assert S.baseline_grid("muon", spec, d256, limit, tuned)[1] is None    # tuned in full
-    grid, src = S.baseline_grid("muon", spec, d512, limit, tuned)
-    assert src == 256 and grid[1] == 0.01 and len(grid) == 3
-    # a deeper family has its own LRs; AdamW (SP) is always tuned in full
-    assert S.baseline_grid("muon", spec, dataclasses.replace(deep, task="lm-fortunes-d512-l6"),
-                           limit, tuned)[1] is None
-    assert S.baseline_grid("adamw", spec, d512, limit,
-                           {("lm-fortunes-d*-l2", "adamw"): (256, 1e-3)})[1] is None
-
-
 def test_mutransfer_runs_end_to_end_and_the_report_says_so(smoke_eval):
     from eval.report import markdown
     root, _, _ = smoke_eval
