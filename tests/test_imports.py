@@ -142,3 +142,25 @@ def test_the_check_finds_a_cycle_through_a_function_import_and_a_package_init(tm
                      "other": set()}
     assert find_cycle(graph) == ["pkg", "pkg.a", "pkg.b", "pkg.c", "pkg"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def long_functions(package: str, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """``path:line name (n lines)`` for each function of ``package`` longer than ``limit``."""
+    out = []
+    for file in sorted((ROOT / package).rglob("*.py")):
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > limit:
+                    out.append(f"{file.relative_to(ROOT)}:{node.lineno} {node.name} ({n} lines)")
+    return out
+
+
+def test_every_eval_function_fits_on_a_screen():
+    """eval/ reads as small steps (the suite is a plan, then its execution): no function
+    longer than 80 lines."""
+    assert long_functions("eval") == []
+    assert long_functions("eval", limit=60)      # the check sees functions at all
