@@ -222,3 +222,23 @@ def test_a_nan_or_inf_loss_counts_as_the_last_finite_one(bad):
     assert int(state.loss.count) == 0
     u, _ = update(grads[1], state, params, value=jnp.float32(2.0))
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(u))
+
+
+def test_param_scale_mult_scales_each_tensors_step_by_its_rms():
+    """VeLO's parameter-scale multiplier (off in μVeLO): on, every tensor's update is the
+    same update times the RMS of that tensor's parameters."""
+    import dataclasses
+    on_cfg = dataclasses.replace(lopt.SP_VELO, param_scale_mult=True)
+    params = {"a": jnp.linspace(-1, 1, 12, dtype=jnp.float32).reshape(4, 3),
+              "b": 3.0 * jnp.linspace(-1, 1, 8, dtype=jnp.float32).reshape(2, 4)}
+    grads = jax.tree.map(lambda p: jnp.cos(3 * p), params)
+    roles = {"a": "input", "b": "output"}
+    ups = []
+    for cfg in (lopt.SP_VELO, on_cfg):
+        opt = lopt.make_velo(_gd_theta(cfg), cfg, roles=roles, num_steps=10)
+        ups.append(opt.update(grads, opt.init(params), params, value=1.0)[0])
+    for k, p in params.items():
+        rms = float(jnp.sqrt(jnp.mean(jnp.square(p)) + 1e-9))
+        assert float(jnp.max(jnp.abs(ups[0][k]))) > 0
+        np.testing.assert_allclose(ups[1][k], ups[0][k] * rms, rtol=1e-5, atol=1e-8)
+    assert not np.allclose(ups[1]["a"], ups[0]["a"])
