@@ -24,7 +24,7 @@ demo: $(BIN)/.installed
 XDIST := -n 2 --dist loadfile
 
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest $(XDIST)
+	$(BIN)/python -m pytest $(XDIST) --durations=15
 
 # the inner loop's tier: everything but the tests marked slow. Its time is mostly XLA
 # compiles of small programs, so it compiles at LLVM optimization level 0 (about a third

@@ -136,9 +136,10 @@ SUITES = {
     # Selection: held-out cells for choosing between LO variants, sharing no task and no
     # seed with `full` (tests/eval/test_protocol.py), each LO next to its untrained start
     # (what meta-training buys) and the two AdamW forms (constant and warmup-cosine) on
-    # 3-point grids. Seeds 100 (tuning), 101-102 (report).
+    # 3-point grids, widened at an edge as in `full` (a variant is chosen against AdamW at
+    # its best LR, not at a grid end). Seeds 100 (tuning), 101-102 (report).
     "dev": SuiteSpec(baselines=("adamw", "adamw-cosine"), grid_points=3, seeds=2,
-                     in_distribution=False, fixed_adamw=False,
+                     in_distribution=False, fixed_adamw=False, extend_edges=2,
                      transformer=("lm-stdlib-d128-l2", "lm-stdlib-d64-l4"),
                      transformer_baselines=("adamw", "adamw-cosine"),
                      cells=(("wider", "mlp-fmnist8-w768-d3", 1000),

@@ -45,6 +45,7 @@ def test_scale_out_runs_the_three_configurations_and_reports_their_ratios(tmp_pa
     assert "2 processes, 1 core each" in capsys.readouterr().out
 
 
+@pytest.mark.slow   # 10-30 s: make test runs it, the fast tier does not
 def test_a_learned_optimizer_given_by_path_is_a_row_of_the_table(tmp_path):
     import lopt
     from eval.bench import bench_optimizers

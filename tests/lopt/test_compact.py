@@ -80,6 +80,7 @@ def test_adam_weights_step_along_the_per_tensor_normalized_adam_direction():
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-3, atol=1e-7)
 
 
+@pytest.mark.slow   # 10-30 s: make test runs it, the fast tier does not
 def test_a_normalized_step_follows_mup_across_widths():
     # hidden steps shrink as base/fan_in, input and vector steps keep their size: the
     # update's size per element does not depend on the gradient's scale or the width

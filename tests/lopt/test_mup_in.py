@@ -43,7 +43,8 @@ BASE = lopt.LOConfig(mup_base=512.0, depth_ref=1, step_mult=1.5625e-4)
 
 
 @pytest.mark.parametrize("width,config", [
-    (64, None), pytest.param(512, None, marks=pytest.mark.slow), (256, BASE)])
+    (64, None), pytest.param(512, None, marks=pytest.mark.slow),
+    pytest.param(256, BASE, marks=pytest.mark.slow)])
 def test_optimizer_side_mup_equals_model_side_mup(width, config):
     spec = MLPSpec(in_dim=16, width=width, depth=2)
     kx, ky, kp, kr = jax.random.split(jax.random.key(0), 4)

@@ -95,6 +95,7 @@ def _mlp_params():
             for i, s in enumerate([(8, 16), (16, 16), (16, 4)])}
 
 
+@pytest.mark.slow   # 10-30 s: make test runs it, the fast tier does not
 def test_a_nan_parameter_changes_only_its_own_update_which_stays_finite():
     """One NaN or inf weight: the per-tensor normalizers ignore it as they ignore a bad
     gradient element, so the rest of its tensor steps as if the weight were 0 (before: all

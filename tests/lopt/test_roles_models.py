@@ -178,6 +178,7 @@ def test_resnet_without_creation_order_raises_with_the_table_and_the_override_th
     assert _flat(lopt.infer_roles(rebuilt)) == _flat(lopt.infer_roles(params))
 
 
+@pytest.mark.slow   # 10-30 s: make test runs it, the fast tier does not
 def test_an_optimizer_initialized_outside_jit_knows_the_creation_order_inside_jit():
     model = ResNet((1, 1), ResNetBlock)
     x = jnp.zeros((2, 16, 16, 3))

@@ -150,6 +150,7 @@ def test_muvelo_cpu_trains_2x_wider_where_its_sp_twin_does_not():
     assert mu < 0.45 and sp > 2 * mu, (mu, sp)
 
 
+@pytest.mark.slow   # 10-30 s: make test runs it, the fast tier does not
 def test_mulo_compact_cpu_needs_the_run_length_and_trains_an_mlp():
     theta, config, meta = lopt.load_theta("mulo-compact-cpu")
     assert config.features == "compact" and config.needs_num_steps and meta["step"] == 1000

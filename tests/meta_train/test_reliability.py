@@ -109,6 +109,7 @@ def test_a_second_process_on_a_held_run_stops_naming_the_holder(tmp_path):
             pass
 
 
+@pytest.mark.slow   # 10-30 s: make test runs it, the fast tier does not
 def test_the_lock_is_held_for_the_life_of_a_run(tmp_path, monkeypatch):
     from lopt.io.locks import is_held
     seen = []
@@ -192,6 +193,7 @@ def test_a_checkpoint_whose_arrays_changed_on_disk_falls_back_and_is_rewritten(f
         ck.close()
 
 
+@pytest.mark.slow   # 10-30 s: make test runs it, the fast tier does not
 def test_a_missing_manifest_falls_back_with_one_warning_and_no_tracebacks(full_run, tmp_path):
     src, _ = full_run
     out = _copy(src, tmp_path / "run")
@@ -340,6 +342,7 @@ def test_a_run_whose_config_files_are_all_lost_resumes_from_its_lopt_json(full_r
     assert res["step"] == 3 and _theta_equal(res["theta"], full["theta"])
 
 
+@pytest.mark.slow   # 10-30 s: make test runs it, the fast tier does not
 def test_the_hint_of_a_run_stopped_before_its_config_was_saved_works(tmp_path):
     out = tmp_path / "run"
     argv = ["--preset", "smoke", "--out", str(out), "--no-progress", "--outer_steps", "2",
@@ -413,6 +416,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow   # 10-30 s: make test runs it, the fast tier does not
 def test_a_full_disk_during_a_checkpoint_is_one_line_with_a_resume_hint(full_run, tmp_path):
     _, full = full_run
     out = tmp_path / "run"

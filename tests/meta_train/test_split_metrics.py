@@ -30,6 +30,7 @@ def test_image_split_metrics_average_every_test_example(chunk, monkeypatch):
     np.testing.assert_allclose(float(got["accuracy"]), acc, atol=1e-6)
 
 
+@pytest.mark.slow   # 10-30 s: make test runs it, the fast tier does not
 def test_lm_split_metrics_cover_the_test_text_in_windows(monkeypatch):
     monkeypatch.setattr(T, "SPLIT_EVAL_CHUNK", 5)
     task = get_task("lm-stdlib-d32-l1-h2-c16")
