@@ -1,4 +1,6 @@
-"""The shipped checkpoints load by name and train a wide 28x28 Fashion-MNIST MLP."""
+"""The shipped checkpoints load by name, and each trains as its model card says (the wide
+28x28 claims are in test_shipped_wide.py, a file of their own so the test workers share the
+load)."""
 
 import dataclasses
 
@@ -8,7 +10,6 @@ import pytest
 
 import lopt
 from lopt.io.checkpoint import shipped_dir
-from needs_data import FMNIST, needs_data
 from meta_train.inner import train
 from meta_train.tasks import get_task
 
@@ -39,25 +40,6 @@ def test_shipped_names_and_cards():
         # "checkpoints/<name>" resolves from any working directory too
         same, _, _ = lopt.load_theta(f"checkpoints/{name}")
         np.testing.assert_array_equal(same["nn"]["w0"], theta["nn"]["w0"])
-
-
-@pytest.mark.slow
-@needs_data(FMNIST)
-@pytest.mark.parametrize("name", sorted(SHIPPED))
-def test_shipped_lo_trains_a_width_2048_fmnist28_mlp(name):
-    # The README's claim: at 16x its widest meta-training width, on 28x28 inputs, μLO reaches
-    # loss ~0.50 / ~78% test accuracy in 100 steps; the SP LO stays finite but at chance.
-    task = get_task("mlp-fmnist28-w2048-d3" + ("" if SHIPPED[name] else "-sp"))
-    assert task.num_params() > 9_000_000
-    opt = lopt.load(name, roles=task.roles, mup_in="model")   # the task carries μP itself
-    res = jax.jit(lambda k: train(task, opt, key=k, num_steps=100))(jax.random.PRNGKey(0))
-    losses = np.asarray(res.losses)
-    assert not bool(res.diverged) and np.all(np.isfinite(losses))
-    final, acc = float(np.mean(losses[-10:])), float(res.test_accuracy[-1])
-    if SHIPPED[name]:
-        assert final < 0.6 and acc > 0.72, (final, acc)
-    else:
-        assert acc < 0.2, (final, acc)
 
 
 @pytest.mark.slow
