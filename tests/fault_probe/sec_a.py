@@ -260,6 +260,11 @@ def a16(ctx, rec):
         r2 = ctx.mt("--out", run, "--resume", "--no-progress")
         rec["resume"] = {k: r2[k] for k in ("rc", "last_line")}
         one_line_error(rec, r2, what="no hint; --resume: ")
+        # the error's advice: drop --resume (the directory holds only the invocation)
+        r3 = ctx.mt(*REF_ARGS, "--out", run)
+        rec["without_resume"] = {k: r3[k] for k in ("rc", "last_line")}
+        rec.check(r3["rc"] == 0, "the command without --resume starts the run")
+        check_exact(ctx, rec, run)
 
 
 @case("A17", "SIGTERM on --out with a space and a quote, hint run through bash")
@@ -455,29 +460,42 @@ def a30(ctx, rec):
 _FULL = """set -u
 mount -t tmpfs -o size={size} tmpfs {m}
 cd {root}
-{pre}
-{py} -m meta_train {args} > {d}/first.out 2> {d}/first.err; echo $? > {d}/first.rc
+{first}
 ls -la {m}/run/checkpoints {m}/run/checkpoints/* > {d}/after_first.ls 2>&1
 find {m}/run -name '*tmp*' > {d}/tmp_left.txt
-{mid}
+rm -rf {m}/filler {m}/pin6
 mount -o remount,size=32m tmpfs {m}
 {py} -m meta_train --out {m}/run --resume --no-progress > {d}/resume.out 2> {d}/resume.err
 echo $? > {d}/resume.rc
 cp -a {m}/run {d}/copy
 """
+_FIRST = "{py} -m meta_train {args} > {d}/first.out 2> {d}/first.err; echo $? > {d}/first.rc"
+# stop8 on an 8 MB tmpfs with a filler file that leaves FREE KB, then --resume --stop-after 1:
+# FREE grows from about step 8's size without its lopt.json until step 9's orbax state fits and the disk fills after it (at lopt.json). Step
+# 6 is hard-linked (pin6), so that orbax's pruning of it frees no space before lopt.json.
+_LOPT_JSON_FULL = """s8={stop8}/checkpoints/8
+base=$(( $(du -sk $s8 | cut -f1) - $(du -sk $s8/lopt.json | cut -f1) ))
+for free in $(seq $((base - 24)) 8 $((base + 160))); do
+  rm -rf {m}/run {m}/filler {m}/pin6; cp -a {stop8} {m}/run; rm -f {m}/run/.complete
+  cp -al {m}/run/checkpoints/6 {m}/pin6
+  avail=$(df --output=avail -B1 {m} | tail -1)
+  head -c $((avail - free * 1024)) /dev/zero > {m}/filler
+  echo $free > {d}/free_kb.txt
+  {py} -m meta_train --out {m}/run --resume --stop-after 1 --no-progress \\
+    > {d}/first.out 2> {d}/first.err
+  echo $? > {d}/first.rc
+  [ -d {m}/run/checkpoints/9 ] && break
+done"""
 
 
-def _full_disk(ctx, rec, cid, size, args, pre="", mid=""):
-    from common import ROOT
+def _full_disk(ctx, rec, cid, size, first):
+    from common import ROOT, lines
     d = ctx.case_dir(cid)
     (d / "m").mkdir()
-    r = in_namespace(ctx, _FULL.format(size=size, m=d / "m", root=ROOT, py=shlex.quote(PY),
-                                       d=d, args=args.format(m=d / "m"),
-                                       pre=pre.format(m=d / "m", d=d),
-                                       mid=mid.format(m=d / "m", d=d)))
+    fmt = dict(m=d / "m", d=d, py=shlex.quote(PY), stop8=ctx.ref("stop8"))
+    r = in_namespace(ctx, _FULL.format(size=size, root=ROOT, first=first.format(**fmt), **fmt))
     rec["script_rc"] = r["rc"]
     first_err = (d / "first.err").read_text(errors="replace")
-    from common import lines
     fl = lines(first_err)
     rec["first"] = {"rc": (d / "first.rc").read_text().strip(),
                     "tracebacks": first_err.count("Traceback"),
@@ -498,21 +516,22 @@ def _full_disk(ctx, rec, cid, size, args, pre="", mid=""):
 
 @case("A31", "Disk full (tmpfs 1.1 MB) during a checkpoint write; remount larger, --resume")
 def a31(ctx, rec):
-    _full_disk(ctx, rec, "A31", "1100k",
-               " ".join(REF_ARGS) + " --out {m}/run")
+    _full_disk(ctx, rec, "A31", "1100k", _FIRST.replace(
+        "{args}", " ".join(REF_ARGS) + " --out {m}/run"))
 
 
-@case("A32", "Disk full while writing lopt.json (filler leaves 300 KB), --resume")
+@case("A32", "Disk full while writing lopt.json (stop8; a filler leaves room for the orbax "
+             "state only)")
 def a32(ctx, rec):
-    # stop8 on an 8 MB tmpfs, a filler file leaving 300 KB free, --resume --stop-after 1
-    pre = ("cp -a {stop8} {{m}}/run && rm -f {{m}}/run/.complete && "
-           "avail=$(df --output=avail -B1 {{m}} | tail -1) && "
-           "head -c $((avail - 300*1024)) /dev/zero > {{m}}/filler; df -B1 {{m}} > {{d}}/df.txt"
-           ).format(stop8=ctx.ref("stop8"))
-    d = _full_disk(ctx, rec, "A32", "8m",
-                   "--out {m}/run --resume --stop-after 1 --no-progress", pre=pre,
-                   mid="rm -f {m}/filler")
-    rec["after_first"] = (d / "after_first.ls").read_text().splitlines()[-12:]
+    d = _full_disk(ctx, rec, "A32", "8m", _LOPT_JSON_FULL)
+    rec["free_kb"] = (d / "free_kb.txt").read_text().strip()
+    listing = (d / "after_first.ls").read_text()
+    step9 = listing.split("checkpoints/9:", 1)[1] if "checkpoints/9:" in listing else ""
+    rec["step9_files"] = [x.split()[-1] for x in step9.strip().splitlines()[3:]]
+    rec["reproduced"] = step9 != "" and "lopt.json" not in rec["step9_files"]
+    if not rec["reproduced"]:
+        rec.not_run = (f"the full disk did not land at lopt.json (free {rec['free_kb']} KB; "
+                       f"step 9 files: {rec['step9_files']})")
 
 
 @case("A33", "--resume-or-start on an empty directory (stop after 5), then again")
