@@ -470,9 +470,10 @@ echo $? > {d}/resume.rc
 cp -a {m}/run {d}/copy
 """
 _FIRST = "{py} -m meta_train {args} > {d}/first.out 2> {d}/first.err; echo $? > {d}/first.rc"
-# stop8 on an 8 MB tmpfs with a filler file that leaves FREE KB, then --resume --stop-after 1:
-# FREE grows from about step 8's size without its lopt.json until step 9's orbax state fits and the disk fills after it (at lopt.json). Step
-# 6 is hard-linked (pin6), so that orbax's pruning of it frees no space before lopt.json.
+# stop8 on an 8 MB tmpfs with a filler file that leaves FREE KB, then --resume --stop-after 1.
+# FREE grows from about step 8's size without its lopt.json until step 9's orbax state fits
+# and the disk fills after it, at lopt.json. Step 6 is hard-linked (pin6), so that orbax's
+# pruning of it frees no space before lopt.json is written.
 _LOPT_JSON_FULL = """s8={stop8}/checkpoints/8
 base=$(( $(du -sk $s8 | cut -f1) - $(du -sk $s8/lopt.json | cut -f1) ))
 for free in $(seq $((base - 24)) 8 $((base + 160))); do
