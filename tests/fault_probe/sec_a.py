@@ -283,8 +283,7 @@ def _concurrent(ctx, rec, d, extra_b, resume=False):
         time.sleep(0.3)
         b = ctx.spawn(ctx.cmd("meta_train", "--out", run, "--resume", "--no-progress"), d, "b")
     else:
-        a = _fresh(ctx, d, extra=())
-        a.logs = (d / "run.out", d / "run.err")
+        a = _fresh(ctx, d)
         time.sleep(0.3)
         b = ctx.spawn(ctx.cmd("meta_train", *REF_ARGS, "--out", run, *extra_b), d, "b")
     ra, rb = finish(a), finish(b)
