@@ -94,7 +94,8 @@ def _b05_damage(run):
     _xor(f, f.stat().st_size // 2, n=16)
 
 
-@case("B05", "16 bytes XOR 0xFF in the middle of the biggest ocdbt data file (+ 36-flip sweep)")
+@case("B05", "16 bytes XOR 0xFF in the middle of the biggest ocdbt data file (+ a sweep of "
+             "one-byte flips)")
 def b05(ctx, rec):
     _, r = _corrupt(ctx, rec, "B05", _b05_damage)
     rec.check(any("instead" in x for x in rec["resume"]["resumed"]),
@@ -105,9 +106,9 @@ def b05(ctx, rec):
 
 
 def _flip_sweep(ctx, d):
-    """1-byte XOR 0xFF at 1/3 and 2/3 of each file under step 8's state/ (36ish flips), each
-    restored with the run's Checkpointer: silent (no warning, other numbers), fell back
-    (a warning), or no effect (no warning, the same numbers)."""
+    """1-byte XOR 0xFF at 1/3 and 2/3 of each file under step 8's state/ (21 files, 42
+    flips), each restored with the run's Checkpointer: silent (no warning, other numbers),
+    fell back (a warning), or no effect (no warning, the same numbers)."""
     import dataclasses
     from meta_train.checkpointing import Checkpointer, state_digest
     from meta_train.config import PRESETS
