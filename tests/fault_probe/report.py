@@ -8,6 +8,7 @@ verdict.
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 SECTIONS = {"A": "A. meta-training lifecycle", "B": "B. corrupt files",
@@ -19,6 +20,7 @@ def _short(text, n=150):
     text = " ".join(str(text).split())
     for long in ("/work/wt-probe/", "runs/probe/cases/"):
         text = text.replace(long, "")
+    text = re.sub(r"\S+\.py:\d+: (\w+Warning): ", r"\1: ", text)
     text = text if len(text) <= n else text[: n - 1] + "…"
     return text.replace("|", "\\|")
 
@@ -33,8 +35,12 @@ def observed(c: dict) -> str:
         if isinstance(e.get(key), dict) and "rc" in e[key]:
             r = e[key]
             line = r.get("last_line") or " / ".join(r.get("tail", [])[-1:])
+            if r["rc"] == 0 and not line.startswith(("error", "resumed", "waiting")):
+                line = ""       # the end of a report or a progress line
             parts.append(f"{key if key != 'r' else ''} rc {r['rc']}" + (
                 f": `{_short(line, 110)}`" if line else ""))
+    if e.get("warnings") and isinstance(e["warnings"], list) and "load" not in e:
+        parts.append(f"`{_short(e['warnings'][0], 140)}`")
     if e.get("error"):
         parts.append(f"`{_short(e['error'], 170)}`")
     if isinstance(e.get("load"), dict):
@@ -59,9 +65,14 @@ def observed(c: dict) -> str:
         s = e["sweep"]
         parts.append(f"sweep: {s['flips']} flips, {s['fell_back']} fell back, "
                      f"{s['no_effect']} no effect, {s['silent_changed']} silent")
+    if not parts:   # the case's own evidence, compactly
+        parts = [f"{k}: {json.dumps(v, ensure_ascii=False)}" for k, v in e.items()
+                 if k not in ("warnings",) and len(json.dumps(v)) < 160]
+        if not parts:
+            parts = ["checks held: " + "; ".join(x["what"] for x in c["checks"])]
     if c["failed"]:
         parts.append("failed: " + "; ".join(c["failed"]))
-    return _short("; ".join(p.strip() for p in parts if p), 400) or "all checks held"
+    return _short("; ".join(p.strip() for p in parts if p), 400)
 
 
 def render(doc: dict) -> str:

@@ -106,8 +106,8 @@ def b05(ctx, rec):
 
 
 def _flip_sweep(ctx, d):
-    """1-byte XOR 0xFF at 1/3 and 2/3 of each file under step 8's state/ (21 files, 42
-    flips), each restored with the run's Checkpointer: silent (no warning, other numbers),
+    """1-byte XOR 0xFF at 1/3 and 2/3 of each file under step 8's state/ (about 40 flips),
+    each restored with the run's Checkpointer: silent (no warning, other numbers),
     fell back (a warning), or no effect (no warning, the same numbers)."""
     import dataclasses
     from meta_train.checkpointing import Checkpointer, state_digest
