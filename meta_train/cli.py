@@ -175,8 +175,10 @@ def _main(argv=None):
         sys.stderr.flush()      # print): exit without waiting for them
         os._exit(1)
     m = res["metrics"]
-    print(f"done: step {res['step']}, meta-loss {m.get('meta_loss', float('nan')):.4f}; "
-          f"checkpoint in {out}/checkpoints (load with lopt.load({str(out)!r}))")
+    # a resume of a finished run computes no step: no meta-loss to show (not a "nan")
+    loss = f", meta-loss {m['meta_loss']:.4f}" if "meta_loss" in m else " (no step left to run)"
+    print(f"done: step {res['step']}{loss}; checkpoint in {out}/checkpoints (load with "
+          f"lopt.load({str(out)!r}))")
     return 0
 
 

@@ -4,7 +4,9 @@ checkpoints, resumes with the wrong options, and config values the run cannot us
 import dataclasses
 import json
 import os
+import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -143,6 +145,22 @@ def test_resume_with_other_options_names_fields_and_writes_nothing(short_run, tm
     # `--out RUN --resume` takes the run's own config
     args, cfg = parse(["--out", str(out), "--resume"])
     assert args.resume and cfg == SHORT
+
+
+def test_resume_of_a_finished_run_prints_no_nan_meta_loss(short_run, tmp_path):
+    """Nothing is left to run, so there is no meta-loss to show: the done line says so
+    instead of printing ``meta-loss nan`` (the probe's A09 and B23)."""
+    src, _ = short_run
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+    r = _cli("--out", str(out), "--resume", "--no-progress")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == (
+        f"done: step 3 (no step left to run); checkpoint in {out}/checkpoints (load with "
+        f"lopt.load({str(out)!r}))")
+    r = _cli("--out", str(out), "--resume", "--no-progress", "--outer_steps", "4")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert re.search(r"^done: step 4, meta-loss \d+\.\d{4}; ", r.stdout, re.M), r.stdout
 
 
 @pytest.mark.parametrize("key,value,field", [
