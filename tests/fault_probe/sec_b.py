@@ -278,26 +278,26 @@ def b20(ctx, rec):
     _corrupt(ctx, rec, "B20", damage)
 
 
+def _edit_first_leaf(run, edit):
+    """Applies ``edit`` to the first theta leaf of the newest step's lopt.json."""
+    f = _step(run) / "lopt.json"
+    doc = json.loads(f.read_text())
+    edit(next(v for v in doc["theta"].values() if isinstance(v, dict) and "shape" in v))
+    f.write_text(json.dumps(doc))
+
+
 @case("B21", "lopt.json with one leaf's shape changed")
 def b21(ctx, rec):
-    def damage(run):
-        f = _step(run) / "lopt.json"
-        doc = json.loads(f.read_text())
-        leaf = next(v for v in doc["theta"].values() if isinstance(v, dict) and "shape" in v)
+    def grow(leaf):
         leaf["shape"] = [leaf["shape"][0] + 1, *leaf["shape"][1:]]
-        f.write_text(json.dumps(doc))
-    _corrupt(ctx, rec, "B21", damage, expect_load_step=7)
+    _corrupt(ctx, rec, "B21", lambda run: _edit_first_leaf(run, grow), expect_load_step=7)
 
 
 @case("B22", "lopt.json with a NaN in theta")
 def b22(ctx, rec):
-    def damage(run):
-        f = _step(run) / "lopt.json"
-        doc = json.loads(f.read_text())
-        leaf = next(v for v in doc["theta"].values() if isinstance(v, dict) and "shape" in v)
+    def nan(leaf):
         leaf["values"][0] = float("nan")
-        f.write_text(json.dumps(doc))
-    _corrupt(ctx, rec, "B22", damage, expect_load_step=7)
+    _corrupt(ctx, rec, "B22", lambda run: _edit_first_leaf(run, nan), expect_load_step=7)
 
 
 @case("B23", "Finished run: final lopt.json truncated, then --resume")
