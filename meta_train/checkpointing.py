@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import hashlib
 import io
 import json
@@ -301,6 +302,21 @@ def _held_back_output():
                 absl.handle(record)
 
 
+class _OrbaxTaskNoise(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" records for orbax's own restore
+    tasks: a restore that fails (a damaged checkpoint) leaves its sibling tasks' errors
+    unread, and asyncio logs each, with a traceback, whenever the task is garbage-collected,
+    possibly long after :meth:`Checkpointer.restore` has reported the failure in one
+    warning."""
+
+    def filter(self, record):
+        msg = record.getMessage()
+        return not ("never retrieved" in msg and "orbax" in msg)
+
+
+logging.getLogger("asyncio").addFilter(_OrbaxTaskNoise())
+
+
 @contextlib.contextmanager
 def _quiet_restore_noise():
     """Holds back what a restore prints to ``sys.stderr`` and writes it out without the
@@ -311,6 +327,7 @@ def _quiet_restore_noise():
     try:
         yield
     finally:
+        gc.collect()        # a failed restore's unread tasks make their noise in here
         sys.stderr = real
         keep = [line for line in buf.getvalue().splitlines() if not _NOISE.fullmatch(line)]
         if keep:
