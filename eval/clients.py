@@ -136,8 +136,10 @@ def train_client(client: Client, opt: optax.GradientTransformation, *, seed: int
                  mup_init: bool = False) -> np.ndarray:
     """Trains ``client.model`` with ``opt`` for ``client.steps``; returns the losses.
 
-    A plain Flax loop: ``model.init``, optionally ``lopt.mup_init_params``, then
-    ``value_and_grad`` and ``opt.update(grads, state, params)`` under ``jax.lax.scan``.
+    A plain Flax loop: ``model.init``, optionally ``lopt.mup_init_params``, then a jitted
+    step (``value_and_grad``, ``opt.update(grads, state, params)``) called from Python once
+    per step. Not ``lax.scan``: on XLA's CPU backend a convolution whose kernel is carried by
+    the loop runs ~25x slower inside it (the CNN client: 0.8 s a step, 0.03 s outside).
     """
     k_init, k_data, k_mup = jax.random.split(jax.random.key(seed), 3)
     x0, _ = client.sample(k_data)
@@ -148,15 +150,18 @@ def train_client(client: Client, opt: optax.GradientTransformation, *, seed: int
     def loss_fn(p, x, y):
         return _xent(client.model.apply({"params": p}, x), y)
 
-    def step(carry, i):
-        p, s = carry
+    @jax.jit
+    def step(p, s, i):
         x, y = client.sample(jax.random.fold_in(k_data, i))
         loss, g = jax.value_and_grad(loss_fn)(p, x, y)
         u, s = opt.update(g, s, p)
-        return (optax.apply_updates(p, u), s), loss
+        return optax.apply_updates(p, u), s, loss
 
-    run = jax.jit(lambda p: jax.lax.scan(step, (p, opt.init(p)), jnp.arange(client.steps))[1])
-    return np.asarray(run(params))
+    state, losses = jax.jit(opt.init)(params), []
+    for i in range(client.steps):
+        params, state, loss = step(params, state, jnp.int32(i))
+        losses.append(loss)
+    return np.asarray(jax.device_get(losses))
 
 
 def final_loss(losses: np.ndarray) -> float:

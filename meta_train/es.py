@@ -31,6 +31,7 @@ ES in learned_optimization); Thérien et al., μLO, arXiv 2406.00153 (recipe).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from functools import partial
 from typing import Any, Callable, NamedTuple
@@ -151,6 +152,19 @@ def _fresh_run(problem: InnerProblem, theta, key, cfg: ESConfig, first: bool):
 def mesh() -> Mesh:
     """A 1-D mesh over every device (all hosts): the population axis."""
     return Mesh(np.asarray(jax.devices()), ("pop",))
+
+
+def replicated(tree):
+    """``tree`` placed whole on every device of :func:`mesh`, the placement
+    :func:`es_gradient`'s estimate and so every updated theta has. Theta and the meta-optimizer
+    state go through this before each step, so the step's programs compile once per run, not
+    once for the first step's unplaced theta and again for the placed ones after it."""
+    return _replicate(mesh())(tree)
+
+
+@functools.cache
+def _replicate(m: Mesh):
+    return jax.jit(lambda t: t, out_shardings=NamedSharding(m, PartitionSpec()))
 
 
 def _shard(tree, m: Mesh):

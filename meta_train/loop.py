@@ -96,6 +96,8 @@ class MetaTrainer:
         inner NaN/inf; a non-finite estimate is dropped (theta stays finite)."""
         step = int(state["step"])
         k = jax.random.fold_in(state["key"], step)
+        state = {**state, "theta": ES.replicated(state["theta"]),
+                 "opt_state": ES.replicated(state["opt_state"])}
         grads, new_es, mets = [], [], {}
         for i, (task, prob) in enumerate(zip(self.tasks, self.problems)):
             g, s, m = ES.es_gradient(state["theta"], state["es"][i], jax.random.fold_in(k, i),

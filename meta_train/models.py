@@ -152,14 +152,27 @@ class CNNSpec:
     def apply(self, params: dict, x: jax.Array) -> jax.Array:
         h = x.reshape(x.shape[:-1] + (self.resolution, self.resolution, 1))
         for i, stride in enumerate(self._strides()):
-            h = jax.nn.relu(jax.lax.conv_general_dilated(
-                h, params[f"conv_{i}"], (stride, stride), "SAME",
-                dimension_numbers=("NHWC", "HWIO", "NHWC")))
+            h = jax.nn.relu(conv3x3(h, params[f"conv_{i}"], stride))
         h = jnp.mean(h, axis=(-3, -2))
         w = params["readout"]["w"]
         mult = forward_multiplier("output", w.shape[0], mup=self.mup,
                                   output_mult=self.output_mult)
         return mult * (h @ w) + params["readout"]["b"]
+
+
+def conv3x3(h: jax.Array, w: jax.Array, stride: int) -> jax.Array:
+    """The 3x3 "SAME" convolution of ``h`` (NHWC) by ``w`` (HWIO), as image patches times the
+    kernel. Equal to ``lax.conv_general_dilated`` up to float rounding, and 7x faster in a
+    training loop on XLA's CPU backend, where a convolution whose kernel is a loop-carried
+    value (the parameters inside ``lax.scan``) is slow: an AdamW step of
+    ``cnn-fmnist28-c32-d3`` inside ``inner.train`` took 1.22 s with the plain convolution and
+    takes 0.17 s this way (one core). The patches' convolution has a constant kernel and the
+    product is a plain matmul. tests/meta_train/test_tasks.py checks the equality."""
+    patches = jax.lax.conv_general_dilated_patches(
+        h, (3, 3), (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    c_in, c_out = w.shape[2], w.shape[3]
+    # the patches' features are ordered (input channel, row, column)
+    return patches @ jnp.transpose(w, (2, 0, 1, 3)).reshape(c_in * 9, c_out)
 
 
 def _layer_norm(x, scale, bias, eps=1e-5):

@@ -209,3 +209,18 @@ def test_an_unknown_task_name_is_one_line_naming_it():
     from meta_train.tasks import TaskName
     with pytest.raises(ValueError, match=r"^unknown task 'lm-fortunes-d64-lx'; see"):
         TaskName.parse("lm-fortunes-d64-lx")
+
+
+@pytest.mark.parametrize("size,stride,c_in", [(8, 1, 1), (7, 2, 3), (28, 2, 8), (4, 1, 5)])
+def test_the_cnn_tasks_convolution_is_laxs_3x3_same_convolution(size, stride, c_in):
+    # the CNN tasks compute their convolutions as patches @ kernel (fast inside lax.scan on
+    # XLA's CPU backend); they must stay the convolution Flax's nn.Conv computes
+    from meta_train.models import conv3x3
+    k1, k2 = jax.random.split(jax.random.PRNGKey(3))
+    h = jax.random.normal(k1, (2, size, size, c_in))
+    w = jax.random.normal(k2, (3, 3, c_in, 6))
+    want = jax.lax.conv_general_dilated(h, w, (stride, stride), "SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    got = conv3x3(h, w, stride)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
