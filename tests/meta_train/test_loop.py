@@ -193,3 +193,18 @@ def test_start_only_writes_the_theta_a_run_starts_from_and_never_over_a_run(tmp_
     capsys.readouterr()
     assert main(["--preset", "smoke", "--out", str(tmp_path / "s"), "--start-only"]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+@pytest.mark.slow   # one compile of the smoke step, ~20 s
+def test_the_meta_training_step_compiles_once_per_run():
+    # after a step theta sits on the population mesh; unless the first step's theta does too,
+    # every run compiles its step twice (14 s of the smoke run's 44 s)
+    from meta_train import es as ES
+    es = dataclasses.replace(SMOKE.es, sigma=0.0123)     # a step no other test compiled
+    trainer = MetaTrainer(dataclasses.replace(SMOKE, es=es))
+    state = trainer.init_state()
+    before = ES.es_gradient._cache_size()
+    for _ in range(3):
+        state, mets = trainer.outer_step(state)
+    assert ES.es_gradient._cache_size() - before == 1
+    assert np.isfinite(mets["meta_loss"]) and int(state["step"]) == 3
