@@ -31,9 +31,8 @@ ES in learned_optimization); Thérien et al., μLO, arXiv 2406.00153 (recipe).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-from functools import partial
+from functools import cache, partial
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -162,7 +161,7 @@ def replicated(tree):
     return _replicate(mesh())(tree)
 
 
-@functools.cache
+@cache
 def _replicate(m: Mesh):
     return jax.jit(lambda t: t, out_shardings=NamedSharding(m, PartitionSpec()))
 
