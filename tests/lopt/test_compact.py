@@ -80,6 +80,54 @@ def test_adam_weights_step_along_the_per_tensor_normalized_adam_direction():
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-3, atol=1e-7)
 
 
+def test_the_magnitude_ablation_starts_from_the_same_optimizer_as_the_shipped_recipe():
+    # docs/compact-lo.md's magnitude-head ablation compares two meta-trainings from
+    # lopt.adam_theta: with a magnitude head its output is 0 there and exp(0) = 1, so both runs
+    # start from one optimizer and share the `dev` suite's "start" rows
+    params = _mlp(48)
+    cfg = dataclasses.replace(lopt.COMPACT, magnitude=True, schedule="cosine",
+                              time_features="fraction", tau_clamp=500)
+    updates = {}
+    for magnitude in (True, False):
+        c = dataclasses.replace(cfg, magnitude=magnitude)
+        opt = lopt.make(lopt.adam_theta(c), config=c, roles=_roles(params), mup_in="model",
+                        num_steps=10)
+        state, p, got = opt.init(params), params, []
+        for t in range(4):
+            g = jax.tree.map(lambda x, t=t: jnp.sin(x * (t + 2)), p)
+            u, state = opt.update(g, state, p)
+            p = optax.apply_updates(p, u)
+            got.append(u)
+        updates[magnitude] = got
+    assert _rms(updates[True][0]["Dense_1"]["kernel"]) > 0
+    for a, b in zip(updates[True], updates[False]):
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_the_horizon_rule_leaves_runs_up_to_its_reference_unchanged_bitwise():
+    # docs/compact-lo.md's horizon variant (mulo-compact-cpu with horizon_ref=2000, power 1)
+    # is the shipped optimizer on every run of <= 2000 steps, so it shares those cells' rows;
+    # a 4000-step run steps half as far
+    theta, config, _ = lopt.load_theta("mulo-compact-cpu")
+    rule = dataclasses.replace(config, horizon_ref=2000, horizon_power=1.0)
+    params = _mlp(48)
+    grads = jax.tree.map(lambda x: jnp.sin(3 * x), params)
+
+    def update(cfg, num_steps):
+        opt = lopt.make(theta, config=cfg, roles=_roles(params), mup_in="model",
+                        num_steps=num_steps)
+        u, _ = opt.update(grads, opt.init(params), params)
+        return jax.tree.leaves(u)
+
+    for t in (500, 2000):
+        for a, b in zip(update(rule, t), update(config, t)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(update(rule, 4000), update(config, 4000)):
+        assert _rms(b) > 0
+        np.testing.assert_allclose(np.asarray(a), 0.5 * np.asarray(b), rtol=1e-5, atol=1e-12)
+
+
 @pytest.mark.slow   # 10-30 s: make test runs it, the fast tier does not
 def test_a_normalized_step_follows_mup_across_widths():
     # hidden steps shrink as base/fan_in, input and vector steps keep their size: the
