@@ -15,6 +15,11 @@ muadam``: ``base``, ``lr``); the task is trained as named, so pass the ``-sp`` v
 baseline. Prints the final train loss (mean of the last 5% of steps, as the suite reports it)
 per setting and seed. The LO is built with the task's declared roles and ``mup_in="model"``,
 as in the suite.
+
+``warmup=F`` (LO or baseline) multiplies each update by a linear warmup from 0 over the first
+``F`` of the run (at least one step; ``adamw-cosine``'s warmup at 0.05), composed after the
+optimizer with ``optax.scale_by_schedule``. It changes no accumulator, so the LO sees the same
+inputs as without it; only its steps scale.
 """
 
 from __future__ import annotations
@@ -70,6 +75,26 @@ def baseline_with(name: str, setting: dict, roles, num_steps: int):
     return entry.build(float(setting["lr"]), roles, num_steps=num_steps)
 
 
+def _fraction(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"warmup={text!r}: must be a fraction of the run in [0, 1), "
+                         "e.g. warmup=0.05") from None
+
+
+def with_warmup(opt, fraction: float, num_steps: int):
+    """``opt`` whose updates are scaled by a linear warmup from 0 over ``fraction`` of
+    ``num_steps`` (at least one step); ``opt`` itself for fraction 0."""
+    import optax
+    if not 0 <= fraction < 1:
+        raise ValueError(f"warmup={fraction!r}: must be a fraction of the run in [0, 1)")
+    if fraction == 0:
+        return opt
+    steps = max(1, int(round(fraction * num_steps)))
+    return optax.chain(opt, optax.scale_by_schedule(optax.linear_schedule(0.0, 1.0, steps)))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m eval.probe", description=__doc__.split("\n\n")[0])
     who = ap.add_mutually_exclusive_group(required=True)
@@ -94,14 +119,17 @@ def main(argv=None) -> int:
         task = get_task(args.task)
         seeds = [int(s) for s in args.seeds.split(",") if s]
         sets = [_parse_set(s) for s in (args.sets or [""])]
+        warm = [_fraction(s.get("warmup", "0")) for s in sets]
+        rest = [{k: v for k, v in s.items() if k != "warmup"} for s in sets]
         if args.lo:
             theta, config, _ = lopt.load_theta(args.lo)
-            opts = [(s, lopt.make_from_config(theta, dataclasses.replace(
-                config, **{k: _typed(config, k, v) for k, v in s.items()}),
-                roles=task.roles, mup_in="model", num_steps=args.steps)) for s in sets]
+            built = [lopt.make_from_config(theta, dataclasses.replace(
+                config, **{k: _typed(config, k, v) for k, v in r.items()}),
+                roles=task.roles, mup_in="model", num_steps=args.steps) for r in rest]
         else:
             name = "muadam" if args.muadam else args.baseline
-            opts = [(s, baseline_with(name, s, task.roles, args.steps)) for s in sets]
+            built = [baseline_with(name, r, task.roles, args.steps) for r in rest]
+        opts = [(s, with_warmup(o, w, args.steps)) for s, o, w in zip(sets, built, warm)]
     except (ValueError, DataNotFoundError, lopt.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

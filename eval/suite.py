@@ -94,7 +94,8 @@ class SuiteSpec:
     transformer_baselines: tuple[str, ...] = ("adamw", "adamw-cosine", "muadam", "muon",
                                               "schatten")
     lowrank: tuple[str, ...] = ()               # factored-attention LM tasks
-    lowrank_baselines: tuple[str, ...] = ("adamw", "riemannian")
+    # both AdamW forms, as on every other cell, and the Riemannian low-rank optimizer
+    lowrank_baselines: tuple[str, ...] = ("adamw", "adamw-cosine", "riemannian")
     other_data: tuple[str, ...] = ()            # run at the meta-training horizon
     # fixed (axis, task, steps) cells, the same for every LO: they replace the cells derived
     # from the LO's meta-training config on the axes wider, deeper, longer and other-data

@@ -77,3 +77,24 @@ def test_probe_trains_a_baseline_and_prints_its_final_loss(capsys):
     good, tiny = (float(line.split("final train loss ")[1].split()[0]) for line in out)
     # tuned AdamW learns 8x8 digits in 150 steps; a 300x smaller LR barely moves from ln 10
     assert good < 0.5 < 2.0 < tiny
+
+
+def test_a_warmup_setting_scales_the_steps_as_the_cosine_baselines_warmup_does(capsys):
+    task = get_task("mlp-digits8-w32-d2")
+    params = task.init(jax.random.key(0))
+    grads = jax.tree.map(lambda p: 0.1 * jnp.cos(p + 1.0), params)
+    plain = probe.baseline_with("adamw", {"lr": "0.01"}, task.roles, 100)
+    warm = probe.with_warmup(plain, 0.05, 100)      # 5 warmup steps of a 100-step run
+    sp, sw = plain.init(params), warm.init(params)
+    for t in range(7):
+        up, sp = plain.update(grads, sp, params)
+        uw, sw = warm.update(grads, sw, params)
+        # the same accumulators, the step times min(1, t/5): 0 at the first update
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a * min(1.0, t / 5), rtol=1e-6,
+                                                             atol=1e-12), up, uw)
+    assert probe.with_warmup(plain, 0.0, 100) is plain
+    with pytest.raises(ValueError, match=r"warmup=1.0: must be a fraction of the run in \[0, 1\)"):
+        probe.with_warmup(plain, 1.0, 100)
+    assert probe.main(["--baseline", "adamw", "--task", "mlp-digits8-w32-d2-sp",
+                       "--set", "lr=1e-3,warmup=five"]) == 2
+    assert "warmup='five': must be a fraction of the run in [0, 1)" in capsys.readouterr().err

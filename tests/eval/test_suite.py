@@ -607,7 +607,7 @@ def test_full_suite_has_transformer_lowrank_and_other_data_cells_with_their_base
     assert all(set(c.baselines) == {"adamw", "adamw-cosine", "muadam", "muon", "schatten"}
                for c in lm)
     (low,) = [c for c in cells if c.axis == "transformer-lowrank"]
-    assert low.task.endswith("-r16") and low.baselines == ("adamw", "riemannian")
+    assert low.task.endswith("-r16") and low.baselines == ("adamw", "adamw-cosine", "riemannian")
     (other,) = [c for c in cells if c.axis == "other-data"]
     assert other == S.Cell("other-data", "mlp-fmnist28-w1024-d3", 500)   # suite baselines
 
@@ -663,7 +663,7 @@ def test_a_fixed_cell_runs_its_own_baselines_and_the_report_leaves_the_rest_blan
     doc = S.run_suite(["mulo-cpu"], "full", tmp_path, progress=False, overrides={
         "axes": ("transformer-lowrank", "other-data"), "baselines": ("adamw", "muadam")})
     rows = {c["axis"]: list(c["optimizers"]) for c in doc["cells"]}
-    assert rows["transformer-lowrank"][:2] == ["adamw", "riemannian"]
+    assert rows["transformer-lowrank"][:3] == ["adamw", "adamw-cosine", "riemannian"]
     assert rows["other-data"][:2] == ["adamw", "muadam"]
     # riemannian trains AdamW's SP network with AdamW, at the LR AdamW tuned on this cell,
     # on every unfactored leaf; the LR is part of its cache key
