@@ -11,7 +11,7 @@ from meta_train.config import PRESETS
 from meta_train.tasks import TaskName
 from needs_data import package_of
 
-RECIPES = ("compact-cpu",)
+RECIPES = ("compact-cpu", "compact-mlp-cpu")
 
 
 def _cells(suite: str, preset: str):

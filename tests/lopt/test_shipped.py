@@ -31,7 +31,8 @@ def _final_loss(name: str, task_name: str, steps: int, may_diverge: bool = False
 def test_shipped_names_and_cards():
     names = sorted(p.name for p in shipped_dir().glob("*") if (p / "lopt.json").is_file())
     assert names == sorted([*SHIPPED, "mulo-frac-cpu", "mulo-base-cpu", "mulo-horizon-cpu",
-                            "mulo-compact-cpu", "muvelo-cpu", "sp-velo-cpu"])
+                            "mulo-compact-cpu", "mulo-compact-mlp-cpu", "muvelo-cpu",
+                            "sp-velo-cpu"])
     for name, mup in SHIPPED.items():
         theta, config, meta = lopt.load_theta(name)
         assert config.mup is mup and meta["step"] == 1000
@@ -141,3 +142,19 @@ def test_mulo_compact_cpu_needs_the_run_length_and_trains_an_mlp():
     assert "--preset compact-cpu" in card and "## Status" in card
     # 300 steps of an MLP it did not train on: from ln 10 = 2.30 to about 0.41 (seed 1)
     assert _final_loss("mulo-compact-cpu", "mlp-fmnist8-w128-d3", 300) < 0.45
+
+
+@pytest.mark.slow   # 10-30 s: make test runs it, the fast tier does not
+def test_mulo_compact_mlp_cpu_is_the_compact_recipe_on_mlps_and_trains_past_it():
+    from meta_train.config import PRESETS
+    theta, config, meta = lopt.load_theta("mulo-compact-mlp-cpu")
+    assert config == lopt.load_theta("mulo-compact-cpu")[1] and meta["step"] == 1000
+    want = PRESETS["compact-mlp-cpu"]
+    assert want.lo == config and want.tasks == PRESETS["compact-cpu"].tasks[:3]
+    assert want.es.num_pairs == 7
+    card = (shipped_dir() / "mulo-compact-mlp-cpu" / "MODEL_CARD.md").read_text()
+    assert "## Status" in card and "--es.num_pairs 7" in card
+    # 300 steps of an MLP it did not train on (seed 1): below the 5-task recipe's loss there
+    mlp = _final_loss("mulo-compact-mlp-cpu", "mlp-fmnist8-w128-d3", 300)
+    mix = _final_loss("mulo-compact-cpu", "mlp-fmnist8-w128-d3", 300)
+    assert mlp < mix < 0.45, (mlp, mix)
