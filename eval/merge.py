@@ -7,6 +7,9 @@ plots, TensorBoard); nothing is retrained.
 
     python -m eval.merge checkpoints/eval-full-lm runs/eval-lm-d256 --out runs/eval-lm
 
+One run alone is re-rendered: its report written again by this version's report code (e.g.
+after the report gained a column), naming the commit and command that computed its rows.
+
 The runs must agree on what a number means: the suite, the learned optimizers (label and
 theta digest), the report seeds and every suite setting except which cells ran and the
 μTransfer limits (each row records the width its LR came from); a setting a run predates
@@ -88,18 +91,21 @@ def merge(docs: list[dict], sources: list[str] | None = None, union: bool = Fals
 
     ``sources``: a name for each document (its path); the result's ``merged_from`` lists each
     run that supplied a row, with its command, commit, host and the rows it supplied.
+    One document alone is rewritten as it is, with the run it came from in ``merged_from``:
+    an old report re-rendered by today's report code (a new column, a new mark) keeps the
+    commit and command that computed its rows.
     ``union``: the runs may evaluate different learned optimizers (a label must name one
     theta digest in every run) and differ in suite settings; each run in ``merged_from``
     then records the settings in which it departs from the first run, so every row states
     how it was computed (one page of every current cell, e.g. ``checkpoints/results``).
 
     Raises:
-      MergeError: fewer than two documents, or two that differ in suite, learned optimizers,
+      MergeError: no document, or two that differ in suite, learned optimizers,
         report seeds or a suite setting other than which cells ran (a setting a run predates
         counts at its off value).
     """
-    if len(docs) < 2:
-        raise MergeError("give at least two runs to merge")
+    if not docs:
+        raise MergeError("give at least one run to merge")
     sources = sources or [f"run {i + 1}" for i in range(len(docs))]
     _check_mergeable(docs, sources, union)
     cells, runs = _join_cells(docs, sources)
@@ -311,7 +317,9 @@ def main(argv=None) -> int:
                     "in different sessions, on different machines or in processes pinned to "
                     "different cores) into one report: results.json, results.csv, report.md, "
                     "plots, TensorBoard. Nothing is retrained; a row (an optimizer on a cell) "
-                    "several runs hold comes from the last one listed.")
+                    "several runs hold comes from the last one listed. One run alone is "
+                    "re-rendered by this version's report code, keeping the commit and "
+                    "command that computed it.")
     ap.add_argument("runs", nargs="+", help="suite output directories (or their results.json)")
     ap.add_argument("--out", required=True, help="output directory of the merged report")
     ap.add_argument("--union", action="store_true",

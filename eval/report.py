@@ -215,7 +215,8 @@ def loss_columns(opts: dict, names: list[str]) -> list[str]:
         if o is None:
             cols.append("")
             continue
-        s = f"{o['final_mean']:.3f} ± {o['final_std']:.3f}" + (" †" if diverged(o) else "")
+        s = (f"{o['final_mean']:.3f} ± {o['final_std']:.3f}"
+             + (" †" if diverged(o) else " §" if spiked(o) else ""))
         cols.append(f"**{s}**" if o["final_mean"] == best else s)
     return cols
 
@@ -238,6 +239,29 @@ def diverged(o: dict) -> bool:
         return bool(o["diverged"])
     initial = o.get("initial_train_loss") or [o["mean_curve"][0]] * len(o["final_train_loss"])
     return bool(o["diverged"] or blew_up(initial, o["final_train_loss"]).any())
+
+
+def peak_ratio(o: dict) -> float:
+    """The row's highest loss over its initial loss, the largest over seeds: how far its
+    worst run rose mid-run. From the per-seed peaks of the whole runs; rows written before
+    those were stored fall back to the strided per-seed curves, which can step over a short
+    spike (then the ratio is a lower bound)."""
+    init = np.asarray(o.get("initial_train_loss") or [o["mean_curve"][0]], np.float64)
+    if o.get("peak_train_loss") is not None:
+        peak = np.asarray(o["peak_train_loss"], np.float64)
+    elif o.get("seed_curves") is not None:
+        peak = np.asarray(o["seed_curves"], np.float64).max(1)
+    else:
+        peak = np.asarray([max(o["mean_curve"])], np.float64)
+    return float(np.max(peak / init))
+
+
+def spiked(o: dict) -> bool:
+    """A row that did not diverge but where a seed's loss rose above ``DIVERGED_RATIO`` x its
+    initial loss mid-run and came back: its final loss hides an instability a user meets
+    (and tuned AdamW shows on the widest MLPs in its first steps). Marked ``§``; it does not
+    change the win rule."""
+    return not diverged(o) and peak_ratio(o) > _diverged_ratio()
 
 
 def _diverged_ratio() -> float:
@@ -282,6 +306,7 @@ def against_adamw(doc: dict) -> list[dict]:
             rows.append({"lo": lo["label"], "axis": c["axis"], "task": c["task"],
                          "steps": c["steps"], "lo_final": o["final_mean"],
                          "lo_diverged": diverged(o), "adamw": best,
+                         "lo_peak": peak_ratio(o), "adamw_peak": peak_ratio(c["optimizers"][best]),
                          "adamw_final": a["final_mean"],
                          "win": beats(o, a),
                          "speedup": speedup(a["mean_curve"], o["mean_curve"]),
@@ -360,17 +385,20 @@ def _against_adamw_md(doc: dict) -> list[str]:
              "A diverged (†) LO loses. Time to target: wall-clock seconds each needs to "
              "reach that AdamW form's lowest loss, its steps times its measured seconds per "
              "run-step in this run (compile excluded; - = never reaches it); wall-clock "
-             "speedup = AdamW's seconds / the LO's.", "",
+             "speedup = AdamW's seconds / the LO's. Peak: the highest loss of any seed's run "
+             "over its initial loss, for the LO and that AdamW form (§: above "
+             f"{_diverged_ratio()}x mid-run and recovered).", "",
              "| LO | axis | task | steps | LO | better AdamW | result | speedup | "
-             "AdamW s to target | LO s to target | wall-clock speedup |",
-             "|---|---|---|---:|---:|---|---|---:|---:|---:|---:|"]
+             "AdamW s to target | LO s to target | wall-clock speedup | peak LO / AdamW |",
+             "|---|---|---|---:|---:|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['lo']} | {r['axis']} | {r['task']} | {r['steps']} | "
                      f"{r['lo_final']:.3f}{' †' if r['lo_diverged'] else ''} | "
                      f"{r['adamw']} {r['adamw_final']:.3f} | {'win' if r['win'] else 'loss'} | "
                      f"{r['speedup']:.2f} | {_secs(r['adamw_s'])} | {_secs(r['lo_s'])} | "
                      + (f"{r['wallclock_speedup']:.2f} |" if r["wallclock_speedup"] is not None
-                        else "- |"))
+                        else "- |")
+                     + f" {r['lo_peak']:.3g}x / {r['adamw_peak']:.3g}x |")
     lines.append("")
     for lo in dict.fromkeys(r["lo"] for r in rows):
         mine = [r for r in rows if r["lo"] == lo]
@@ -387,10 +415,14 @@ def _against_adamw_md(doc: dict) -> list[str]:
             gw = float(np.exp(np.mean(np.log(wall)))) if all(w > 0 for w in wall) else 0.0
             wall_txt = (f"; wall-clock: faster to AdamW's lowest loss on {wins} of {len(wall)} "
                         f"timed cells, geometric-mean wall-clock speedup {gw:.2f}")
+        spikes = [r for r in mine if not r["lo_diverged"] and r["lo_peak"] > _diverged_ratio()]
+        spike_txt = ("; **unstable mid-run** on " + ", ".join(
+            f"{r['task']} (peak {r['lo_peak']:.3g}x its initial loss)" for r in spikes)
+            if spikes else "")
         lines.append(f"- **{lo}**: wins {sum(r['win'] for r in mine)} of {len(mine)} cells "
                      f"against the better tuned AdamW; geometric-mean speedup {geo:.2f}"
                      + (" (0: on some cell it never reaches AdamW's lowest point)"
-                        if geo == 0 else "") + ci + wall_txt)
+                        if geo == 0 else "") + ci + wall_txt + spike_txt)
     return lines + [""]
 
 
@@ -466,7 +498,8 @@ def _header_md(doc: dict) -> list[str]:
               f"everything reported on seeds {doc['report_seeds']}: mean ± std of the final "
               "train loss (mean of the last 5% of steps); lower is better; best per row in bold; "
               "† = a run diverged (non-finite, or a seed's final loss above "
-              f"{_diverged_ratio()}x its initial loss). Task names are the μP variants; SP "
+              f"{_diverged_ratio()}x its initial loss); § = no run diverged, but a seed's loss "
+              f"rose above {_diverged_ratio()}x its initial loss mid-run and came back. Task names are the μP variants; SP "
               "optimizers (SP LO, AdamW, SGD, sign, Prodigy) ran the same network in standard "
               "parametrization (`-sp`).",
               "- `-cosine`: linear warmup over the first 5% of the steps from 0 to the tuned "

@@ -863,6 +863,10 @@ def _summary(group: dict, lr_index: int, **extra) -> dict:
     finals = np.array([final_loss(l) for l in losses])
     return {"final_train_loss": finals.tolist(),
             "initial_train_loss": losses[:, 0].tolist(),
+            # per seed, the highest loss of the whole run (non-finite and above 1e3 read as
+            # 1e3): a run that spikes mid-run and recovers ends like a stable one, and the
+            # strided seed_curves can step over the spike (eval.report.peak_ratio)
+            "peak_train_loss": np.nan_to_num(np.minimum(losses, 1e3), nan=1e3).max(1).tolist(),
             "final_mean": float(np.mean(finals)), "final_std": float(np.std(finals)),
             "test_loss": group["test_loss"][lr_index],
             "test_accuracy": group["test_accuracy"][lr_index],

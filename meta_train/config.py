@@ -69,6 +69,10 @@ class MetaTrainConfig:
       init_from: start theta from this learned optimizer (shipped name, run or checkpoint
         directory) instead of a random init; inputs the new architecture adds start at zero
         weight (``lopt.extend_theta``). "" = random init.
+      task_balance: how the per-task estimates make one gradient. "mean": their plain mean,
+        so a task whose estimate is larger (a small or deep MLP's, about 2-3x a char LM's at
+        the compact recipe's start) steers more. "norm": each estimate is rescaled to the
+        mean of the tasks' norms first, so every task's direction weighs the same.
     """
     tasks: tuple[str, ...] = ("mlp-fmnist8-w32-d3", "mlp-fmnist8-w64-d3")
     lo: LOConfig | VeLOConfig = LOConfig()
@@ -87,6 +91,7 @@ class MetaTrainConfig:
     validate_steps: int = 200
     validate_seeds: int = 2
     init_from: str = ""
+    task_balance: str = "mean"
 
     def __post_init__(self):
         """Raises ValueError (one line, naming the field) on values the loop cannot use."""
@@ -96,6 +101,8 @@ class MetaTrainConfig:
         if not (isinstance(self.tasks, tuple) and self.tasks
                 and all(isinstance(t, str) and t for t in self.tasks)):
             raise ValueError(f"tasks must be a non-empty list of task names, got {self.tasks!r}")
+        if self.task_balance not in ("mean", "norm"):
+            raise ValueError(f"task_balance must be 'mean' or 'norm', got {self.task_balance!r}")
         for name, lo in (("outer_steps", 1), ("checkpoint_every", 1), ("keep_checkpoints", 1),
                          ("warmup_steps", 0), ("validate_every", 0), ("validate_steps", 1),
                          ("validate_seeds", 1)):

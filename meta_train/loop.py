@@ -92,7 +92,8 @@ class MetaTrainer:
                 "es": es_states, "key": k_run}
 
     def outer_step(self, state: dict) -> tuple[dict, dict]:
-        """One meta-update: average the per-task estimates, apply AdamW. Never raises on
+        """One meta-update: average the per-task estimates (each rescaled to the tasks' mean
+        norm first with ``task_balance="norm"``), apply AdamW. Never raises on
         inner NaN/inf; a non-finite estimate is dropped (theta stays finite)."""
         step = int(state["step"])
         k = jax.random.fold_in(state["key"], step)
@@ -106,6 +107,13 @@ class MetaTrainer:
             new_es.append(s)
             for name, v in m.items():
                 mets[f"{task.name}/{name}"] = float(v)
+        norms = [optax.tree.norm(g) for g in grads]
+        for task, n in zip(self.tasks, norms):
+            mets[f"{task.name}/grad_norm"] = float(n)
+        if self.cfg.task_balance == "norm":
+            mean_norm = sum(norms) / len(norms)
+            grads = [jax.tree.map(lambda x, n=n: x * (mean_norm / jnp.maximum(n, 1e-12)), g)
+                     for g, n in zip(grads, norms)]
         grad = jax.tree.map(lambda *g: sum(g) / len(g), *grads)
         theta, opt_state, ok = self._apply(state["theta"], state["opt_state"], grad)
         mets["meta_loss"] = float(np.mean([mets[f"{t.name}/meta_loss"] for t in self.tasks]))

@@ -55,6 +55,22 @@ def test_merging_two_runs_gives_back_every_cell_with_its_numbers_and_sources(who
     assert {m["source"] for m in again["merged_from"]} == {"runs/a", "runs/b2"}
 
 
+def test_one_run_alone_is_re_rendered_with_the_commit_and_command_that_computed_it(
+        whole, tmp_path):
+    # e.g. a committed report written before the report marked mid-run spikes (§)
+    a, _ = _split(whole)
+    a["cells"] = copy.deepcopy(whole["cells"])
+    doc = M.merge([a], ["checkpoints/eval-x"])
+    for got, want in zip(doc["cells"], whole["cells"]):
+        assert {n: o["final_mean"] for n, o in got["optimizers"].items()} == \
+            {n: o["final_mean"] for n, o in want["optimizers"].items()}
+    (run,) = doc["merged_from"]
+    assert (run["source"], run["commit"], run["command"]) == \
+        ("checkpoints/eval-x", "aaaaaaa", "python -m eval --out runs/a")
+    with pytest.raises(M.MergeError, match="at least one run"):
+        M.merge([], [])
+
+
 def test_rows_merge_one_by_one_and_the_later_run_wins_a_row(whole):
     """A cell run in two parts (e.g. the SP baselines in one session, the μP ones in the
     next) keeps every row; a row both hold comes from the later run; speedups are taken

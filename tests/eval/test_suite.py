@@ -295,6 +295,36 @@ def test_a_run_ending_far_above_its_initial_loss_is_marked_diverged():
     assert not diverged(S._summary(_group([good, good]), 0))
 
 
+def test_a_run_that_spikes_mid_run_and_recovers_is_marked_though_its_final_loss_is_good():
+    """The 25x longer cell's failure: a seed climbs to ~86x its initial loss mid-run and ends
+    low. The final-loss divergence test cannot see it; the peak can, also where the stored
+    per-seed curves are strided past the spike."""
+    from eval.report import diverged, loss_columns, peak_ratio, spiked
+    steps = 2000                                  # stored curves keep every 4th step
+    good = 2.3 * np.exp(-np.linspace(0, 3, steps))
+    spike = good.copy()
+    spike[1001] = 198.8                           # one step, between stored points
+    row = S._summary(_group([good, spike]), 0)
+    assert not diverged(row)                      # it ends where the stable seed ends
+    assert row["peak_train_loss"] == pytest.approx([2.3, 198.8])
+    assert peak_ratio(row) == pytest.approx(198.8 / 2.3)
+    assert max(max(c) for c in row["seed_curves"]) < 2.3 + 1e-9    # the curves miss it
+    assert spiked(row) and "§" in loss_columns({"lo": row}, ["lo"])[0]
+    calm = S._summary(_group([good, good]), 0)
+    assert not spiked(calm) and peak_ratio(calm) == pytest.approx(1.0)
+    # a non-finite step counts as 1e3, and a diverged row is marked † only
+    nan_mid = good.copy()
+    nan_mid[500] = np.nan
+    assert S._summary(_group([nan_mid]), 0)["peak_train_loss"] == [1e3]
+    blown = S._summary(_group([good, 2.3 + 201.4 * np.linspace(0, 1, steps)]), 0)
+    assert diverged(blown) and not spiked(blown)
+    # a document written before peaks were stored falls back to its stored curves
+    old = {k: v for k, v in row.items() if k != "peak_train_loss"}
+    assert peak_ratio(old) == pytest.approx(1.0)
+    old["seed_curves"][1][250] = 50.0
+    assert spiked(old)
+
+
 def _doc(rows_per_cell, axes=None):
     """A results document from {cell task: {optimizer: (final curve end, curve)}}."""
     cells = []

@@ -208,3 +208,33 @@ def test_the_meta_training_step_compiles_once_per_run():
         state, mets = trainer.outer_step(state)
     assert ES.es_gradient._cache_size() - before == 1
     assert np.isfinite(mets["meta_loss"]) and int(state["step"]) == 3
+
+
+@pytest.mark.parametrize("balance", ["mean", "norm"])
+def test_task_balance_norm_gives_every_tasks_estimate_the_same_weight(monkeypatch, balance):
+    # two tasks whose estimates differ 4x in norm: "mean" lets the larger one steer, "norm"
+    # rescales each to the mean norm (2.5) first, so both directions count equally
+    from meta_train import es as ES
+    cfg = dataclasses.replace(SMOKE, tasks=("mlp-fmnist8-w8-d2", "mlp-fmnist8-w16-d2"),
+                              task_balance=balance)
+    trainer = MetaTrainer(cfg)
+    state = trainer.init_state()
+    from jax.flatten_util import ravel_pytree
+    flat, unravel = ravel_pytree(state["theta"])
+    rng = np.random.default_rng(0)
+    u, v = (x / np.linalg.norm(x) for x in rng.normal(size=(2, flat.size)))
+    estimates = iter([u, 4.0 * v])
+
+    def fake(theta, es_state, key, data, problem, cfg):
+        return unravel(np.asarray(next(estimates), flat.dtype)), es_state, {"meta_loss": 1.0}
+
+    monkeypatch.setattr(ES, "es_gradient", fake)
+    seen = {}
+    trainer._apply = lambda th, st, g: (seen.setdefault("g", g), (th, st, True))[1]
+    _, mets = trainer.outer_step(state)
+    want = {"mean": (u + 4.0 * v) / 2, "norm": (2.5 * u + 2.5 * v) / 2}[balance]
+    np.testing.assert_allclose(np.asarray(ravel_pytree(seen["g"])[0]), want, atol=1e-6)
+    assert mets["mlp-fmnist8-w8-d2/grad_norm"] == pytest.approx(1.0, rel=1e-5)
+    assert mets["mlp-fmnist8-w16-d2/grad_norm"] == pytest.approx(4.0, rel=1e-5)
+    with pytest.raises(ValueError, match="task_balance must be 'mean' or 'norm'"):
+        dataclasses.replace(cfg, task_balance="sum")
