@@ -106,6 +106,7 @@ def write_all(doc: dict, out: Path, command: str) -> dict:
                          "test_accuracy_mean": float(np.mean(o["test_accuracy"])),
                          "test_metrics": o.get("test_metrics", ""),
                          "diverged": diverged(o),
+                         "peak_over_initial": peak_ratio(o),
                          "speedup_vs_adamw": o.get("speedup_vs_adamw", ""),
                          "seconds_per_step": o.get("wall_s_per_step", "")})
     buf = io.StringIO(newline="")
@@ -245,15 +246,18 @@ def peak_ratio(o: dict) -> float:
     """The row's highest loss over its initial loss, the largest over seeds: how far its
     worst run rose mid-run. From the per-seed peaks of the whole runs; rows written before
     those were stored fall back to the strided per-seed curves, which can step over a short
-    spike (then the ratio is a lower bound)."""
-    init = np.asarray(o.get("initial_train_loss") or [o["mean_curve"][0]], np.float64)
+    spike (then the ratio is a lower bound). NaN for a summary row that holds no losses."""
+    curve = o.get("mean_curve")
+    init = o.get("initial_train_loss") or ([curve[0]] if curve else None)
     if o.get("peak_train_loss") is not None:
-        peak = np.asarray(o["peak_train_loss"], np.float64)
+        peak = o["peak_train_loss"]
     elif o.get("seed_curves") is not None:
-        peak = np.asarray(o["seed_curves"], np.float64).max(1)
+        peak = np.max(np.asarray(o["seed_curves"], np.float64), axis=1)
     else:
-        peak = np.asarray([max(o["mean_curve"])], np.float64)
-    return float(np.max(peak / init))
+        peak = [max(curve)] if curve else None
+    if init is None or peak is None:
+        return float("nan")
+    return float(np.max(np.asarray(peak, np.float64) / np.asarray(init, np.float64)))
 
 
 def spiked(o: dict) -> bool:
@@ -306,7 +310,7 @@ def against_adamw(doc: dict) -> list[dict]:
             rows.append({"lo": lo["label"], "axis": c["axis"], "task": c["task"],
                          "steps": c["steps"], "lo_final": o["final_mean"],
                          "lo_diverged": diverged(o), "adamw": best,
-                         "lo_peak": peak_ratio(o), "adamw_peak": peak_ratio(c["optimizers"][best]),
+                         "lo_peak": peak_ratio(o), "adamw_peak": peak_ratio(a),
                          "adamw_final": a["final_mean"],
                          "win": beats(o, a),
                          "speedup": speedup(a["mean_curve"], o["mean_curve"]),
@@ -499,7 +503,8 @@ def _header_md(doc: dict) -> list[str]:
               "train loss (mean of the last 5% of steps); lower is better; best per row in bold; "
               "† = a run diverged (non-finite, or a seed's final loss above "
               f"{_diverged_ratio()}x its initial loss); § = no run diverged, but a seed's loss "
-              f"rose above {_diverged_ratio()}x its initial loss mid-run and came back. Task names are the μP variants; SP "
+              f"rose above {_diverged_ratio()}x its initial loss mid-run and came back. Task "
+              "names are the μP variants; SP "
               "optimizers (SP LO, AdamW, SGD, sign, Prodigy) ran the same network in standard "
               "parametrization (`-sp`).",
               "- `-cosine`: linear warmup over the first 5% of the steps from 0 to the tuned "

@@ -17,7 +17,7 @@ from pathlib import Path
 
 # one definition each of divergence, the win rule and the tuned AdamW form: the report's
 from eval.report import ADAMW_FORMS, beats as _compare, diverged as _diverged  # noqa: F401
-from eval.report import tuned_adamw
+from eval.report import peak_ratio, spiked, tuned_adamw
 
 ADAMW_FIXED = "adamw@1e-3"
 MAX_CELL_LINES = 6    # more cells than this are summarized per axis
@@ -38,7 +38,7 @@ def load(run_dir: str | Path) -> dict:
 
 
 def _loss(o: dict) -> str:
-    return f"{o['final_mean']:.3f}" + (" †" if _diverged(o) else "")
+    return f"{o['final_mean']:.3f}" + (" †" if _diverged(o) else " §" if spiked(o) else "")
 
 
 def _tuned_adamw(opts: dict) -> tuple[str, dict] | None:
@@ -129,6 +129,14 @@ def summary(doc: dict, run_dir: str | Path) -> list[str]:
                  if 0 < len(won) < len(res) and len(won) <= 3 else "")
         tally.append(f"{len(won)}/{len(res)} vs {name}{where}")
     lines.append(f"{main} won " + ", ".join(tally) + ".")
+    unstable = [c for c in doc["cells"] if main in c["optimizers"]
+                and spiked(c["optimizers"][main])]
+    if unstable:
+        from eval.suite import DIVERGED_RATIO
+        lines.append(f"{main} was unstable mid-run (§: a seed's loss rose above "
+                     f"{DIVERGED_RATIO}x its initial loss and came back) on " + ", ".join(
+                         f"{c['axis']} {_short(c['task'])} (peak "
+                         f"{peak_ratio(c['optimizers'][main]):.3g}x)" for c in unstable) + ".")
     meta_tb = [str(Path(lo["path"]) / "tb") for lo in los if (Path(lo["path"]) / "tb").is_dir()]
     eval_tb = str(run_dir / "tb")
     root = os.path.commonpath([os.path.abspath(d) for d in [eval_tb] + meta_tb])

@@ -323,6 +323,10 @@ def test_a_run_that_spikes_mid_run_and_recovers_is_marked_though_its_final_loss_
     assert peak_ratio(old) == pytest.approx(1.0)
     old["seed_curves"][1][250] = 50.0
     assert spiked(old)
+    # a summary row with no losses at all (a model card's eval rows) is not marked
+    bare = {"final_mean": 0.4, "final_std": 0.01, "diverged": False}
+    assert np.isnan(peak_ratio(bare)) and not spiked(bare)
+    assert loss_columns({"lo": bare}, ["lo"]) == ["**0.400 ± 0.010**"]
 
 
 def _doc(rows_per_cell, axes=None):

@@ -62,6 +62,19 @@ def test_summary_says_what_was_trained_and_where_it_won_and_lost(tmp_path):
     assert f"tensorboard --logdir {tmp_path}`" in lines[-1]
 
 
+def test_summary_names_the_cells_where_the_lo_spiked_mid_run_and_recovered(tmp_path):
+    doc = _doc(tmp_path)
+    longer = doc["cells"][-1]["optimizers"]["μLO"]
+    longer["peak_train_loss"] = [2.3, 198.8, 2.3]        # one seed: 86x its initial loss
+    longer["initial_train_loss"] = [2.3] * 3
+    lines = S.summary(doc, tmp_path / "ev")
+    row = next(ln for ln in lines if ln.strip().startswith("longer"))
+    assert row.split("steps: ")[1].startswith("0.200 § vs 0.150 lost")
+    assert ("μLO was unstable mid-run (§: a seed's loss rose above 1.5x its initial loss and "
+            "came back) on longer fmnist8-w64-d3 (peak 86.4x).") in lines
+    assert not any("unstable" in ln for ln in S.summary(_doc(tmp_path / "b"), tmp_path / "e"))
+
+
 def test_summary_of_a_document_without_sources_asks_the_tasks(tmp_path):
     lines = S.summary(_doc(tmp_path, record_source=False), tmp_path / "e")
     assert lines[1].startswith("Final train loss on fashion-mnist 8x8 (packaged), mean")
