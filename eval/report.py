@@ -310,7 +310,8 @@ def against_adamw(doc: dict) -> list[dict]:
             rows.append({"lo": lo["label"], "axis": c["axis"], "task": c["task"],
                          "steps": c["steps"], "lo_final": o["final_mean"],
                          "lo_diverged": diverged(o), "adamw": best,
-                         "lo_peak": peak_ratio(o), "adamw_peak": peak_ratio(a),
+                         "lo_spiked": spiked(o), "lo_peak": peak_ratio(o),
+                         "adamw_peak": peak_ratio(a),
                          "adamw_final": a["final_mean"],
                          "win": beats(o, a),
                          "speedup": speedup(a["mean_curve"], o["mean_curve"]),
@@ -397,7 +398,8 @@ def _against_adamw_md(doc: dict) -> list[str]:
              "|---|---|---|---:|---:|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['lo']} | {r['axis']} | {r['task']} | {r['steps']} | "
-                     f"{r['lo_final']:.3f}{' †' if r['lo_diverged'] else ''} | "
+                     f"{r['lo_final']:.3f}"
+                     f"{' †' if r['lo_diverged'] else ' §' if r['lo_spiked'] else ''} | "
                      f"{r['adamw']} {r['adamw_final']:.3f} | {'win' if r['win'] else 'loss'} | "
                      f"{r['speedup']:.2f} | {_secs(r['adamw_s'])} | {_secs(r['lo_s'])} | "
                      + (f"{r['wallclock_speedup']:.2f} |" if r["wallclock_speedup"] is not None
@@ -419,7 +421,7 @@ def _against_adamw_md(doc: dict) -> list[str]:
             gw = float(np.exp(np.mean(np.log(wall)))) if all(w > 0 for w in wall) else 0.0
             wall_txt = (f"; wall-clock: faster to AdamW's lowest loss on {wins} of {len(wall)} "
                         f"timed cells, geometric-mean wall-clock speedup {gw:.2f}")
-        spikes = [r for r in mine if not r["lo_diverged"] and r["lo_peak"] > _diverged_ratio()]
+        spikes = [r for r in mine if r["lo_spiked"]]
         spike_txt = ("; **unstable mid-run** on " + ", ".join(
             f"{r['task']} (peak {r['lo_peak']:.3g}x its initial loss)" for r in spikes)
             if spikes else "")

@@ -323,6 +323,14 @@ def test_a_run_that_spikes_mid_run_and_recovers_is_marked_though_its_final_loss_
     assert peak_ratio(old) == pytest.approx(1.0)
     old["seed_curves"][1][250] = 50.0
     assert spiked(old)
+    # the verdict table marks the LO's row and names the cell on its summary line
+    from eval.report import _against_adamw_md
+    doc = _doc({"mlp-fmnist8-w64-d3": {"adamw": good, "μLO": spike}})
+    doc["cells"][0]["optimizers"]["μLO"] = dict(row, task="mlp-fmnist8-w64-d3")
+    text = "\n".join(_against_adamw_md(doc))
+    assert "| μLO | wider | mlp-fmnist8-w64-d3 | 100 | 0.123 § | adamw 0.123 |" in text
+    assert text.rstrip().count("86.4x / 1x |") == 1
+    assert "**unstable mid-run** on mlp-fmnist8-w64-d3 (peak 86.4x its initial loss)" in text
     # a summary row with no losses at all (a model card's eval rows) is not marked
     bare = {"final_mean": 0.4, "final_std": 0.01, "diverged": False}
     assert np.isnan(peak_ratio(bare)) and not spiked(bare)
